@@ -1,0 +1,131 @@
+"""One-pass image decoders for the ``.beton`` image field.
+
+ffcv's stock pipeline runs crop-decode, flip and normalisation as separate stages,
+and normalisation in torch on the main thread costs more on a CPU than decoding
+(measured in BENCHMARKS.md). These decoders do all of it per image inside one
+numba-parallel loop:
+
+1. choose the crop (random-resized or centre) in stored-image pixels;
+2. decode the JPEG at 1/2, 1/4 or 1/8 scale when the crop would be shrunk by at
+   least that factor anyway (libjpeg-turbo's scaled IDCT), else at full size;
+3. resize the crop to the output size (OpenCV, bilinear);
+4. optionally flip horizontally (probability 1/2) and normalise to float32.
+
+Output: (height, width, 3) per image, uint8 or float32 (normalised), which
+``ToTensor`` + ``ToTorchImage`` turn into a channels-last (B, 3, H, W) view.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
+                                   get_center_crop, get_random_crop)
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# libjpeg-turbo decodes directly at these reduced scales (denominators).
+_MAX_DCT_SCALE = 8
+
+
+class FusedCropDecoder(ResizedCropRGBImageDecoder):
+    """Crop + resize + optional flip + optional normalisation, decoded in one pass.
+
+    Args:
+        output_size: (height, width) in pixels. May be changed between epochs
+            (ffcv re-allocates buffers every epoch, and the generated code reads
+            sizes from those buffers), which progressive resizing relies on.
+        random_crop: True for random-resized-crop (``scale``, ``ratio`` as in
+            torchvision), False for a centre crop of ``center_ratio`` x the shorter side.
+        flip: flip each image horizontally with probability 1/2.
+        mean, std: per-channel statistics on the 0-1 scale; when given, the output is
+            float32 ``(pixel / 255 - mean) / std``, else uint8 pixels.
+    """
+
+    def __init__(self, output_size: tuple[int, int], random_crop: bool = True,
+                 scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 center_ratio: float = 224 / 256, flip: bool = False,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+        super().__init__(tuple(output_size))
+        self.random_crop = random_crop
+        self.scale = np.array(scale, dtype=np.float64)
+        self.ratio = np.array(ratio, dtype=np.float64) if random_crop else float(center_ratio)
+        self.flip = flip
+        self.normalize = mean is not None
+        if self.normalize:
+            self.scale_px = (1.0 / (255.0 * np.asarray(std))).astype(np.float32)
+            self.shift_px = (-np.asarray(mean) / np.asarray(std)).astype(np.float32)
+
+    @property
+    def get_crop_generator(self):
+        return get_random_crop if self.random_crop else get_center_crop
+
+    def declare_state_and_memory(self, previous_state):
+        heights, widths = self.metadata['height'], self.metadata['width']
+        max_pixels = np.uint64(int(heights.max()) * int(widths.max()) * 3)
+        out_shape = (self.output_size[0], self.output_size[1], 3)
+        out_dtype = np.dtype('<f4') if self.normalize else np.dtype('<u1')
+        state = replace(previous_state, jit_mode=True, shape=out_shape, dtype=out_dtype)
+        return state, (AllocationQuery(out_shape, out_dtype),
+                       AllocationQuery((max_pixels,), np.dtype('<u1')),
+                       AllocationQuery(out_shape, np.dtype('<u1')))
+
+    def generate_code(self):
+        jpg = IMAGE_MODES['jpg']
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        get_crop_c = Compiler.compile(self.get_crop_generator)
+        scale, ratio = self.scale, self.ratio
+        do_flip, normalize = self.flip, self.normalize
+        mul = self.scale_px if normalize else np.ones(3, np.float32)
+        add = self.shift_px if normalize else np.zeros(3, np.float32)
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, decoded_storage, resized_storage = my_storage
+            out_h, out_w = destination.shape[1], destination.shape[2]
+            for k in my_range(len(batch_indices)):
+                field = metadata[batch_indices[k]]
+                image_data = mem_read(field['data_ptr'], storage_state)
+                height, width = np.uint32(field['height']), np.uint32(field['width'])
+                top, left, crop_h, crop_w = get_crop_c(height, width, scale, ratio)
+                if field['mode'] == jpg:
+                    # Largest power-of-two shrink that still leaves the crop at least
+                    # as large as the output: the resize below then only shrinks.
+                    denom = 1
+                    while (denom < _MAX_DCT_SCALE and crop_h >= 2 * denom * out_h
+                           and crop_w >= 2 * denom * out_w):
+                        denom *= 2
+                    dec_h = (height + denom - 1) // denom
+                    dec_w = (width + denom - 1) // denom
+                    buf = decoded_storage[k]
+                    imdecode_c(image_data, buf, height, width, height, width,
+                               0, 0, 1, denom, False, False)
+                    image = buf[:dec_h * dec_w * 3].reshape(dec_h, dec_w, 3)
+                    top, left = top // denom, left // denom
+                    crop_h = max(1, min(dec_h - top, crop_h // denom))
+                    crop_w = max(1, min(dec_w - left, crop_w // denom))
+                else:
+                    image = image_data.reshape(height, width, 3)
+                flipped = do_flip and np.random.random() < 0.5
+                if not normalize and not flipped:
+                    resize_crop_c(image, top, top + crop_h, left, left + crop_w,
+                                  destination[k])
+                    continue
+                resized = resized_storage[k]
+                resize_crop_c(image, top, top + crop_h, left, left + crop_w, resized)
+                out = destination[k]
+                for y in range(out_h):
+                    for x in range(out_w):
+                        src_x = out_w - 1 - x if flipped else x
+                        for c in range(3):
+                            out[y, x, c] = resized[y, src_x, c] * mul[c] + add[c]
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode

@@ -1,0 +1,156 @@
+"""Listing an ImageNet-style split: which files, which labels, which subset.
+
+Two layouts give the same (path, label) list:
+
+* a class tree ``split/<wnid>/<file>`` (the train split, and val after the usual
+  re-foldering script), labelled as ``torchvision.datasets.ImageFolder`` does:
+  the class index is the position of the folder name in the sorted list;
+* a flat folder ``val/ILSVRC2012_val_00000001.JPEG ...`` plus a label file
+  ``LOC_val_solution.csv`` (``ImageId,PredictionString``, where the first token of
+  PredictionString is the wnid).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+# ImageNet's wnid -> name file; the synthetic data writes one too.
+SYNSET_FILE = 'LOC_synset_mapping.txt'
+# The extensions torchvision's ImageFolder accepts, so that the same files are found.
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+
+class DatasetError(ValueError):
+    """Bad input layout: the message names the offending file or folder."""
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_classes(root: str | os.PathLike) -> list[str]:
+    """Sorted class-folder names under ``root``, as ImageFolder finds them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data dir not found: {root}")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise DatasetError(f"no class folders in {root}")
+    return classes
+
+
+def list_tree(root: str | os.PathLike, classes: list[str] | None = None
+              ) -> tuple[list[tuple[str, int]], list[str]]:
+    """(path, label) pairs of a class tree, sorted by class then file name.
+
+    Args:
+        root: the split folder holding one folder per class.
+        classes: the class list to label with (the train split's, for val); a
+            folder that is not in it is an error. None: the folders found here.
+    Returns:
+        (samples, classes).
+    """
+    found = find_classes(root)
+    if classes is None:
+        classes = found
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for name in found:
+        if name not in index:
+            raise DatasetError(f"class folder {Path(root) / name} is not in the train class list")
+        folder = Path(root) / name
+        files = sorted(f for f in os.listdir(folder) if _is_image(f))
+        if not files:
+            raise DatasetError(f"class folder has no images: {folder}")
+        samples.extend((str(folder / f), index[name]) for f in files)
+    return samples, list(classes)
+
+
+def read_label_file(path: str | os.PathLike) -> dict[str, str]:
+    """Image id (file name without extension) -> wnid, from ``LOC_val_solution.csv``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"label file not found: {path}")
+    labels = {}
+    with open(path, newline='') as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ['ImageId', 'PredictionString']:
+            raise DatasetError(f"{path}: expected a header 'ImageId,PredictionString'")
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) < 2 or not row[1].split():
+                raise DatasetError(f"{path}:{line_no}: no wnid in row {row!r}")
+            labels[row[0].strip()] = row[1].split()[0]
+    return labels
+
+
+def list_flat(root: str | os.PathLike, label_file: str | os.PathLike,
+              classes: list[str]) -> list[tuple[str, int]]:
+    """(path, label) pairs of a flat folder labelled by ``label_file``, sorted as
+    :func:`list_tree` sorts the same images laid out as a tree (class, then name)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data dir not found: {root}")
+    labels = read_label_file(label_file)
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for name in sorted(f for f in os.listdir(root) if _is_image(f)):
+        image_id = os.path.splitext(name)[0]
+        if image_id not in labels:
+            raise DatasetError(f"{root / name} has no row in {label_file}")
+        wnid = labels[image_id]
+        if wnid not in index:
+            raise DatasetError(f"{root / name}: class {wnid} is not in the train class list")
+        samples.append((str(root / name), index[wnid]))
+    if not samples:
+        raise DatasetError(f"no images in {root}")
+    samples.sort(key=lambda s: (s[1], os.path.basename(s[0])))
+    return samples
+
+
+def stratified_subset(labels: np.ndarray | list[int], size: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``size`` samples drawn without replacement, per class in
+    proportion to its share of the split (largest remainders get the leftovers)."""
+    labels = np.asarray(labels)
+    if size <= 0 or size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / len(labels)
+    quota = np.floor(exact).astype(int)
+    leftover = size - quota.sum()
+    quota[np.argsort(-(exact - quota), kind='stable')[:leftover]] += 1
+    chosen = [rng.choice(np.flatnonzero(labels == c), q, replace=False)
+              for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
+
+
+def classes_path(beton_path: str | os.PathLike) -> Path:
+    """Where the class list of a ``.beton`` lives: ``<beton>.classes.json``."""
+    return Path(str(beton_path) + '.classes.json')
+
+
+def load_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(wnids, human-readable names) from a ``.classes.json`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"class list not found: {path}")
+    data = json.loads(path.read_text())
+    return data['classes'], data.get('names', data['classes'])
+
+
+def read_synset_names(path: str | os.PathLike | None, classes: list[str]) -> list[str]:
+    """Names of ``classes`` from a ``LOC_synset_mapping.txt`` ('wnid name, ...' lines);
+    a class without a line, or no file, keeps its wnid as its name."""
+    names = {}
+    if path is not None and Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            wnid, _, name = line.partition(' ')
+            names[wnid] = name.split(',')[0].strip() or wnid
+    return [names.get(c, c) for c in classes]
