@@ -23,6 +23,7 @@ import argparse
 import colorsys
 import io
 import os
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -127,28 +128,39 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def _write_class(task: tuple[Path, str, int, int, int, int]) -> None:
+    root, split, index, count, seed, quality = task
+    folder = root / split / class_wnid(index)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        rng = np.random.default_rng([seed, SPLIT_IDS[split], index, i])
+        path = folder / f"{class_wnid(index)}_{split}_{i:05d}.JPEG"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(encode_jpeg(render_image(index, rng), quality))
+        os.replace(tmp, path)
+
+
 def generate(out: str | os.PathLike, classes: int = 10, train_per_class: int = 100,
-             val_per_class: int = 20, seed: int = 0, quality: int = 90) -> Path:
+             val_per_class: int = 20, seed: int = 0, quality: int = 90,
+             workers: int = 1) -> Path:
     """Writes ``out/{train,val}/<wnid>/<wnid>_<split>_<i>.JPEG`` and ``out/LOC_synset_mapping.txt``.
 
-    Every image is seeded from (seed, split, class, index), so a run that was
-    interrupted can be repeated and the same files come out. Returns ``out``.
+    Every image is seeded from (seed, split, class, index), so the bytes do not
+    depend on ``workers`` and an interrupted run can simply be repeated.
+    Returns ``out``.
     """
-    if classes < 1 or classes > 1000:
+    if not 1 <= classes <= 1000:
         raise ValueError(f"--classes must be between 1 and 1000, got {classes}")
     root = Path(out)
     counts = {"train": train_per_class, "val": val_per_class}
-    for split, per_class in counts.items():
-        for c in range(classes):
-            folder = root / split / class_wnid(c)
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                rng = np.random.default_rng([seed, SPLIT_IDS[split], c, i])
-                path = folder / f"{class_wnid(c)}_{split}_{i:05d}.JPEG"
-                data = encode_jpeg(render_image(c, rng), quality)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, path)
+    tasks = [(root, split, c, n, seed, quality)
+             for split, n in counts.items() if n > 0 for c in range(classes)]
+    if workers > 1:
+        with Pool(workers) as pool:
+            pool.map(_write_class, tasks, chunksize=1)
+    else:
+        for task in tasks:
+            _write_class(task)
     lines = [f"{class_wnid(c)} {class_name(c)}\n" for c in range(classes)]
     (root / SYNSET_FILE).write_text("".join(lines))
     return root
@@ -162,9 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the files")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes")
     args = parser.parse_args(argv)
     root = generate(args.out, args.classes, args.train_per_class, args.val_per_class,
-                    args.seed, args.quality)
+                    args.seed, args.quality, args.workers)
     total = args.classes * (args.train_per_class + args.val_per_class)
     print(f"wrote {total} images in {args.classes} classes to {root}")
 
