@@ -89,6 +89,7 @@ def parse_config(description: str, argv: list[str] | None = None):
         ConfigError: a missing or unparsable file, an unknown key, a bad value.
     """
     config = get_current_config()
+    config.content.clear()  # values from an earlier call in this process must not leak in
     known = {'.'.join(path) for path in config.entries}
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--config-file', '-C', action='append', default=[],

@@ -25,7 +25,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         # most of a 16-bit image white, so rescale to 8 bits first.
         values = np.asarray(img, dtype=np.float64)
         top = 65535.0 if values.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), 'L')
+        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8))
     if img.mode == 'P' or img.mode.endswith('A') or img.mode == 'PA':
         # Transparent pixels are shown on white, as a browser would show them.
         rgba = img.convert('RGBA')

@@ -147,7 +147,7 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                  in_memory: bool = True, distributed: bool = False,
                  rank: int | None = None, world_size: int | None = None, seed: int = 0,
                  dtype: torch.dtype = torch.float32, scale: tuple[float, float] = (0.08, 1.0),
-                 batches_ahead: int = 3) -> ImageLoader:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), batches_ahead: int = 3) -> ImageLoader:
     """Random-resized-crop + flip batches of ``batch_size`` images per rank, in a new
     random order every epoch (RANDOM order: QUASI_RANDOM is not supported distributed).
 
@@ -158,11 +158,13 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
         distributed: take rank and world size from the process group; or pass
             ``rank`` and ``world_size`` explicitly.
         seed: the order of epoch ``e`` is a permutation seeded with ``seed + e``.
+        scale, ratio: random-resized-crop area fraction and aspect-ratio ranges.
     """
     rank, world_size = _rank_and_world(distributed, rank, world_size)
     order = ShardedOrder(shuffle=True, rank=rank, world_size=world_size,
                          equal_shards=world_size > 1)
     decoder = FusedCropDecoder((resolution, resolution), random_crop=True, scale=scale,
+                               ratio=ratio,
                                flip=True, **_cpu_normalisation(device))
     return ImageLoader(path, decoder, batch_size=batch_size, num_workers=num_workers,
                        device=device, order=order, seed=seed, in_memory=in_memory,

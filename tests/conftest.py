@@ -1,0 +1,31 @@
+"""Small synthetic datasets shared by the tests (generated once per session)."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the entry points live at the repository root
+    sys.path.insert(0, str(ROOT))
+
+from ffcv_imagenet.folders import list_tree  # noqa: E402
+from ffcv_imagenet.synthetic import generate  # noqa: E402
+from ffcv_imagenet.writer import write_beton  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def synth(tmp_path_factory):
+    """A 4-class tree: 12 train and 5 val images per class."""
+    return generate(tmp_path_factory.mktemp('synth'), classes=4, train_per_class=12,
+                    val_per_class=5, seed=3, workers=2)
+
+
+@pytest.fixture(scope='session')
+def betons(synth, tmp_path_factory):
+    """(train.beton, val.beton) of ``synth``, JPEG at 128 px max side."""
+    out = tmp_path_factory.mktemp('betons')
+    train_samples, classes = list_tree(synth / 'train')
+    val_samples, _ = list_tree(synth / 'val', classes)
+    write_beton(train_samples, out / 'train.beton', classes, max_resolution=128, num_workers=2)
+    write_beton(val_samples, out / 'val.beton', classes, max_resolution=128, num_workers=2)
+    return out / 'train.beton', out / 'val.beton'
