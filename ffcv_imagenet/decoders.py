@@ -107,9 +107,12 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
                     imdecode_c(image_data, buf, height, width, height, width,
                                0, 0, 1, denom, False, False)
                     image = buf[:dec_h * dec_w * 3].reshape(dec_h, dec_w, 3)
-                    top, left = top // denom, left // denom
-                    crop_h = max(1, min(dec_h - top, crop_h // denom))
-                    crop_w = max(1, min(dec_w - left, crop_w // denom))
+                    # Round the crop's edges to the nearest decoded pixel.
+                    half = denom // 2
+                    bottom = min(dec_h, (top + crop_h + half) // denom)
+                    right = min(dec_w, (left + crop_w + half) // denom)
+                    top, left = (top + half) // denom, (left + half) // denom
+                    crop_h, crop_w = max(1, bottom - top), max(1, right - left)
                 else:
                     image = image_data.reshape(height, width, 3)
                 flipped = do_flip and np.random.random() < 0.5

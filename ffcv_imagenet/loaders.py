@@ -139,7 +139,7 @@ class ImageLoader:
                 images = (images.float() - self._mean) * self._inv_std
             if images.dtype != self.dtype:
                 images = images.to(self.dtype)
-            yield images, labels.long()
+            yield images, labels.long().reshape(-1)  # Squeeze makes a batch of 1 0-d
 
 
 def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
