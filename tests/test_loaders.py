@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ffcv_imagenet.decoders import IMAGENET_MEAN, IMAGENET_STD
-from ffcv_imagenet.loaders import train_loader, val_loader
+from ffcv_imagenet.decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
+from ffcv_imagenet.loaders import ImageLoader, ShardedOrder, train_loader, val_loader
 from ffcv_imagenet.writer import write_beton
 
 MEAN = np.array(IMAGENET_MEAN) * 255
@@ -60,6 +60,27 @@ def test_train_flips_half_the_images(square_beton):
                 else:
                     np.testing.assert_allclose(pixels, images[label][:, ::-1], atol=1e-3)
                     flips.append(True)
+    assert 0.2 < np.mean(flips) < 0.8
+
+
+def test_uint8_decoder_path_normalised_in_torch(square_beton):
+    """The path CUDA devices take (uint8 from the decoder, normalised in torch), run on
+    the CPU so that it is tested without a GPU."""
+    path, images = square_beton
+    decoder = FusedCropDecoder((48, 48), random_crop=True, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                               flip=True)
+    loader = ImageLoader(path, decoder, batch_size=12, num_workers=2, device='cpu',
+                         order=ShardedOrder(), seed=0, in_memory=True, drop_last=True,
+                         dtype=torch.float32, batches_ahead=2)
+    flips = []
+    for _ in range(3):
+        for x, y in loader:
+            assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+            for pixels, label in zip(to_pixels(x), y.numpy()):
+                flipped = not np.allclose(pixels, images[label], atol=1e-3)
+                expected = images[label][:, ::-1] if flipped else images[label]
+                np.testing.assert_allclose(pixels, expected, atol=1e-3)
+                flips.append(flipped)
     assert 0.2 < np.mean(flips) < 0.8
 
 
