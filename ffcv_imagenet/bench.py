@@ -52,7 +52,7 @@ def torchvision_baseline(folder: str, resolution: int, batch_size: int, workers:
 
 
 def _summary(name: str, rates: list[float]) -> dict:
-    timed = rates[1:] if len(rates) > 1 else rates
+    timed = rates[1:]  # bench_loaders guarantees at least 2 epochs
     return {'pipeline': name, 'images_per_sec': statistics.median(timed),
             'min': min(timed), 'max': max(timed), 'epochs_timed': len(timed),
             'first_epoch_images_per_sec': rates[0]}
@@ -65,17 +65,18 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
     with the settings, a row per pipeline (images/sec) and ``ratio_train_vs_torchvision``."""
     if epochs < 2:
         raise ValueError("need at least 2 epochs: the first one is not timed")
-    rows = []
     baseline = torchvision_baseline(folder, resolution, batch_size, workers)
-    rows.append(_summary('torchvision ImageFolder + DataLoader', epoch_rates(lambda: baseline, epochs)))
-    del baseline
+    baseline_row = _summary('torchvision ImageFolder + DataLoader',
+                            epoch_rates(lambda: baseline, epochs))
+    del baseline  # stops its worker processes before ours are timed
     train = train_loader(beton, batch_size=batch_size, resolution=resolution,
                          num_workers=workers, device=device)
-    rows.insert(0, _summary('ffcv_imagenet train loader', epoch_rates(lambda: train, epochs)))
+    rows = [_summary('ffcv_imagenet train loader', epoch_rates(lambda: train, epochs))]
     if val_beton:
         val = val_loader(val_beton, batch_size=batch_size, resolution=resolution,
                          num_workers=workers, device=device)
-        rows.insert(1, _summary('ffcv_imagenet val loader', epoch_rates(lambda: val, epochs)))
+        rows.append(_summary('ffcv_imagenet val loader', epoch_rates(lambda: val, epochs)))
+    rows.append(baseline_row)
     return {
         'settings': {'beton': beton, 'val_beton': val_beton, 'folder': folder,
                      'resolution': resolution, 'batch_size': batch_size, 'workers': workers,
@@ -83,7 +84,7 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                      'machine': platform.processor() or platform.machine(),
                      'torch': torch.__version__},
         'rows': rows,
-        'ratio_train_vs_torchvision': rows[0]['images_per_sec'] / rows[-1]['images_per_sec'],
+        'ratio_train_vs_torchvision': rows[0]['images_per_sec'] / baseline_row['images_per_sec'],
     }
 
 
