@@ -11,6 +11,11 @@ numba-parallel loop:
 3. resize the crop to the output size (OpenCV, bilinear);
 4. optionally flip horizontally (probability 1/2) and normalise to float32.
 
+Randomness (crop, flip) is reproducible: each image reseeds numba's per-thread
+generator from its own index and the index that leads its batch. The order of an
+epoch is itself seeded (``seed + epoch``), so the same seed gives the same
+augmentations whatever thread decodes an image, and a new epoch gives new ones.
+
 Output: (height, width, 3) per image, uint8 or float32 (normalised), which
 ``ToTensor`` + ``ToTorchImage`` turn into a channels-last (B, 3, H, W) view.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from numba import njit
 from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
                                    get_center_crop, get_random_crop)
 from ffcv.libffcv import imdecode, resize_crop
@@ -29,6 +35,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # libjpeg-turbo decodes directly at these reduced scales (denominators).
 _MAX_DCT_SCALE = 8
+
+
+@njit(cache=False, inline='always')
+def _sample_seed(lead_index, index):
+    """A 32-bit seed from two sample indices (multiplicative hashing, so nearby
+    indices get unrelated seeds)."""
+    mixed = (np.uint64(lead_index) * np.uint64(2654435761)
+             + np.uint64(index) * np.uint64(40503) + np.uint64(0x9E3779B9))
+    return np.uint32(mixed % np.uint64(4294967291))
 
 
 class FusedCropDecoder(ResizedCropRGBImageDecoder):
@@ -83,6 +98,7 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale, ratio = self.scale, self.ratio
         do_flip, normalize = self.flip, self.normalize
+        reseed = self.random_crop or self.flip
         mul = self.scale_px if normalize else np.ones(3, np.float32)
         add = self.shift_px if normalize else np.zeros(3, np.float32)
 
@@ -91,6 +107,8 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
             out_h, out_w = destination.shape[1], destination.shape[2]
             for k in my_range(len(batch_indices)):
                 field = metadata[batch_indices[k]]
+                if reseed:
+                    np.random.seed(_sample_seed(batch_indices[0], batch_indices[k]))
                 image_data = mem_read(field['data_ptr'], storage_state)
                 height, width = np.uint32(field['height']), np.uint32(field['width'])
                 top, left, crop_h, crop_w = get_crop_c(height, width, scale, ratio)

@@ -184,3 +184,16 @@ def test_cuda_batches_are_normalised_on_the_device(square_beton):
     x, y = next(iter(loader))
     assert x.is_cuda and y.is_cuda and x.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_allclose(to_pixels(x.cpu()), images[y.cpu().numpy()], atol=1e-3)
+
+
+def _two_epochs(path, seed):
+    loader = train_loader(path, batch_size=8, resolution=64, num_workers=2, seed=seed)
+    return [torch.cat([images.clone() for images, _ in loader]) for _ in range(2)]
+
+
+def test_same_seed_same_augmentations_new_epoch_new_ones(betons):
+    first, again, other = (_two_epochs(betons[0], seed) for seed in (5, 5, 6))
+    for epoch in range(2):
+        assert torch.equal(first[epoch], again[epoch])
+        assert not torch.equal(first[epoch], other[epoch])
+    assert not torch.equal(first[0], first[1])
