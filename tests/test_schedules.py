@@ -1,0 +1,90 @@
+import math
+
+import pytest
+
+from ffcv_imagenet.schedules import lr_schedule, resolution_at
+
+STEPS = 10  # optimizer steps per epoch
+
+
+def test_cyclic_rises_to_the_peak_then_falls_to_zero():
+    lr_at = lr_schedule('cyclic', peak_lr=2.0, epochs=10, steps_per_epoch=STEPS, peak_epoch=2)
+    assert lr_at(0) == 0.0
+    assert lr_at(STEPS) == pytest.approx(1.0)          # half-way up
+    assert lr_at(2 * STEPS) == pytest.approx(2.0)      # the peak
+    assert lr_at(6 * STEPS) == pytest.approx(1.0)      # half-way down
+    assert lr_at(10 * STEPS) == 0.0
+    values = [lr_at(i) for i in range(10 * STEPS + 1)]
+    peak = values.index(max(values))
+    assert peak == 2 * STEPS
+    assert all(a < b for a, b in zip(values[:peak], values[1:peak + 1]))
+    assert all(a > b for a, b in zip(values[peak:-1], values[peak + 1:]))
+
+
+def test_cyclic_changes_within_an_epoch():
+    lr_at = lr_schedule('cyclic', peak_lr=1.0, epochs=4, steps_per_epoch=STEPS, peak_epoch=1)
+    assert lr_at(3) == pytest.approx(0.3)
+
+
+def test_step_decays_every_step_length_after_warmup():
+    lr_at = lr_schedule('step', peak_lr=1.0, epochs=9, steps_per_epoch=STEPS, step_length=3,
+                        step_ratio=0.1, warmup_epochs=1)
+    assert lr_at(0) == 0.0
+    assert lr_at(STEPS // 2) == pytest.approx(0.5)
+    assert lr_at(STEPS) == pytest.approx(1.0)
+    assert lr_at(3 * STEPS - 1) == pytest.approx(1.0)
+    assert lr_at(3 * STEPS) == pytest.approx(0.1)
+    assert lr_at(6 * STEPS) == pytest.approx(0.01)
+    assert lr_at(9 * STEPS) == 0.0
+
+
+def test_cosine_warms_up_then_follows_half_a_cosine():
+    lr_at = lr_schedule('cosine', peak_lr=1.0, epochs=11, steps_per_epoch=STEPS,
+                        warmup_epochs=1, min_lr=0.1)
+    assert lr_at(0) == 0.0
+    assert lr_at(STEPS // 2) == pytest.approx(0.5)
+    assert lr_at(STEPS) == pytest.approx(1.0)
+    assert lr_at(6 * STEPS) == pytest.approx(0.55)  # half-way: mean of peak and floor
+    assert lr_at(int(3.5 * STEPS)) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(11 * STEPS) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'name': 'linear'}, "unknown lr schedule 'linear'"),
+    ({'name': 'cyclic', 'peak_epoch': 10}, 'peak_epoch'),
+    ({'name': 'cosine', 'warmup_epochs': 12}, 'warmup_epochs'),
+    ({'name': 'step', 'step_length': 0}, 'step_length'),
+    ({'name': 'cyclic', 'steps_per_epoch': 0}, 'steps_per_epoch'),
+])
+def test_bad_schedule_arguments(kwargs, message):
+    args = {'peak_lr': 1.0, 'epochs': 10, 'steps_per_epoch': STEPS} | kwargs
+    with pytest.raises(ValueError, match=message):
+        lr_schedule(**args)
+
+
+def test_resolution_ramp_is_linear_and_rounded_to_32():
+    ramp = dict(min_res=160, max_res=256, start_ramp=2, end_ramp=8)
+    got = [resolution_at(epoch, **ramp) for epoch in range(11)]
+    # exact values 160, 160, 160, 176, 192, 208, 224, 240, 256... rounded to 32
+    assert got == [160, 160, 160, 192, 192, 224, 224, 256, 256, 256, 256]
+    assert all(r % 32 == 0 for r in got)
+
+
+def test_resolution_ramp_of_the_published_recipe():
+    ramp = dict(min_res=160, max_res=192, start_ramp=65, end_ramp=76)
+    got = [resolution_at(epoch, **ramp) for epoch in (0, 65, 70, 71, 76, 87)]
+    assert got == [160, 160, 160, 192, 192, 192]
+
+
+def test_resolution_stays_within_bounds_that_are_not_multiples_of_32():
+    ramp = dict(min_res=100, max_res=140, start_ramp=0, end_ramp=4)
+    got = [resolution_at(epoch, **ramp) for epoch in range(5)]
+    assert got[0] == 100 and got[-1] == 140
+    assert all(100 <= r <= 140 for r in got)
+
+
+def test_bad_resolution_ramp():
+    with pytest.raises(ValueError, match='min_res'):
+        resolution_at(0, min_res=192, max_res=160, start_ramp=0, end_ramp=1)
+    with pytest.raises(ValueError, match='start_ramp'):
+        resolution_at(0, min_res=160, max_res=192, start_ramp=5, end_ramp=1)
