@@ -1,0 +1,143 @@
+"""Checkpoints: atomic save, checked load, and finding the newest one to resume.
+
+A checkpoint is a ``torch.save``d dict (loadable with ``weights_only=True``):
+
+    format      FORMAT, to refuse files this code did not write
+    arch, num_classes, classes
+    model       plain torchvision-style state_dict (no DDP/compile prefixes)
+    optimizer, scaler            state_dicts (scaler: None without fp16)
+    epoch       epochs completed; iteration: optimizer steps taken
+    best_top1   best validation top-1 so far (fraction), metrics: the last ones
+    config      the full resolved config (flat dict)
+    rng         rank 0's torch / CUDA / numpy / python RNG states
+
+The learning-rate schedule is a pure function of ``iteration``, so ``iteration`` is
+the schedule position. Files live in ``<run_dir>/checkpoints/``: ``last.pt`` (every
+epoch), ``best.pt``, ``epoch_NNNN.pt`` (every K epochs) and ``final.pt``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = 'ffcv_imagenet-checkpoint-1'
+SUBDIR = 'checkpoints'
+
+
+class CheckpointError(ValueError):
+    """A missing, unreadable or incompatible checkpoint; the message names the file."""
+
+
+def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / SUBDIR
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Writes ``state`` to ``path`` atomically: a temporary file beside it is written,
+    flushed to disk and renamed over ``path``, so a crash at any moment leaves either
+    the previous file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(temporary, 'wb') as handle:
+            torch.save({**state, 'format': FORMAT}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:  # make the rename itself durable
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def copy_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copies a checkpoint file to ``path`` atomically (cheaper than saving again)."""
+    path = Path(path)
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        shutil.copyfile(source, temporary)
+        with open(temporary, 'rb+') as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location='cpu', mmap: bool = False) -> dict:
+    """Reads a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or not such a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises many types for a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(state, dict) or state.get('format') != FORMAT:
+        raise CheckpointError(f"{path} is not an ffcv_imagenet checkpoint")
+    return state
+
+
+def check_compatible(state: dict, path: str | os.PathLike, *, arch: str,
+                     classes: list[str]) -> None:
+    """Raises CheckpointError unless the checkpoint has this architecture and class list."""
+    if state['arch'] != arch or state['num_classes'] != len(classes):
+        raise CheckpointError(
+            f"{path} holds {state['arch']} with {state['num_classes']} classes, but this run "
+            f"builds {arch} with {len(classes)} classes")
+    if list(state['classes']) != list(classes):
+        raise CheckpointError(f"{path} was trained on a different class list than this "
+                              f"run's .beton files")
+
+
+def find_latest(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint in ``run_dir`` that is furthest along (most optimizer steps), or
+    None when there is none. Unreadable files are skipped with a warning."""
+    best, best_key = None, None
+    for path in sorted(checkpoint_dir(run_dir).glob('*.pt')):
+        try:
+            state = load_checkpoint(path, mmap=True)
+        except CheckpointError as err:
+            warnings.warn(f"skipping {err}")
+            continue
+        # 'final' and 'last' win ties with an 'epoch_N' copy of the same step
+        key = (state['iteration'], path.stem in ('final', 'last'))
+        if best_key is None or key > best_key:
+            best, best_key = path, key
+    return best
+
+
+def rng_state() -> dict:
+    """This process's RNG states, in a form ``weights_only`` loading accepts."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+            'python': random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what :func:`rng_state` returned."""
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    kind, keys, position, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))

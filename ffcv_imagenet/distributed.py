@@ -1,0 +1,78 @@
+"""torchrun environment -> process group, and the few collective helpers the loop needs.
+
+``torchrun`` sets RANK, LOCAL_RANK and WORLD_SIZE (plus the rendezvous variables);
+a plain ``python`` run has none of them and is a world of one, with no process
+group at all. GPUs use NCCL and one device per local rank; CPUs use gloo.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits: ``rank`` of ``world_size``, on ``device``."""
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str = 'auto', timeout_minutes: float = 30.0) -> Dist:
+    """Joins the process group when launched by torchrun; picks the device.
+
+    Args:
+        device: 'auto' (the local rank's GPU when CUDA is available, else CPU),
+            'cuda' or 'cpu'.
+    Raises:
+        ValueError: 'cuda' asked for where there is none, or an unknown device name.
+    """
+    rank = int(os.environ.get('RANK', 0))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    if device not in ('auto', 'cuda', 'cpu'):
+        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
+    use_cuda = device == 'cuda' or (device == 'auto' and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("device is 'cuda' but no CUDA GPU is available")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        here = torch.device('cuda', local_rank)
+    else:
+        here = torch.device('cpu')
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if use_cuda else 'gloo',
+                                timeout=datetime.timedelta(minutes=timeout_minutes),
+                                device_id=here if use_cuda else None)
+    return Dist(rank, local_rank, world_size, here)
+
+
+def cleanup() -> None:
+    """Leaves the process group (safe to call when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks in place (a no-op in a world of one); returns the tensor."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

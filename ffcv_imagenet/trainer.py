@@ -1,0 +1,254 @@
+"""The training loop, top to bottom: one step, one epoch, validation, and ``fit``.
+
+Everything arrives built (model, optimizer, loaders, schedules); this module only
+runs them. Per epoch, ``fit``:
+
+1. sets the train loader's resolution from ``res_at(epoch)`` and reseeds the RNGs
+   from (seed, epoch, rank), so a run resumed at an epoch boundary replays exactly;
+2. trains, setting the learning rate ``lr_at(iteration)`` before every step;
+3. validates every ``eval_every`` epochs and at the end (top-1, top-5, loss;
+   optionally averaging the logits of each image and its mirror);
+4. logs one JSON line and, on rank 0, writes the checkpoints.
+
+Running sums stay on the device; they are all-reduced (one small tensor) every
+``log_every`` steps to update the progress bar and to stop on a non-finite loss
+before any checkpoint could store it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint as ckpt
+from .distributed import Dist, all_reduce_sum
+from .logs import Progress, RunLog
+from .models import unwrap
+from .optim import Precision, set_lr
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FitOptions:
+    """Loop settings. Epoch counts are whole epochs; ``grad_clip`` is a max L2 norm
+    (0 = off); ``checkpoint_every`` keeps ``epoch_NNNN.pt`` every that many epochs
+    (0 = off); ``stop_after`` ends this invocation after that epoch (0 = run to
+    ``epochs``; the schedules still span ``epochs``)."""
+    epochs: int
+    label_smoothing: float = 0.1
+    grad_clip: float = 0.0
+    eval_every: int = 1
+    tta: bool = True
+    checkpoint_every: int = 0
+    stop_after: int = 0
+    log_every: int = 50
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint must carry: epochs completed, optimizer steps taken,
+    the best validation top-1 (fraction) and the latest metrics."""
+    epoch: int = 0
+    iteration: int = 0
+    best_top1: float = -1.0
+    metrics: dict = field(default_factory=dict)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seeds torch, numpy and python RNGs from (seed, epoch, rank)."""
+    import random
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    random.seed(int(state[1]))
+
+
+def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               precision: Precision, label_smoothing: float = 0.0,
+               grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch. images: (B, 3, H, W); labels: (B,) int64.
+    Returns (mean loss, logits (B, classes)), both detached, still on the device."""
+    optimizer.zero_grad(set_to_none=True)
+    with precision.autocast():
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def _check_finite(totals: torch.Tensor, epoch: int, iteration: int) -> None:
+    if not torch.isfinite(totals[0]):
+        raise NonFiniteLossError(f"training loss became {totals[0].item()} in epoch "
+                                 f"{epoch + 1} by iteration {iteration}; stopped before "
+                                 f"writing any checkpoint")
+
+
+def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, *, precision: Precision, lr_at,
+                iteration: int, epoch: int, options: FitOptions, dist: Dist) -> dict:
+    """Trains one pass over ``loader`` starting at global step ``iteration``.
+
+    Returns train ``loss`` (mean, with label smoothing), ``top1`` (fraction),
+    ``images`` (all ranks), ``seconds``, ``lr`` (the last one) and ``iteration``.
+    Raises:
+        NonFiniteLossError: the loss summed over ranks is NaN or infinite.
+    """
+    model.train()
+    device = dist.device
+    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
+    progress = Progress(loader, len(loader), dist.is_main and options.progress,
+                        f"epoch {epoch + 1}/{options.epochs}")
+    start, lr = time.perf_counter(), 0.0
+    for step, (images, labels) in enumerate(progress, start=1):
+        lr = lr_at(iteration)
+        set_lr(optimizer, lr)
+        loss, logits = train_step(model, images, labels, optimizer, scaler, precision,
+                                  options.label_smoothing, options.grad_clip)
+        totals[0] += loss.double() * labels.shape[0]
+        totals[1] += (logits.argmax(dim=1) == labels).sum()
+        totals[2] += labels.shape[0]
+        iteration += 1
+        if step % options.log_every == 0 or step == len(loader):
+            seen = all_reduce_sum(totals.clone())
+            _check_finite(seen, epoch, iteration)
+            elapsed = time.perf_counter() - start
+            progress.show(loss=seen[0].item() / seen[2].item(), lr=lr,
+                          res=images.shape[-1], img_s=f"{seen[2].item() / elapsed:.0f}")
+    progress.close()
+    seen = all_reduce_sum(totals)
+    _check_finite(seen, epoch, iteration)
+    count = max(seen[2].item(), 1.0)
+    return {'loss': seen[0].item() / count, 'top1': seen[1].item() / count,
+            'images': int(seen[2].item()), 'seconds': time.perf_counter() - start,
+            'lr': lr, 'iteration': iteration}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, *, precision: Precision, tta: bool,
+             device: torch.device, show_progress: bool = False) -> dict:
+    """Validation over the whole split (all ranks together). With ``tta`` the logits
+    of each image and its horizontal mirror are averaged. Returns ``top1``, ``top5``
+    (fractions), ``loss`` (mean cross-entropy, no smoothing) and ``images``.
+    Pass the unwrapped model: ranks see different numbers of batches."""
+    model.eval()
+    totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
+    progress = Progress(loader, len(loader), show_progress, 'validation')
+    for images, labels in progress:
+        with precision.autocast():
+            logits = model(images).float()
+            if tta:
+                logits = (logits + model(torch.flip(images, dims=[3])).float()) / 2
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == labels[:, None]
+        totals[0] += F.cross_entropy(logits, labels, reduction='sum').double()
+        totals[1] += hits[:, 0].sum()
+        totals[2] += hits.any(dim=1).sum()
+        totals[3] += labels.shape[0]
+    progress.close()
+    loss, top1, top5, count = all_reduce_sum(totals).tolist()
+    count = max(count, 1.0)
+    return {'loss': loss / count, 'top1': top1 / count, 'top5': top5 / count,
+            'images': int(count)}
+
+
+def checkpoint_state(model: nn.Module, optimizer, scaler, state: TrainState,
+                     meta: dict) -> dict:
+    """The dict :mod:`ffcv_imagenet.checkpoint` saves; ``meta`` holds arch,
+    num_classes, classes and config. ``model`` must be the unwrapped module."""
+    return {**meta, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+            'epoch': state.epoch, 'iteration': state.iteration,
+            'best_top1': state.best_top1, 'metrics': state.metrics,
+            'rng': ckpt.rng_state()}
+
+
+def restore(saved: dict, model: nn.Module, optimizer, scaler) -> TrainState:
+    """Loads a checkpoint dict into model (unwrapped), optimizer and scaler; returns
+    the progress to continue from."""
+    model.load_state_dict(saved['model'])
+    optimizer.load_state_dict(saved['optimizer'])
+    if saved.get('scaler') and scaler.is_enabled():
+        scaler.load_state_dict(saved['scaler'])
+    ckpt.set_rng_state(saved['rng'])
+    return TrainState(saved['epoch'], saved['iteration'], saved['best_top1'],
+                      dict(saved.get('metrics') or {}))
+
+
+def _save_checkpoints(run_dir, saved: dict, *, improved: bool, epoch: int,
+                      options: FitOptions) -> None:
+    folder = ckpt.checkpoint_dir(run_dir)
+    last = ckpt.save_checkpoint(saved, folder / 'last.pt')
+    if improved:
+        ckpt.copy_checkpoint(last, folder / 'best.pt')
+    if options.checkpoint_every and epoch % options.checkpoint_every == 0:
+        ckpt.copy_checkpoint(last, folder / f'epoch_{epoch:04d}.pt')
+    if epoch == options.epochs:
+        ckpt.copy_checkpoint(last, folder / 'final.pt')
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+        train_loader, val_loader, *, lr_at, res_at, precision: Precision,
+        options: FitOptions, state: TrainState, dist: Dist, log: RunLog, run_dir,
+        meta: dict) -> TrainState:
+    """Trains from ``state.epoch`` to ``options.epochs`` (or ``stop_after``).
+
+    ``model`` may be DDP- or compile-wrapped; checkpoints and validation use the
+    module inside. ``meta`` (arch, num_classes, classes, config) goes into every
+    checkpoint. Returns the final TrainState.
+    """
+    module = unwrap(model)
+    last_epoch = min(options.epochs, options.stop_after or options.epochs)
+    for epoch in range(state.epoch, last_epoch):
+        train_loader.resolution = res_at(epoch)
+        seed_epoch(options.seed, epoch, dist.rank)
+        train = train_epoch(model, train_loader, optimizer, scaler, precision=precision,
+                            lr_at=lr_at, iteration=state.iteration, epoch=epoch,
+                            options=options, dist=dist)
+        state.epoch, state.iteration = epoch + 1, train['iteration']
+        val = {}
+        if state.epoch % options.eval_every == 0 or state.epoch == options.epochs:
+            val = evaluate(module, val_loader, precision=precision, tta=options.tta,
+                           device=dist.device)
+        improved = bool(val) and val['top1'] > state.best_top1
+        if improved:
+            state.best_top1 = val['top1']
+        state.metrics = _epoch_record(state, train, val, train_loader.resolution, dist)
+        log.event('epoch', **state.metrics)
+        log.scalars(state.epoch, {k: v for k, v in state.metrics.items()
+                                  if isinstance(v, float)})
+        if dist.is_main:
+            saved = checkpoint_state(module, optimizer, scaler, state, meta)
+            _save_checkpoints(run_dir, saved, improved=improved, epoch=state.epoch,
+                              options=options)
+    return state
+
+
+def _epoch_record(state: TrainState, train: dict, val: dict, resolution: int,
+                  dist: Dist) -> dict:
+    record = {'epoch': state.epoch, 'iteration': state.iteration, 'lr': train['lr'],
+              'resolution': resolution, 'train_loss': train['loss'],
+              'train_top1': train['top1'], 'val_loss': val.get('loss'),
+              'val_top1': val.get('top1'), 'val_top5': val.get('top5'),
+              'best_val_top1': state.best_top1 if state.best_top1 >= 0 else None,
+              'images_per_sec': train['images'] / train['seconds'],
+              'epoch_time': train['seconds']}
+    if dist.device.type == 'cuda':
+        record['peak_gpu_mem_gib'] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+        torch.cuda.reset_peak_memory_stats(dist.device)
+    return record
+

@@ -1,0 +1,72 @@
+"""Train a ResNet on .beton files: one process, or one per GPU under torchrun.
+
+    python train_imagenet.py -C rn50_configs/rn50_cpu_demo.yaml
+    torchrun --nproc_per_node=8 train_imagenet.py -C rn50_configs/rn50_88_epochs.yaml \
+        --data.train_dataset=betons/train.beton --data.val_dataset=betons/val.beton
+    python train_imagenet.py -C ... --checkpoint.resume=auto             # continue
+    python train_imagenet.py -C ... --checkpoint.resume=PATH --training.eval_only=1
+
+Any key can be set on the command line (``--training.epochs=16``); ``--help`` lists them.
+"""
+import os
+import sys
+
+from ffcv_imagenet import distributed
+from ffcv_imagenet.checkpoint import CheckpointError
+from ffcv_imagenet.config import ConfigError, parse_config
+from ffcv_imagenet.logs import RunLog, format_record
+from ffcv_imagenet.recipe import build_run
+from ffcv_imagenet.trainer import NonFiniteLossError, evaluate, fit
+
+
+def _report(message: str) -> None:
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    config = parse_config(__doc__.splitlines()[0], argv)
+    dist = distributed.setup(config['training.device'])
+    run = build_run(config, dist)
+    log = RunLog(run.run_dir, enabled=dist.is_main,
+                 tensorboard=bool(config['logging.tensorboard']))
+    for note in run.notes:
+        _report(note)
+    if config['training.eval_only']:
+        metrics = evaluate(run.module, run.val_loader, precision=run.precision,
+                           tta=run.options.tta, device=dist.device, show_progress=dist.is_main)
+        log.event('eval', checkpoint=str(run.resumed_from), **metrics)
+        _report(f"eval {run.resumed_from}: " + format_record(metrics))
+        return 0
+    log.write_config(run.meta['config'])
+    log.event('resume' if run.resumed_from else 'start', epoch=run.state.epoch,
+              checkpoint=str(run.resumed_from) if run.resumed_from else None,
+              world_size=dist.world_size)
+    state = fit(run.model, run.optimizer, run.scaler, run.train_loader, run.val_loader,
+                lr_at=run.lr_at, res_at=run.res_at, precision=run.precision,
+                options=run.options, state=run.state, dist=dist, log=log,
+                run_dir=run.run_dir, meta=run.meta)
+    log.event('end', epoch=state.epoch, best_val_top1=state.best_top1)
+    log.close()
+    _report(f"done: {state.epoch}/{run.options.epochs} epochs, best val_top1 "
+            f"{state.best_top1:.4f}, logs and checkpoints in {run.run_dir}")
+    return 0
+
+
+if __name__ == '__main__':
+    code = 1
+    try:
+        code = main()
+    except (ConfigError, CheckpointError) as err:
+        _report(f"error: {err}")
+        code = 2
+    except NonFiniteLossError as err:
+        _report(f"error: {err}")
+        code = 1
+    except KeyboardInterrupt:
+        _report("interrupted: checkpoints written so far are intact "
+                "(continue with --checkpoint.resume=auto)")
+        code = 130
+    finally:
+        distributed.cleanup()
+    sys.exit(code)
