@@ -11,6 +11,7 @@ Precedence: defaults < config files (in order) < ``--section.key=value`` flags.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from pathlib import Path
@@ -81,6 +82,14 @@ def _read_config_file(path: str, known: set[str]) -> dict[str, object]:
     return flat
 
 
+def _unknown_option(argument: str, known: set[str]) -> str:
+    """'unknown config key ...' with the closest known key, for typos."""
+    key = argument.split('=')[0].lstrip('-')
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" (did you mean --{close[0]}?)" if close else ""
+    return f"unknown config key '{key}' on the command line{hint}"
+
+
 def parse_config(description: str, argv: list[str] | None = None):
     """Collects and validates the sections declared before the call.
 
@@ -99,7 +108,10 @@ def parse_config(description: str, argv: list[str] | None = None):
         default = 'required' if param.required else param.default
         parser.add_argument(f'--{name}', metavar='V',
                             help=f"{param.desc} ({param.checker.help()}; default {default})")
-    args = vars(parser.parse_args(sys.argv[1:] if argv is None else argv))
+    parsed, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if unknown:
+        raise ConfigError(_unknown_option(unknown[0], known))
+    args = vars(parsed)
     for path in args.pop('config_file'):
         config.collect(_read_config_file(path, known))
     config.collect({k: v for k, v in args.items() if v is not None})

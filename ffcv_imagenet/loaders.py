@@ -126,6 +126,18 @@ class ImageLoader:
         self.decoder.output_size = (pixels, pixels)
 
     @property
+    def epoch(self) -> int:
+        """The epoch (0-based) whose order the next iteration yields; set it when
+        resuming so that epoch ``e`` gets the same order as in an unbroken run."""
+        return self.loader.next_epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must not be negative, got {epoch}")
+        self.loader.next_epoch = int(epoch)
+
+    @property
     def num_samples(self) -> int:
         """Images this rank sees per epoch (before ``drop_last``)."""
         return len(self.loader.first_traversal_order)

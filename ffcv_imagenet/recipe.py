@@ -190,11 +190,14 @@ def _schedules(config, steps_per_epoch: int, global_batch: int):
             steps_per_epoch=steps_per_epoch, peak_epoch=config['lr.peak_epoch'],
             warmup_epochs=config['lr.warmup_epochs'], step_length=config['lr.step_length'],
             step_ratio=config['lr.step_ratio'], min_lr=config['lr.min_lr'])
-        ramp = {key: config[f'resolution.{key}']
-                for key in ('min_res', 'max_res', 'start_ramp', 'end_ramp')}
-        resolution_at(0, **ramp)  # validates the ramp now, not at epoch 60
+    except ValueError as err:  # the messages start with the key's name
+        raise ConfigError(f"lr.{err}") from None
+    ramp = {key: config[f'resolution.{key}']
+            for key in ('min_res', 'max_res', 'start_ramp', 'end_ramp')}
+    try:
+        resolution_at(0, **ramp)  # checks the ramp now rather than at epoch 60
     except ValueError as err:
-        raise ConfigError(f"lr / resolution: {err}") from None
+        raise ConfigError(f"resolution: {err}") from None
     return lr_at, partial(resolution_at, **ramp), peak_lr
 
 

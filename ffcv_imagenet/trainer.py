@@ -3,8 +3,9 @@
 Everything arrives built (model, optimizer, loaders, schedules); this module only
 runs them. Per epoch, ``fit``:
 
-1. sets the train loader's resolution from ``res_at(epoch)`` and reseeds the RNGs
-   from (seed, epoch, rank), so a run resumed at an epoch boundary replays exactly;
+1. sets the train loader's epoch (its order) and resolution (``res_at(epoch)``) and
+   reseeds the RNGs from (seed, epoch, rank), so a run resumed at an epoch boundary
+   replays exactly what an unbroken run would have done;
 2. trains, setting the learning rate ``lr_at(iteration)`` before every step;
 3. validates every ``eval_every`` epochs and at the end (top-1, top-5, loss;
    optionally averaging the logits of each image and its mirror);
@@ -215,6 +216,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.Gr
     last_epoch = min(options.epochs, options.stop_after or options.epochs)
     for epoch in range(state.epoch, last_epoch):
         train_loader.resolution = res_at(epoch)
+        train_loader.epoch = epoch
         seed_epoch(options.seed, epoch, dist.rank)
         train = train_epoch(model, train_loader, optimizer, scaler, precision=precision,
                             lr_at=lr_at, iteration=state.iteration, epoch=epoch,

@@ -197,3 +197,14 @@ def test_same_seed_same_augmentations_new_epoch_new_ones(betons):
         assert torch.equal(first[epoch], again[epoch])
         assert not torch.equal(first[epoch], other[epoch])
     assert not torch.equal(first[0], first[1])
+
+
+def test_setting_the_epoch_replays_that_epochs_order(betons):
+    def labels_of_epoch(loader):
+        return torch.cat([labels.clone() for _, labels in loader])
+    loader = train_loader(betons[0], batch_size=8, resolution=32, num_workers=2, seed=1)
+    epochs = [labels_of_epoch(loader) for _ in range(3)]
+    assert loader.epoch == 3
+    loader.epoch = 1
+    assert torch.equal(labels_of_epoch(loader), epochs[1])
+    assert not torch.equal(epochs[0], epochs[1])
