@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh Debian/Ubuntu machine:
-#   make demo   install, make synthetic data, convert it, benchmark the loader, save a batch PNG
+#   make demo   install, make synthetic data, convert it, benchmark the loader, save a
+#               batch PNG, train ResNet-18 on it (the CPU demo recipe)
 #   make test   install, run the whole test suite (what .ci/run calls)
 # Both are idempotent: a second run reuses what is installed and generated.
 
@@ -9,11 +10,12 @@ PY := $(VENV)/bin/python
 DATA ?= data
 SYNTH := $(DATA)/synthetic
 BETONS := $(DATA)/betons
+DEMO_RUN ?= runs/rn18_cpu_demo
 WORKERS ?= $(shell nproc)
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config build-essential
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install system-packages bench preview clean
+.PHONY: demo test install system-packages bench preview train clean
 
 install: $(VENV)/.installed
 
@@ -53,11 +55,19 @@ preview: $(BETONS)/train.beton
 	$(PY) -m ffcv_imagenet.preview --beton $(BETONS)/train.beton \
 	    --out $(DATA)/train_batch.png --resolution 160 --count 32 --workers $(WORKERS)
 
-demo: install bench preview
-	@echo "demo done: benchmark in $(DATA)/bench_loader.json, batch grid in $(DATA)/train_batch.png"
+# resume=auto: a finished run is found and not trained again; an interrupted one continues
+train: $(BETONS)/val.beton
+	$(PY) train_imagenet.py -C rn50_configs/rn18_cpu_demo.yaml \
+	    --data.train_dataset=$(BETONS)/train.beton --data.val_dataset=$(BETONS)/val.beton \
+	    --data.num_workers=$(WORKERS) --logging.folder=$(DEMO_RUN) \
+	    --checkpoint.resume=auto --logging.progress=0
+
+demo: install bench preview train
+	@echo "demo done: benchmark in $(DATA)/bench_loader.json, batch grid in" \
+	    "$(DATA)/train_batch.png, training log and checkpoints in $(DEMO_RUN)"
 
 test: install
 	$(PY) -m pytest -q -ra tests
 
 clean:
-	rm -rf $(DATA)
+	rm -rf $(DATA) $(DEMO_RUN)

@@ -10,21 +10,48 @@
 pipeline through a ``DataLoader`` reading the source folder. The first epoch of
 each is left out (numba compilation for ffcv; worker start-up and a cold file
 cache for torchvision); the figure is the median over the remaining epochs.
+
+    python -m ffcv_imagenet.bench train --beton data/betons/train.beton \
+        --arch resnet50 --resolution 160 192 --batch-size 512 --precision auto \
+        --steps 100 --warmup 20 --json bench_train.json
+
+``train`` times full training steps (``trainer.train_step``: forward, loss,
+backward, SGD step) of one model, resolution, batch size and precision, two ways:
+(1) *model alone*, the ceiling: one random batch already on the device, in the
+loader's layout and dtype, fed again and again; (2) *end to end*: batches from the
+``.beton`` train loader, re-iterated across epochs as needed. It prints both
+images/sec and end-to-end / model-alone (the target on one H100 is >= 95%). Each
+way gets a fresh model and optimizer from the same seed, so neither inherits the
+other's weights, momentum or compiled code. Left out of the clock: the warm-up
+steps (numba compilation of the loader, cudnn autotuning, ``torch.compile``),
+model and loader construction, validation, learning-rate schedules, progressive
+resizing, logging and checkpoints. Kept in: decoding, augmentation, the host to
+device copy and epoch starts. Run it once before to have the ``.beton`` in the OS
+page cache, else end to end also measures the disk.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import json
 import os
 import platform
 import statistics
+import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from .decoders import IMAGENET_MEAN, IMAGENET_STD
+from .folders import classes_path, load_classes
 from .loaders import train_loader, val_loader
+from .models import ARCHS, build_model
+from .optim import PRECISIONS, Precision, build_sgd, resolve_precision
+from .trainer import train_step
+
+TRAIN_ROWS = ('model alone (synthetic batch)', 'end to end (.beton loader)')
 
 
 def epoch_rates(make_epoch: Callable[[], Iterable], epochs: int) -> list[float]:
@@ -104,7 +131,178 @@ def format_loader_table(result: dict) -> str:
     return '\n'.join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _device(name: str) -> torch.device:
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(name)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def _sync(device: torch.device) -> None:
+    # CUDA kernels run asynchronously: without this the clock would stop before the
+    # queued steps have run
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _fresh_training(arch: str, num_classes: int, *, blurpool: bool, channels_last: bool,
+                    compile: bool, device: torch.device, seed: int = 0):
+    """(model, optimizer), initialised from ``seed``: each measurement gets its own, so
+    neither starts from the other's trained weights or momentum."""
+    torch.manual_seed(seed)
+    module = build_model(arch, num_classes, blurpool=blurpool,
+                         channels_last=channels_last).to(device)
+    module.train()
+    # recipe defaults; the rate only has to be small enough to stay finite for a few
+    # hundred steps on random labels
+    optimizer = build_sgd(module, lr=0.01, momentum=0.9, weight_decay=5e-5)
+    return (torch.compile(module) if compile else module), optimizer
+
+
+def time_steps(model, optimizer, precision: Precision, batches: Iterator, *,
+               warmup: int, steps: int, device: torch.device) -> dict:
+    """Runs ``warmup`` untimed then ``steps`` timed training steps on ``batches``;
+    returns images/sec, steps timed, seconds and the last loss."""
+    scaler = precision.scaler()
+
+    def step():
+        images, labels = next(batches)
+        loss, _ = train_step(model, images, labels, optimizer, scaler, precision,
+                             label_smoothing=0.1)
+        return loss, images.shape[0]
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    seen, start = 0, time.perf_counter()
+    for _ in range(steps):
+        loss, count = step()
+        seen += count
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {'images_per_sec': seen / seconds, 'steps': steps, 'seconds': seconds,
+            'last_loss': loss.item()}
+
+
+def _endless(loader) -> Iterator:
+    """The loader's batches, epoch after epoch (small datasets have few per epoch)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(f"the loader gives no full batch of {loader.batch_size}")
+
+
+def _close_epoch_threads(started_before: set) -> None:
+    # an abandoned ffcv epoch keeps its thread (and batch buffers) waiting forever to
+    # hand over the next batch; ImageLoader hides the iterator, so find the ones we began.
+    # Joining lets a batch in progress finish before the loader's compiled code is freed.
+    from ffcv.loader.epoch_iterator import EpochIterator
+    for thread in threading.enumerate():
+        if isinstance(thread, EpochIterator) and thread not in started_before:
+            thread.close()
+            thread.join()
+
+
+def _time_loader(loader, model, optimizer, precision: Precision, **timing) -> dict:
+    """:func:`time_steps` on ``loader``'s batches, then stops the epoch left unfinished."""
+    threads, batches = set(threading.enumerate()), _endless(loader)
+    try:
+        return time_steps(model, optimizer, precision, batches, **timing)
+    finally:
+        batches.close()
+        _close_epoch_threads(threads)
+
+
+def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
+                batch_size: int = 512, precision: str = 'auto', channels_last: bool = True,
+                blurpool: bool = True, compile: bool = False, workers: int | None = None,
+                steps: int = 100, warmup: int = 20, device: str = 'auto') -> dict:
+    """Training images/sec of the model alone on one synthetic batch already on the
+    device, then end to end from ``beton``'s train loader; returns a dict with the
+    settings, the two rows (in :data:`TRAIN_ROWS` order) and
+    ``ratio_end_to_end_vs_model``. ``workers`` defaults to ``os.cpu_count()``."""
+    if warmup < 1 or steps < 1:
+        raise ValueError("need warmup >= 1 (the first steps compile) and steps >= 1")
+    dev = _device(device)
+    resolved = resolve_precision(precision, dev)
+    workers = workers or os.cpu_count()
+    if dev.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # as in training: fixed shapes
+    # ffcv sets torch's CPU threads to 1 on import and to its worker count at every epoch
+    # start: give the model-alone run the count that end to end (and training) gets
+    torch.set_num_threads(workers)
+    classes, _ = load_classes(classes_path(beton))
+    # the loader's output: channels-last always, autocast dtype on the GPU (as recipe.py)
+    dtype = resolved.dtype if dev.type == 'cuda' and resolved.dtype else torch.float32
+    build = dict(blurpool=blurpool, channels_last=channels_last, compile=compile, device=dev)
+    torch.manual_seed(1)
+    images = torch.randn(batch_size, 3, resolution, resolution, device=dev).to(
+        dtype=dtype, memory_format=torch.channels_last)
+    labels = torch.randint(len(classes), (batch_size,), device=dev)
+    model, optimizer = _fresh_training(arch, len(classes), **build)
+    ceiling = time_steps(model, optimizer, resolved, itertools.repeat((images, labels)),
+                         warmup=warmup, steps=steps, device=dev)
+    del model, optimizer, images, labels
+    loader = train_loader(beton, batch_size=batch_size, resolution=resolution,
+                          num_workers=workers, device=dev, dtype=dtype)
+    batches_per_epoch = len(loader)
+    model, optimizer = _fresh_training(arch, len(classes), **build)
+    end_to_end = _time_loader(loader, model, optimizer, resolved, warmup=warmup,
+                              steps=steps, device=dev)
+    del loader, model, optimizer
+    # the loader's numba functions are freed by the cycle collector; left to chance, that
+    # can happen in the next loader's epoch thread while it compiles, where numba's
+    # finalizer fails ('Exception ignored ... KeyError')
+    gc.collect()
+    rows = [{'measurement': name, **row} for name, row in zip(TRAIN_ROWS, (ceiling, end_to_end))]
+    return {
+        'settings': {'beton': beton, 'arch': arch, 'num_classes': len(classes),
+                     'resolution': resolution, 'batch_size': batch_size,
+                     'precision': resolved.name, 'channels_last': channels_last,
+                     'blurpool': blurpool, 'compile': compile, 'workers': workers,
+                     'torch_threads': torch.get_num_threads(),
+                     'steps': steps, 'warmup': warmup, 'device': str(dev),
+                     'device_name': _device_name(dev), 'torch': torch.__version__,
+                     'batches_per_epoch': batches_per_epoch},
+        'rows': rows,
+        'ratio_end_to_end_vs_model': end_to_end['images_per_sec'] / ceiling['images_per_sec'],
+    }
+
+
+def format_train_table(results: dict | list[dict]) -> str:
+    """A plain-text table of one :func:`bench_train` result, or of several (one per
+    resolution) run with otherwise equal settings."""
+    results = [results] if isinstance(results, dict) else results
+    s = results[0]['settings']
+    options = [f"precision {s['precision']}",
+               'channels-last' if s['channels_last'] else 'contiguous',
+               'blurpool' if s['blurpool'] else 'no blurpool',
+               'compiled' if s['compile'] else 'eager']
+    lines = [f"train benchmark: {s['arch']}, batch {s['batch_size']}, {', '.join(options)}, "
+             f"{s['workers']} loader workers; {s['device_name']}, torch {s['torch']}",
+             f"{s['warmup']} warm-up steps left out (compilation, autotuning), "
+             f"{s['steps']} steps timed",
+             f"{'res':>4} {'measurement':<30} {'images/sec':>11} {'steps':>6} {'seconds':>8} "
+             f"{'end to end / model':>19}"]
+    for result in results:
+        res, ratio = result['settings']['resolution'], result['ratio_end_to_end_vs_model']
+        for row in result['rows']:
+            last = row is result['rows'][-1]
+            tail = f"{ratio:.3f} ({ratio:.1%})" if last else ''
+            lines.append(f"{res:>4} {row['measurement']:<30} {row['images_per_sec']:>11.1f} "
+                         f"{row['steps']:>6} {row['seconds']:>8.2f} {tail:>19}")
+    return '\n'.join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
     loader = commands.add_parser('loader', help='loader images/sec vs torchvision')
@@ -118,18 +316,54 @@ def main(argv: list[str] | None = None) -> None:
     loader.add_argument('--epochs', type=int, default=5, help='including the untimed first')
     loader.add_argument('--device', default='cpu')
     loader.add_argument('--json', help='also write the result here')
-    args = parser.parse_args(argv)
-    for path in (args.beton, args.val_beton, args.folder):
-        if path and not os.path.exists(path):
-            parser.error(f"not found: {path}")
-    result = bench_loaders(args.beton, args.folder, args.val_beton,
-                           resolution=args.resolution, batch_size=args.batch_size,
-                           workers=args.workers, epochs=args.epochs, device=args.device)
-    print(format_loader_table(result))
-    if args.json:
-        with open(args.json, 'w') as handle:
+    train = commands.add_parser('train', help='training images/sec: model alone vs end to end')
+    train.add_argument('--beton', required=True, help='train .beton')
+    train.add_argument('--arch', choices=ARCHS, default='resnet50')
+    train.add_argument('--resolution', type=int, nargs='+', default=[160],
+                       help='pixels; several values give a pair of rows each')
+    train.add_argument('--batch-size', type=int, default=512)
+    train.add_argument('--precision', choices=PRECISIONS, default='auto')
+    train.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True)
+    train.add_argument('--blurpool', action=argparse.BooleanOptionalAction, default=True)
+    train.add_argument('--compile', action='store_true', help='torch.compile the model')
+    train.add_argument('--workers', type=int, default=os.cpu_count())
+    train.add_argument('--steps', type=int, default=100, help='timed steps per measurement')
+    train.add_argument('--warmup', type=int, default=20, help='untimed steps before them')
+    train.add_argument('--device', default='auto', help="'auto': cuda if available")
+    train.add_argument('--json', help='also write the results (a list, one per resolution)')
+    return parser
+
+
+def _write_json(path: str | None, result) -> None:
+    if path:
+        with open(path, 'w') as handle:
             json.dump(result, handle, indent=1)
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    paths = [args.beton]
+    if args.command == 'loader':
+        paths += [args.val_beton, args.folder]
+    for path in paths:
+        if path and not os.path.exists(path):
+            parser.error(f"not found: {path}")
+    if args.command == 'loader':
+        result = bench_loaders(args.beton, args.folder, args.val_beton,
+                               resolution=args.resolution, batch_size=args.batch_size,
+                               workers=args.workers, epochs=args.epochs, device=args.device)
+        print(format_loader_table(result))
+        _write_json(args.json, result)
+        return
+    results = [bench_train(args.beton, arch=args.arch, resolution=res,
+                           batch_size=args.batch_size, precision=args.precision,
+                           channels_last=args.channels_last, blurpool=args.blurpool,
+                           compile=args.compile, workers=args.workers, steps=args.steps,
+                           warmup=args.warmup, device=args.device)
+               for res in args.resolution]
+    print(format_train_table(results))
+    _write_json(args.json, results)
 
 if __name__ == '__main__':
     main()
