@@ -15,7 +15,7 @@ from ffcv_imagenet import distributed
 from ffcv_imagenet.checkpoint import CheckpointError
 from ffcv_imagenet.config import ConfigError, parse_config
 from ffcv_imagenet.logs import RunLog, format_record
-from ffcv_imagenet.recipe import build_run
+from ffcv_imagenet.recipe import SECTIONS, build_run
 from ffcv_imagenet.trainer import NonFiniteLossError, evaluate, fit
 
 
@@ -25,7 +25,7 @@ def _report(message: str) -> None:
 
 
 def main(argv=None) -> int:
-    config = parse_config(__doc__.splitlines()[0], argv)
+    config = parse_config(__doc__.splitlines()[0], argv, SECTIONS)
     dist = distributed.setup(config['training.device'])
     run = build_run(config, dist)
     log = RunLog(run.run_dir, enabled=dist.is_main,

@@ -58,7 +58,7 @@ def _synset_file(cfg_value: str, data_dir: Path) -> Path | None:
 
 
 def main(argv=None) -> int:
-    config = parse_config(__doc__.splitlines()[0], argv)
+    config = parse_config(__doc__.splitlines()[0], argv, ('cfg',))
     cfg = lambda key: config[f'cfg.{key}']  # noqa: E731
     data_dir = Path(cfg('data_dir'))
     if cfg('split') == 'val' and not cfg('classes'):

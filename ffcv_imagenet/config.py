@@ -90,8 +90,11 @@ def _unknown_option(argument: str, known: set[str]) -> str:
     return f"unknown config key '{key}' on the command line{hint}"
 
 
-def parse_config(description: str, argv: list[str] | None = None):
-    """Collects and validates the sections declared before the call.
+def parse_config(description: str, argv: list[str] | None = None,
+                 sections: tuple[str, ...] | None = None):
+    """Collects and validates the sections declared before the call (only those
+    named in ``sections`` when given: fastargs keeps one registry per process, and a
+    process that imports two entry points, such as the tests, holds both).
 
     Returns the fastargs ``Config``; ``config['section.key']`` reads a value.
     Raises:
@@ -99,7 +102,8 @@ def parse_config(description: str, argv: list[str] | None = None):
     """
     config = get_current_config()
     config.content.clear()  # values from an earlier call in this process must not leak in
-    known = {'.'.join(path) for path in config.entries}
+    known = {'.'.join(path) for path in config.entries
+             if sections is None or path[0] in sections}
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--config-file', '-C', action='append', default=[],
                         help='YAML or JSON config file (may be repeated)')
@@ -117,6 +121,8 @@ def parse_config(description: str, argv: list[str] | None = None):
     config.collect({k: v for k, v in args.items() if v is not None})
     errors = config.validate(mode='errordict')
     for path, error in errors.items():
+        if '.'.join(path) not in known:
+            continue
         key = '.'.join(path)
         if isinstance(error, MissingValueError):
             raise ConfigError(f"missing required config value --{key}")
@@ -126,6 +132,8 @@ def parse_config(description: str, argv: list[str] | None = None):
     return config
 
 
-def as_dict(config) -> dict[str, object]:
-    """The resolved config as a flat {'section.key': value} dict (for logs)."""
-    return {'.'.join(path): config[path] for path in config.entries}
+def as_dict(config, sections: tuple[str, ...] | None = None) -> dict[str, object]:
+    """The resolved config (of ``sections`` only, when given) as a flat
+    {'section.key': value} dict, for logs and checkpoints."""
+    return {'.'.join(path): config[path] for path in config.entries
+            if sections is None or path[0] in sections}

@@ -106,6 +106,9 @@ Section('logging', 'logs').params(
                     default=50),
 )
 
+SECTIONS = ('data', 'model', 'resolution', 'lr', 'optimizer', 'training', 'validation',
+            'checkpoint', 'logging')
+
 _POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
              'logging.log_every', 'lr.reference_batch')
@@ -264,7 +267,7 @@ def build_run(config, dist: Dist) -> Run:
         stop_after=config['training.stop_after'], log_every=config['logging.log_every'],
         seed=config['training.seed'], progress=bool(config['logging.progress']))
     meta = {'arch': arch, 'num_classes': len(classes), 'classes': classes,
-            'config': as_dict(config)}
+            'config': as_dict(config, SECTIONS)}
     notes = [note, f"{dist.world_size} process(es) on {dist.device.type}, batch {batch} per "
              f"process, peak lr {peak_lr:.4g}, precision {precision.name}, "
              f"{len(train)} steps per epoch"]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-import ffcv_imagenet.recipe  # noqa: F401  (declares the config sections)
+from ffcv_imagenet.recipe import SECTIONS
 from ffcv_imagenet.config import parse_config
 from ffcv_imagenet.schedules import lr_schedule, resolution_at
 
@@ -20,7 +20,7 @@ def test_the_published_lengths_exist_for_both_architectures():
 
 @pytest.mark.parametrize('path', RECIPES, ids=lambda p: p.name)
 def test_recipe_parses_and_is_consistent(path):
-    config = parse_config('test', ['-C', str(path)])
+    config = parse_config('test', ['-C', str(path)], SECTIONS)
     epochs = config['training.epochs']
     assert 0 < config['lr.peak_epoch'] < epochs
     ramp = {k: config[f'resolution.{k}'] for k in ('min_res', 'max_res', 'start_ramp',
@@ -39,7 +39,8 @@ def test_recipe_parses_and_is_consistent(path):
 
 @pytest.mark.parametrize('arch, gpus, peak', [('rn50', 8, 1.7), ('rn18', 1, 0.5)])
 def test_peak_learning_rate_matches_the_published_one(arch, gpus, peak):
-    config = parse_config('test', ['-C', str(RECIPES[0].parent / f'{arch}_88_epochs.yaml')])
+    config = parse_config('test', ['-C', str(RECIPES[0].parent / f'{arch}_88_epochs.yaml')],
+                          SECTIONS)
     global_batch = config['training.batch_size'] * gpus
     peak_lr = config['lr.lr'] * global_batch / config['lr.reference_batch']
     assert peak_lr == pytest.approx(peak)
