@@ -26,7 +26,10 @@ def _report(message: str) -> None:
 
 def main(argv=None) -> int:
     config = parse_config(__doc__.splitlines()[0], argv, SECTIONS)
-    dist = distributed.setup(config['training.device'])
+    try:
+        dist = distributed.setup(config['training.device'])
+    except ValueError as err:
+        raise ConfigError(f"training.device: {err}") from None
     run = build_run(config, dist)
     log = RunLog(run.run_dir, enabled=dist.is_main,
                  tensorboard=bool(config['logging.tensorboard']))
@@ -42,10 +45,14 @@ def main(argv=None) -> int:
     log.event('resume' if run.resumed_from else 'start', epoch=run.state.epoch,
               checkpoint=str(run.resumed_from) if run.resumed_from else None,
               world_size=dist.world_size)
-    state = fit(run.model, run.optimizer, run.scaler, run.train_loader, run.val_loader,
-                lr_at=run.lr_at, res_at=run.res_at, precision=run.precision,
-                options=run.options, state=run.state, dist=dist, log=log,
-                run_dir=run.run_dir, meta=run.meta)
+    try:
+        state = fit(run.model, run.optimizer, run.scaler, run.train_loader, run.val_loader,
+                    lr_at=run.lr_at, res_at=run.res_at, precision=run.precision,
+                    options=run.options, state=run.state, dist=dist, log=log,
+                    run_dir=run.run_dir, meta=run.meta)
+    except (NonFiniteLossError, KeyboardInterrupt) as err:
+        log.event('stop', reason=str(err) or type(err).__name__)
+        raise
     log.event('end', epoch=state.epoch, best_val_top1=state.best_top1)
     log.close()
     _report(f"done: {state.epoch}/{run.options.epochs} epochs, best val_top1 "

@@ -53,12 +53,16 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:  # make the rename itself durable
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    directory = os.open(folder, os.O_RDONLY)
+    try:  # makes a rename inside ``folder`` itself durable
         os.fsync(directory)
     finally:
         os.close(directory)
-    return path
 
 
 def copy_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -72,6 +76,7 @@ def copy_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
     return path
 
 
@@ -124,10 +129,11 @@ def find_latest(run_dir: str | os.PathLike) -> Path | None:
 
 
 def rng_state() -> dict:
-    """This process's RNG states, in a form ``weights_only`` loading accepts."""
+    """This process's RNG states (CUDA: the current device's only, so that a machine
+    with fewer GPUs can restore it), in a form ``weights_only`` loading accepts."""
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     return {'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
             'python': random.getstate()}
 
@@ -135,8 +141,8 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restores what :func:`rng_state` returned."""
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if state['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
     kind, keys, position, has_gauss, gauss = state['numpy']
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     version, internal, gauss_next = state['python']

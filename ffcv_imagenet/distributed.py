@@ -49,7 +49,12 @@ def setup(device: str = 'auto', timeout_minutes: float = 30.0) -> Dist:
     if use_cuda and not torch.cuda.is_available():
         raise ValueError("device is 'cuda' but no CUDA GPU is available")
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank} has no GPU: only "
+                             f"{torch.cuda.device_count()} visible")
         torch.cuda.set_device(local_rank)
+        # shapes are fixed (drop_last, a few resolutions): let cuDNN pick its fastest kernels
+        torch.backends.cudnn.benchmark = True
         here = torch.device('cuda', local_rank)
     else:
         here = torch.device('cpu')
@@ -71,6 +76,32 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The largest ``value`` over ranks (every rank must call it)."""
+    tensor = torch.tensor([value], device=device, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copies rank 0's buffers (BatchNorm running statistics) to every rank: under DDP
+    each rank's last forward pass updated its own, and validation and checkpoints
+    must use the same ones."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def broadcast_object(value, src: int = 0):
+    """Rank ``src``'s ``value`` on every rank (a no-op in a world of one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
 
 
 def barrier() -> None:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .checkpoint import check_compatible, checkpoint_dir, find_latest, load_checkpoint
 from .config import ConfigError, Flag, OneOf, as_dict
-from .distributed import Dist
+from .distributed import Dist, broadcast_object
 from .folders import DatasetError, classes_path, load_classes
 from .loaders import ImageLoader, train_loader, val_loader
 from .models import ARCHS, build_model
@@ -135,6 +135,14 @@ def check_values(config) -> None:
     if not 0 < config['validation.crop_ratio'] <= 1:
         raise ConfigError(f"validation.crop_ratio must be in (0, 1], "
                           f"got {config['validation.crop_ratio']}")
+    if config['optimizer.nesterov'] and config['optimizer.momentum'] <= 0:
+        raise ConfigError("optimizer.nesterov=1 needs optimizer.momentum > 0")
+    if config['logging.tensorboard']:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("logging.tensorboard=1 needs the tensorboard package "
+                              "(pip install tensorboard)") from None
 
 
 def per_gpu_batch(config, world_size: int) -> int:
@@ -209,6 +217,9 @@ def _resume_source(config, run_dir: Path) -> tuple[Path | None, str]:
     resume = config['checkpoint.resume']
     if resume == 'auto':
         latest = find_latest(run_dir)
+        if latest is None and config['training.eval_only']:
+            raise ConfigError(f"training.eval_only=1: no checkpoint in "
+                              f"{checkpoint_dir(run_dir)} to evaluate")
         if latest is None:
             return None, f"no checkpoint in {checkpoint_dir(run_dir)}; starting fresh"
         return latest, f"resuming from {latest}"
@@ -237,13 +248,16 @@ def build_run(config, dist: Dist) -> Run:
         raise ConfigError(f"data.val_dataset: {val_path} was written with a different class "
                           f"list than {train_path}")
     run_dir = Path(config['logging.folder'])
-    source, note = _resume_source(config, run_dir)
+    source, note = _agreed_resume_source(config, run_dir, dist)
     saved = load_checkpoint(source) if source else None
     arch = config['model.arch']
     if saved:
         check_compatible(saved, source, arch=arch, classes=classes)
     batch = per_gpu_batch(config, dist.world_size)
-    precision = resolve_precision(config['training.precision'], dist.device)
+    try:
+        precision = resolve_precision(config['training.precision'], dist.device)
+    except ValueError as err:
+        raise ConfigError(f"training.precision: {err}") from None
     image_dtype = precision.dtype if dist.device.type == 'cuda' and precision.dtype else torch.float32
     common = dict(num_workers=config['data.num_workers'], device=dist.device,
                   in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
@@ -257,9 +271,17 @@ def build_run(config, dist: Dist) -> Run:
         raise ConfigError(f"training.batch_size: {train_path} gives each of the "
                           f"{dist.world_size} processes {train.num_samples} images, fewer "
                           f"than one batch of {batch}")
+    if saved and saved['iteration'] != saved['epoch'] * len(train):
+        raise ConfigError(
+            f"training.batch_size: {source} took {saved['iteration']} steps in "
+            f"{saved['epoch']} epochs, but this run takes {len(train)} per epoch; resume "
+            f"with the batch size and number of processes it was trained with")
     lr_at, res_at, peak_lr = _schedules(config, len(train), batch * dist.world_size)
     model, module, optimizer, scaler = _network(config, dist, precision, len(classes))
-    state = restore(saved, module, optimizer, scaler) if saved else TrainState()
+    state = TrainState()
+    if saved:
+        state = restore(saved, module, optimizer, scaler)
+        _apply_optimizer_config(optimizer, config)  # the config wins over saved values
     options = FitOptions(
         epochs=config['training.epochs'], label_smoothing=config['training.label_smoothing'],
         grad_clip=config['training.grad_clip'], eval_every=config['validation.every'],
@@ -273,6 +295,30 @@ def build_run(config, dist: Dist) -> Run:
              f"{len(train)} steps per epoch"]
     return Run(dist, model, module, optimizer, scaler, precision, train, val, lr_at, res_at,
                options, state, run_dir, meta, source, notes)
+
+
+def _agreed_resume_source(config, run_dir: Path, dist: Dist) -> tuple[Path | None, str]:
+    """Rank 0 decides what to resume from and tells the others, so that ranks on
+    other nodes cannot disagree (or fail alone) over what their disks hold; the
+    run folder must therefore be on a file system every node can read."""
+    decision = None
+    if dist.is_main:
+        try:
+            decision = (*_resume_source(config, run_dir), None)
+        except ConfigError as err:
+            decision = (None, '', str(err))
+    source, note, error = broadcast_object(decision)
+    if error:
+        raise ConfigError(error)
+    return (Path(source) if source else None), note
+
+
+def _apply_optimizer_config(optimizer: torch.optim.Optimizer, config) -> None:
+    for group in optimizer.param_groups:
+        group['momentum'] = config['optimizer.momentum']
+        group['nesterov'] = bool(config['optimizer.nesterov'])
+        if group.get('name') == 'decay':
+            group['weight_decay'] = config['optimizer.weight_decay']
 
 
 def _network(config, dist: Dist, precision: Precision, num_classes: int):
@@ -292,5 +338,7 @@ def _network(config, dist: Dist, precision: Precision, num_classes: int):
         device_ids = [dist.device.index] if dist.device.type == 'cuda' else None
         model = DDP(module, device_ids=device_ids)
     if config['model.compile']:
-        model = torch.compile(model)
+        # a few fixed resolutions: static shapes compile faster convolutions than the
+        # symbolic ones dynamo switches to after the first resolution change
+        model = torch.compile(model, dynamic=False)
     return model, module, optimizer, scaler

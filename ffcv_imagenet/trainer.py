@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt
-from .distributed import Dist, all_reduce_sum
+from .distributed import Dist, all_reduce_max, all_reduce_sum, broadcast_buffers
 from .logs import Progress, RunLog
 from .models import unwrap
 from .optim import Precision, set_lr
@@ -97,6 +97,15 @@ def _check_finite(totals: torch.Tensor, epoch: int, iteration: int) -> None:
         raise NonFiniteLossError(f"training loss became {totals[0].item()} in epoch "
                                  f"{epoch + 1} by iteration {iteration}; stopped before "
                                  f"writing any checkpoint")
+
+
+def _check_finite_weights(module: nn.Module, epoch: int) -> None:
+    # a last step can break the weights after the last finite loss was seen; the
+    # weights are the same on every rank, so every rank stops here together
+    for name, tensor in module.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NonFiniteLossError(f"{name} became non-finite in epoch {epoch}; stopped "
+                                     f"before writing any checkpoint")
 
 
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
@@ -222,6 +231,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.Gr
                             lr_at=lr_at, iteration=state.iteration, epoch=epoch,
                             options=options, dist=dist)
         state.epoch, state.iteration = epoch + 1, train['iteration']
+        broadcast_buffers(module)
+        _check_finite_weights(module, state.epoch)
         val = {}
         if state.epoch % options.eval_every == 0 or state.epoch == options.epochs:
             val = evaluate(module, val_loader, precision=precision, tta=options.tta,
@@ -249,8 +260,9 @@ def _epoch_record(state: TrainState, train: dict, val: dict, resolution: int,
               'best_val_top1': state.best_top1 if state.best_top1 >= 0 else None,
               'images_per_sec': train['images'] / train['seconds'],
               'epoch_time': train['seconds']}
-    if dist.device.type == 'cuda':
-        record['peak_gpu_mem_gib'] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+    if dist.device.type == 'cuda':  # the largest over ranks
+        peak = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+        record['peak_gpu_mem_gib'] = all_reduce_max(peak, dist.device)
         torch.cuda.reset_peak_memory_stats(dist.device)
     return record
 

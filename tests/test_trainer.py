@@ -128,8 +128,17 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(betons, f
                      '--lr.lr=1e30', '--lr.schedule=step', '--logging.log_every=1')
     with pytest.raises(NonFiniteLossError, match='loss became'):
         train_imagenet.main(args)
+    assert 'loss became' in read_log(folder, 'stop')[0]['reason']
     assert last.read_bytes() == good
     assert sorted(p.name for p in (folder / 'checkpoints').iterdir()) == ['last.pt']
+
+
+def test_resuming_with_another_batch_size_is_refused(betons, full_run, tmp_path):
+    final = checkpoint_dir(full_run) / 'final.pt'
+    args = tiny_args(betons, tmp_path / 'y', '--training.batch_size=4',
+                     f'--checkpoint.resume={final}')
+    with pytest.raises(ConfigError, match='training.batch_size: .*12 steps in 2 epochs'):
+        train_imagenet.main(args)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(betons, full_run, tmp_path):
@@ -151,6 +160,12 @@ def test_a_checkpoint_of_another_architecture_is_refused(betons, full_run, tmp_p
     (['--resolution.min_res=256'], 'min_res'),
     (['--checkpoint.resume=/nowhere/last.pt'], '/nowhere/last.pt'),
     (['--training.eval_only=1'], 'checkpoint.resume'),
+    (['--training.eval_only=1', '--checkpoint.resume=auto'], 'no checkpoint in'),
+    (['--training.precision=fp16'], 'training.precision: precision fp16 needs a CUDA'),
+    (['--training.device=cuda'] if not torch.cuda.is_available() else ['--training.epochs=-1'],
+     'training.device: |training.epochs'),
+    (['--optimizer.nesterov=1', '--optimizer.momentum=0'], 'optimizer.nesterov'),
+    (['--training.label_smoothing=1.5'], 'label_smoothing'),
 ])
 def test_bad_config_is_one_clear_error_before_any_work(betons, tmp_path, extra, message):
     with pytest.raises((ConfigError, CheckpointError), match=message):
