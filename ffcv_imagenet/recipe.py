@@ -258,19 +258,7 @@ def build_run(config, dist: Dist) -> Run:
         precision = resolve_precision(config['training.precision'], dist.device)
     except ValueError as err:
         raise ConfigError(f"training.precision: {err}") from None
-    image_dtype = precision.dtype if dist.device.type == 'cuda' and precision.dtype else torch.float32
-    common = dict(num_workers=config['data.num_workers'], device=dist.device,
-                  in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
-                  dtype=image_dtype)
-    train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
-                         resolution=config['resolution.min_res'], **common)
-    val = val_loader(val_path, batch_size=config['validation.batch_size'],
-                     resolution=config['validation.resolution'],
-                     center_ratio=config['validation.crop_ratio'], **common)
-    if len(train) == 0:
-        raise ConfigError(f"training.batch_size: {train_path} gives each of the "
-                          f"{dist.world_size} processes {train.num_samples} images, fewer "
-                          f"than one batch of {batch}")
+    train, val = _loaders(config, dist, precision, train_path, val_path, batch)
     if saved and saved['iteration'] != saved['epoch'] * len(train):
         raise ConfigError(
             f"training.batch_size: {source} took {saved['iteration']} steps in "
@@ -282,19 +270,41 @@ def build_run(config, dist: Dist) -> Run:
     if saved:
         state = restore(saved, module, optimizer, scaler)
         _apply_optimizer_config(optimizer, config)  # the config wins over saved values
-    options = FitOptions(
+    return Run(dist, model, module, optimizer, scaler, precision, train, val, lr_at, res_at,
+               _fit_options(config), state, run_dir,
+               {'arch': arch, 'num_classes': len(classes), 'classes': classes,
+                'config': as_dict(config, SECTIONS)}, source,
+               [note, f"{dist.world_size} process(es) on {dist.device.type}, batch {batch} "
+                      f"per process, peak lr {peak_lr:.4g}, precision {precision.name}, "
+                      f"{len(train)} steps per epoch"])
+
+
+def _fit_options(config) -> FitOptions:
+    return FitOptions(
         epochs=config['training.epochs'], label_smoothing=config['training.label_smoothing'],
         grad_clip=config['training.grad_clip'], eval_every=config['validation.every'],
         tta=bool(config['validation.tta']), checkpoint_every=config['checkpoint.every'],
         stop_after=config['training.stop_after'], log_every=config['logging.log_every'],
         seed=config['training.seed'], progress=bool(config['logging.progress']))
-    meta = {'arch': arch, 'num_classes': len(classes), 'classes': classes,
-            'config': as_dict(config, SECTIONS)}
-    notes = [note, f"{dist.world_size} process(es) on {dist.device.type}, batch {batch} per "
-             f"process, peak lr {peak_lr:.4g}, precision {precision.name}, "
-             f"{len(train)} steps per epoch"]
-    return Run(dist, model, module, optimizer, scaler, precision, train, val, lr_at, res_at,
-               options, state, run_dir, meta, source, notes)
+
+
+def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path: str,
+             batch: int) -> tuple[ImageLoader, ImageLoader]:
+    # on the GPU the batch arrives in the autocast dtype: half the bytes of float32
+    on_gpu = dist.device.type == 'cuda' and precision.dtype is not None
+    common = dict(num_workers=config['data.num_workers'], device=dist.device,
+                  in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
+                  dtype=precision.dtype if on_gpu else torch.float32)
+    train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
+                         resolution=config['resolution.min_res'], **common)
+    val = val_loader(val_path, batch_size=config['validation.batch_size'],
+                     resolution=config['validation.resolution'],
+                     center_ratio=config['validation.crop_ratio'], **common)
+    if len(train) == 0:
+        raise ConfigError(f"training.batch_size: {train_path} gives each of the "
+                          f"{dist.world_size} processes {train.num_samples} images, fewer "
+                          f"than one batch of {batch}")
+    return train, val
 
 
 def _agreed_resume_source(config, run_dir: Path, dist: Dist) -> tuple[Path | None, str]:

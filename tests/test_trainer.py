@@ -191,22 +191,42 @@ def test_the_command_line_prints_one_line_and_exits_2(betons, tmp_path):
                                    "/nowhere/val.beton")
 
 
-@pytest.mark.slow
-def test_two_processes_under_torchrun_with_gloo(betons, tmp_path):
-    folder = tmp_path / 'ddp'
-    args = tiny_args(betons, folder, '--training.epochs=1', '--lr.peak_epoch=0.5',
-                     '--training.batch_size=4')
+def test_bf16_autocast_on_the_cpu(betons, tmp_path):
+    args = tiny_args(betons, tmp_path / 'bf16', '--training.precision=bf16',
+                     '--training.epochs=1', '--lr.peak_epoch=0.5')
+    assert train_imagenet.main(args) == 0
+    epoch, = read_log(tmp_path / 'bf16', 'epoch')
+    assert 0 < epoch['train_loss'] < 10 and epoch['val_top1'] is not None
+    saved = load_checkpoint(checkpoint_dir(tmp_path / 'bf16') / 'final.pt')
+    assert saved['config']['training.precision'] == 'bf16'
+    assert all(t.dtype == torch.float32 for t in saved['model'].values()
+               if t.is_floating_point())  # autocast leaves the weights in fp32
+
+
+def _torchrun(args, timeout=600):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
          '--standalone', 'train_imagenet.py', *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_with_gloo_and_resume(betons, tmp_path):
+    folder = tmp_path / 'ddp'
+    args = tiny_args(betons, folder, '--training.batch_size=4', '--lr.peak_epoch=0.5')
+    done = _torchrun([*args, '--training.stop_after=1'])
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count('new run in') == 1  # only rank 0 reports
     start, = read_log(folder, 'start')
     assert start['world_size'] == 2
     epoch, = read_log(folder, 'epoch')
     # 48 train images: 2 ranks x 6 steps x 4 images; val: each of 20 images once
     assert epoch['iteration'] == 6
     assert epoch['images_per_sec'] > 0 and 0 <= epoch['val_top1'] <= 1
-    assert (checkpoint_dir(folder) / 'final.pt').is_file()
-    assert done.stderr.count('new run in') == 1  # only rank 0 reports
+    done = _torchrun([*args, '--checkpoint.resume=auto'])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [e['event'] for e in read_log(folder)] == ['start', 'epoch', 'end', 'resume',
+                                                      'epoch', 'end']
+    assert read_log(folder, 'epoch')[-1]['iteration'] == 12
+    assert load_checkpoint(checkpoint_dir(folder) / 'final.pt')['epoch'] == 2
