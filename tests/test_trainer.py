@@ -203,6 +203,19 @@ def test_bf16_autocast_on_the_cpu(betons, tmp_path):
                if t.is_floating_point())  # autocast leaves the weights in fp32
 
 
+@pytest.mark.slow
+def test_torch_compile_trains_and_saves_plain_torchvision_keys(betons, tmp_path):
+    import torchvision
+    args = tiny_args(betons, tmp_path / 'compiled', '--model.compile=1',
+                     '--training.epochs=1', '--lr.peak_epoch=0.5')
+    assert train_imagenet.main(args) == 0
+    epoch, = read_log(tmp_path / 'compiled', 'epoch')
+    assert 0 < epoch['train_loss'] < 10
+    saved = weights(checkpoint_dir(tmp_path / 'compiled') / 'final.pt')
+    reference = torchvision.models.resnet18(num_classes=4).state_dict()
+    assert list(saved) == list(reference)  # no '_orig_mod.' prefixes
+
+
 def _torchrun(args, timeout=600):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     return subprocess.run(
