@@ -22,6 +22,7 @@ import random
 import shutil
 import warnings
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -38,46 +39,41 @@ def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / SUBDIR
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """Writes ``state`` to ``path`` atomically: a temporary file beside it is written,
-    flushed to disk and renamed over ``path``, so a crash at any moment leaves either
-    the previous file or the new one, never a torn one."""
+def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Calls ``write(handle)`` on a temporary file beside ``path``, flushes it to disk
+    and renames it over ``path``: a crash at any moment leaves either the previous
+    file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
         with open(temporary, 'wb') as handle:
-            torch.save({**state, 'format': FORMAT}, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    directory = os.open(folder, os.O_RDONLY)
-    try:  # makes a rename inside ``folder`` itself durable
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:  # makes the rename itself durable
         os.fsync(directory)
     finally:
         os.close(directory)
+    return path
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """Writes ``state`` to ``path`` atomically (see :func:`_write_atomically`)."""
+    return _write_atomically(path, lambda handle: torch.save({**state, 'format': FORMAT},
+                                                             handle))
 
 
 def copy_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Copies a checkpoint file to ``path`` atomically (cheaper than saving again)."""
-    path = Path(path)
-    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        shutil.copyfile(source, temporary)
-        with open(temporary, 'rb+') as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return path
+    def copy(handle: BinaryIO) -> None:
+        with open(source, 'rb') as original:
+            shutil.copyfileobj(original, handle, 16 * 2 ** 20)
+    return _write_atomically(path, copy)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location='cpu', mmap: bool = False) -> dict:
