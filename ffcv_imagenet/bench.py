@@ -45,6 +45,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .decoders import IMAGENET_MEAN, IMAGENET_STD
+from .distributed import select_device
 from .folders import classes_path, load_classes
 from .loaders import train_loader, val_loader
 from .models import ARCHS, build_model
@@ -129,12 +130,6 @@ def format_loader_table(result: dict) -> str:
         lines.append(f"{row['pipeline']:<40} {row['images_per_sec']:>11.0f} {spread:>15} "
                      f"{ratio:>14.2f}x")
     return '\n'.join(lines)
-
-
-def _device(name: str) -> torch.device:
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(name)
 
 
 def _device_name(device: torch.device) -> str:
@@ -231,17 +226,15 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
     ``ratio_end_to_end_vs_model``. ``workers`` defaults to ``os.cpu_count()``."""
     if warmup < 1 or steps < 1:
         raise ValueError("need warmup >= 1 (the first steps compile) and steps >= 1")
-    dev = _device(device)
+    dev = select_device(device)  # as in training, cuDNN autotuning included
     resolved = resolve_precision(precision, dev)
     workers = workers or os.cpu_count()
-    if dev.type == 'cuda':
-        torch.backends.cudnn.benchmark = True  # as in training: fixed shapes
     # ffcv sets torch's CPU threads to 1 on import and to its worker count at every epoch
     # start: give the model-alone run the count that end to end (and training) gets
     torch.set_num_threads(workers)
     classes, _ = load_classes(classes_path(beton))
-    # the loader's output: channels-last always, autocast dtype on the GPU (as recipe.py)
-    dtype = resolved.dtype if dev.type == 'cuda' and resolved.dtype else torch.float32
+    # the loader's output: channels-last always, in the dtype training asks it for
+    dtype = resolved.input_dtype
     build = dict(blurpool=blurpool, channels_last=channels_last, compile=compile, device=dev)
     torch.manual_seed(1)
     images = torch.randn(batch_size, 3, resolution, resolution, device=dev).to(
@@ -329,7 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument('--workers', type=int, default=os.cpu_count())
     train.add_argument('--steps', type=int, default=100, help='timed steps per measurement')
     train.add_argument('--warmup', type=int, default=20, help='untimed steps before them')
-    train.add_argument('--device', default='auto', help="'auto': cuda if available")
+    train.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
+                       help="'auto': cuda if available")
     train.add_argument('--json', help='also write the results (a list, one per resolution)')
     return parser
 

@@ -31,33 +31,42 @@ class Dist:
         return self.world_size > 1
 
 
+def select_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
+    """'auto' (the local rank's GPU when CUDA is available, else the CPU), 'cuda' or
+    'cpu'; a GPU is made current, with cuDNN's autotuner on (shapes are fixed:
+    drop_last and a few resolutions).
+
+    Raises:
+        ValueError: 'cuda' asked for where there is none, or an unknown device name.
+    """
+    if device not in ('auto', 'cuda', 'cpu'):
+        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
+    use_cuda = device == 'cuda' or (device == 'auto' and torch.cuda.is_available())
+    if not use_cuda:
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        raise ValueError("device is 'cuda' but no CUDA GPU is available")
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"local rank {local_rank} has no GPU: only "
+                         f"{torch.cuda.device_count()} visible")
+    torch.cuda.set_device(local_rank)
+    torch.backends.cudnn.benchmark = True
+    return torch.device('cuda', local_rank)
+
+
 def setup(device: str = 'auto', timeout_minutes: float = 30.0) -> Dist:
     """Joins the process group when launched by torchrun; picks the device.
 
     Args:
-        device: 'auto' (the local rank's GPU when CUDA is available, else CPU),
-            'cuda' or 'cpu'.
+        device: as in :func:`select_device`.
     Raises:
-        ValueError: 'cuda' asked for where there is none, or an unknown device name.
+        ValueError: from :func:`select_device`.
     """
     rank = int(os.environ.get('RANK', 0))
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
     world_size = int(os.environ.get('WORLD_SIZE', 1))
-    if device not in ('auto', 'cuda', 'cpu'):
-        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
-    use_cuda = device == 'cuda' or (device == 'auto' and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but no CUDA GPU is available")
-    if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"local rank {local_rank} has no GPU: only "
-                             f"{torch.cuda.device_count()} visible")
-        torch.cuda.set_device(local_rank)
-        # shapes are fixed (drop_last, a few resolutions): let cuDNN pick its fastest kernels
-        torch.backends.cudnn.benchmark = True
-        here = torch.device('cuda', local_rank)
-    else:
-        here = torch.device('cpu')
+    here = select_device(device, local_rank)
+    use_cuda = here.type == 'cuda'
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group('nccl' if use_cuda else 'gloo',
                                 timeout=datetime.timedelta(minutes=timeout_minutes),

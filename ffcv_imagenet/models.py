@@ -84,7 +84,8 @@ class DropPath(nn.Module):
 class _DropPathBlock:
     """Residual forward shared by both block types: relu(drop_path(branch) + shortcut)."""
 
-    def _add_drop_path(self) -> None:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # torchvision's block, next in the MRO
         self.drop_path = DropPath(0.0)  # rate set by build_model once blocks are counted
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,20 +94,12 @@ class _DropPathBlock:
 
 
 class _BasicBlock(_DropPathBlock, BasicBlock):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._add_drop_path()
-
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
 
 
 class _Bottleneck(_DropPathBlock, Bottleneck):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._add_drop_path()
-
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))

@@ -59,6 +59,14 @@ class Precision:
     device_type: str
 
     @property
+    def input_dtype(self) -> torch.dtype:
+        """dtype the loaders should deliver images in: the autocast dtype on a GPU
+        (half the bytes of float32 to move), float32 otherwise."""
+        if self.device_type == 'cuda' and self.dtype is not None:
+            return self.dtype
+        return torch.float32
+
+    @property
     def needs_scaler(self) -> bool:
         return self.dtype == torch.float16
 

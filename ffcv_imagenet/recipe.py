@@ -290,11 +290,9 @@ def _fit_options(config) -> FitOptions:
 
 def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path: str,
              batch: int) -> tuple[ImageLoader, ImageLoader]:
-    # on the GPU the batch arrives in the autocast dtype: half the bytes of float32
-    on_gpu = dist.device.type == 'cuda' and precision.dtype is not None
     common = dict(num_workers=config['data.num_workers'], device=dist.device,
                   in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
-                  dtype=precision.dtype if on_gpu else torch.float32)
+                  dtype=precision.input_dtype)
     train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
                          resolution=config['resolution.min_res'], **common)
     val = val_loader(val_path, batch_size=config['validation.batch_size'],

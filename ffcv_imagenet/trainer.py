@@ -17,6 +17,7 @@ before any checkpoint could store it.
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -66,7 +67,6 @@ class TrainState:
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Seeds torch, numpy and python RNGs from (seed, epoch, rank)."""
-    import random
     state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
     torch.manual_seed(int(state[0]))
     np.random.seed(int(state[1]))
