@@ -1,6 +1,6 @@
 """Train a ResNet on .beton files: one process, or one per GPU under torchrun.
 
-    python train_imagenet.py -C rn50_configs/rn50_cpu_demo.yaml
+    python train_imagenet.py -C rn50_configs/rn18_cpu_demo.yaml
     torchrun --nproc_per_node=8 train_imagenet.py -C rn50_configs/rn50_88_epochs.yaml \
         --data.train_dataset=betons/train.beton --data.val_dataset=betons/val.beton
     python train_imagenet.py -C ... --checkpoint.resume=auto             # continue
@@ -15,8 +15,10 @@ from ffcv_imagenet import distributed
 from ffcv_imagenet.checkpoint import CheckpointError
 from ffcv_imagenet.config import ConfigError, parse_config
 from ffcv_imagenet.logs import RunLog, format_record
-from ffcv_imagenet.recipe import SECTIONS, build_run
-from ffcv_imagenet.trainer import NonFiniteLossError, evaluate, fit
+from ffcv_imagenet.plots import plot_run
+from ffcv_imagenet.recipe import build_run
+from ffcv_imagenet.train_config import SECTIONS
+from ffcv_imagenet.trainer import NonFiniteLossError, fit, validate
 
 
 def _report(message: str) -> None:
@@ -31,12 +33,13 @@ def main(argv=None) -> int:
     except ValueError as err:
         raise ConfigError(f"training.device: {err}") from None
     run = build_run(config, dist)
+    parts = run.parts
     log = RunLog(run.run_dir, enabled=dist.is_main,
                  tensorboard=bool(config['logging.tensorboard']))
     for note in run.notes:
         _report(note)
     if config['training.eval_only']:
-        metrics = evaluate(run.module, run.val_loader, precision=run.precision,
+        metrics = validate(parts.module, run.ema, parts.val_loader, precision=parts.precision,
                            tta=run.options.tta, device=dist.device, show_progress=dist.is_main)
         log.event('eval', checkpoint=str(run.resumed_from), **metrics)
         _report(f"eval {run.resumed_from}: " + format_record(metrics))
@@ -46,17 +49,23 @@ def main(argv=None) -> int:
               checkpoint=str(run.resumed_from) if run.resumed_from else None,
               world_size=dist.world_size)
     try:
-        state = fit(run.model, run.optimizer, run.scaler, run.train_loader, run.val_loader,
-                    lr_at=run.lr_at, res_at=run.res_at, precision=run.precision,
-                    options=run.options, state=run.state, dist=dist, log=log,
-                    run_dir=run.run_dir, meta=run.meta)
+        state = fit(parts.model, parts.optimizer, parts.scaler, parts.train_loader,
+                    parts.val_loader, lr_at=run.lr_at, res_at=run.res_at,
+                    precision=parts.precision, options=run.options, state=run.state,
+                    dist=dist, log=log, run_dir=run.run_dir, meta=run.meta,
+                    mixer=parts.mixer, ema=run.ema)
     except (NonFiniteLossError, KeyboardInterrupt) as err:
         log.event('stop', reason=str(err) or type(err).__name__)
         raise
-    log.event('end', epoch=state.epoch, best_val_top1=state.best_top1)
+    log.event('end', epoch=state.epoch, **{f'best_{run.options.best_metric}': state.best_top1})
     log.close()
-    _report(f"done: {state.epoch}/{run.options.epochs} epochs, best val_top1 "
-            f"{state.best_top1:.4f}, logs and checkpoints in {run.run_dir}")
+    if config['logging.plot'] and dist.is_main:
+        plot_run(run.run_dir)
+    stopped = (f" (stopped early: no better {run.options.best_metric} since epoch "
+               f"{state.best_epoch})" if state.stopped_early else "")
+    _report(f"done: {state.epoch}/{run.options.epochs} epochs{stopped}, best "
+            f"{run.options.best_metric} {state.best_top1:.4f}, logs and checkpoints in "
+            f"{run.run_dir}")
     return 0
 
 

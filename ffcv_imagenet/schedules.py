@@ -16,7 +16,7 @@ import math
 from functools import partial
 from typing import Callable
 
-SCHEDULES = ('step', 'cyclic', 'cosine')
+SCHEDULES = ('step', 'cyclic', 'cosine', 'onecycle')
 
 
 def _warmup(epoch: float, warmup_epochs: float) -> float:
@@ -45,6 +45,11 @@ def cyclic_lr(epoch: float, *, peak_lr: float, epochs: float, peak_epoch: float)
     return peak_lr * (epochs - epoch) / (epochs - peak_epoch)
 
 
+def _cosine_between(start: float, end: float, progress: float) -> float:
+    """Half a cosine from ``start`` (progress 0) to ``end`` (progress 1)."""
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def cosine_lr(epoch: float, *, peak_lr: float, epochs: float, warmup_epochs: float = 0.0,
               min_lr: float = 0.0) -> float:
     """Linear warm-up from 0 to ``peak_lr`` over ``warmup_epochs``, then half a cosine
@@ -53,14 +58,29 @@ def cosine_lr(epoch: float, *, peak_lr: float, epochs: float, warmup_epochs: flo
         return peak_lr * _warmup(epoch, warmup_epochs)
     if epoch >= epochs:
         return min_lr
-    progress = (epoch - warmup_epochs) / (epochs - warmup_epochs)
-    return min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    return _cosine_between(peak_lr, min_lr, (epoch - warmup_epochs) / (epochs - warmup_epochs))
+
+
+def onecycle_lr(epoch: float, *, peak_lr: float, epochs: float, pct_start: float,
+                div_factor: float, final_div_factor: float) -> float:
+    """One cycle (Smith & Topin 2018), with the shape and parameter names of
+    ``torch.optim.lr_scheduler.OneCycleLR``: half a cosine from ``peak_lr / div_factor``
+    up to ``peak_lr`` over the first ``pct_start`` of the run, then half a cosine down
+    to ``peak_lr / div_factor / final_div_factor`` at ``epochs``."""
+    initial = peak_lr / div_factor
+    rise = pct_start * epochs
+    if epoch < rise:
+        return _cosine_between(initial, peak_lr, epoch / rise)
+    if epoch >= epochs:
+        return initial / final_div_factor
+    return _cosine_between(peak_lr, initial / final_div_factor, (epoch - rise) / (epochs - rise))
 
 
 def lr_schedule(name: str, *, peak_lr: float, epochs: int, steps_per_epoch: int,
                 peak_epoch: float = 2.0, warmup_epochs: float = 0.0,
                 step_length: float = 30.0, step_ratio: float = 0.1,
-                min_lr: float = 0.0) -> Callable[[int], float]:
+                min_lr: float = 0.0, pct_start: float = 0.25, div_factor: float = 25.0,
+                final_div_factor: float = 1e4) -> Callable[[int], float]:
     """Returns ``lr_at(iteration) -> learning rate`` for schedule ``name``.
 
     Args:
@@ -68,7 +88,9 @@ def lr_schedule(name: str, *, peak_lr: float, epochs: int, steps_per_epoch: int,
         epochs: length of the whole run; steps_per_epoch: optimizer steps per epoch.
         peak_epoch: (cyclic) epoch of the peak; warmup_epochs: (step, cosine) linear
             warm-up length; step_length, step_ratio: (step) decay period in epochs and
-            factor; min_lr: (cosine) final value. Epoch values may be fractional.
+            factor; min_lr: (cosine) final value; pct_start, div_factor,
+            final_div_factor: (onecycle) rising fraction of the run, start = peak /
+            div_factor, end = start / final_div_factor. Epoch values may be fractional.
     Raises:
         ValueError: an unknown name or inconsistent lengths, naming the value.
     """
@@ -92,6 +114,14 @@ def lr_schedule(name: str, *, peak_lr: float, epochs: int, steps_per_epoch: int,
                              f"got {warmup_epochs}")
         by_epoch = partial(cosine_lr, peak_lr=peak_lr, epochs=epochs,
                            warmup_epochs=warmup_epochs, min_lr=min_lr)
+    elif name == 'onecycle':
+        if not 0 < pct_start < 1:
+            raise ValueError(f"pct_start must lie strictly between 0 and 1, got {pct_start}")
+        if div_factor < 1 or final_div_factor < 1:
+            raise ValueError(f"div_factor and final_div_factor must be at least 1, got "
+                             f"{div_factor} and {final_div_factor}")
+        by_epoch = partial(onecycle_lr, peak_lr=peak_lr, epochs=epochs, pct_start=pct_start,
+                           div_factor=div_factor, final_div_factor=final_div_factor)
     else:
         raise ValueError(f"unknown lr schedule '{name}' (choose from {', '.join(SCHEDULES)})")
     return lambda iteration: by_epoch(iteration / steps_per_epoch)

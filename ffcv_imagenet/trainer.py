@@ -6,10 +6,13 @@ runs them. Per epoch, ``fit``:
 1. sets the train loader's epoch (its order) and resolution (``res_at(epoch)``) and
    reseeds the RNGs from (seed, epoch, rank), so a run resumed at an epoch boundary
    replays exactly what an unbroken run would have done;
-2. trains, setting the learning rate ``lr_at(iteration)`` before every step;
+2. trains, setting the learning rate ``lr_at(iteration)`` before every step,
+   optionally mixing each batch (MixUp/CutMix) and updating an EMA of the weights;
 3. validates every ``eval_every`` epochs and at the end (top-1, top-5, loss;
-   optionally averaging the logits of each image and its mirror);
-4. logs one JSON line and, on rank 0, writes the checkpoints.
+   optionally averaging the logits of each image and its mirror), the raw weights
+   and, when kept, the EMA weights;
+4. logs one JSON line and, on rank 0, writes the checkpoints;
+5. stops early when ``best_metric`` has not improved for ``patience`` epochs.
 
 Running sums stay on the device; they are all-reduced (one small tensor) every
 ``log_every`` steps to update the progress bar and to stop on a non-finite loss
@@ -28,7 +31,9 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .distributed import Dist, all_reduce_max, all_reduce_sum, broadcast_buffers
+from .ema import ModelEMA
 from .logs import Progress, RunLog
+from .mix import Mixer
 from .models import unwrap
 from .optim import Precision, set_lr
 
@@ -42,7 +47,9 @@ class FitOptions:
     """Loop settings. Epoch counts are whole epochs; ``grad_clip`` is a max L2 norm
     (0 = off); ``checkpoint_every`` keeps ``epoch_NNNN.pt`` every that many epochs
     (0 = off); ``stop_after`` ends this invocation after that epoch (0 = run to
-    ``epochs``; the schedules still span ``epochs``)."""
+    ``epochs``; the schedules still span ``epochs``). ``best_metric`` (``val_top1`` or
+    ``ema_val_top1``) picks ``best.pt``; with ``patience`` > 0 the run ends once it has
+    not improved for that many epochs, but never before ``min_epochs``."""
     epochs: int
     label_smoothing: float = 0.1
     grad_clip: float = 0.0
@@ -53,16 +60,22 @@ class FitOptions:
     log_every: int = 50
     seed: int = 0
     progress: bool = True
+    best_metric: str = 'val_top1'
+    patience: int = 0
+    min_epochs: int = 0
 
 
 @dataclass
 class TrainState:
     """Progress that a checkpoint must carry: epochs completed, optimizer steps taken,
-    the best validation top-1 (fraction) and the latest metrics."""
+    the best value of the best metric (a top-1 fraction) and its epoch, whether early
+    stopping ended the run, and the latest metrics."""
     epoch: int = 0
     iteration: int = 0
     best_top1: float = -1.0
     metrics: dict = field(default_factory=dict)
+    best_epoch: int = 0
+    stopped_early: bool = False
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -73,16 +86,17 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     random.seed(int(state[1]))
 
 
-def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                precision: Precision, label_smoothing: float = 0.0,
                grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch. images: (B, 3, H, W); labels: (B,) int64.
-    Returns (mean loss, logits (B, classes)), both detached, still on the device."""
+    """One optimizer step on a batch. images: (B, 3, H, W); targets: (B,) int64
+    labels or (B, classes) probabilities (mixed batches). Returns (mean loss, logits
+    (B, classes)), both detached, still on the device."""
     optimizer.zero_grad(set_to_none=True)
     with precision.autocast():
         logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
     scaler.scale(loss).backward()
     if grad_clip > 0:
         scaler.unscale_(optimizer)
@@ -108,18 +122,32 @@ def _check_finite_weights(module: nn.Module, epoch: int) -> None:
                                      f"before writing any checkpoint")
 
 
+def prepare_batch(images: torch.Tensor, labels: torch.Tensor, mixer: Mixer | None,
+                  label_smoothing: float):
+    """(images, targets, labels to score top-1 against, label smoothing still to apply
+    in the loss). A mixer returns soft targets that already include the smoothing, and
+    top-1 is then scored against the dominant label of each mixed pair."""
+    if mixer is None:
+        return images, labels, labels, label_smoothing
+    images, targets, dominant = mixer(images, labels)
+    return images, targets, dominant, 0.0
+
+
 def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, *, precision: Precision, lr_at,
-                iteration: int, epoch: int, options: FitOptions, dist: Dist) -> dict:
-    """Trains one pass over ``loader`` starting at global step ``iteration``.
+                iteration: int, epoch: int, options: FitOptions, dist: Dist,
+                mixer: Mixer | None = None, ema: ModelEMA | None = None) -> dict:
+    """Trains one pass over ``loader`` starting at global step ``iteration``; mixes
+    batches with ``mixer`` and updates ``ema`` after every step when given.
 
-    Returns train ``loss`` (mean, with label smoothing), ``top1`` (fraction),
-    ``images`` (all ranks), ``seconds``, ``lr`` (the last one) and ``iteration``.
+    Returns train ``loss`` (mean, with label smoothing), ``top1`` (fraction; against
+    the dominant label when mixing), ``images`` (all ranks), ``seconds``, ``lr`` (the
+    last one) and ``iteration``.
     Raises:
         NonFiniteLossError: the loss summed over ranks is NaN or infinite.
     """
     model.train()
-    device = dist.device
+    module, device = unwrap(model), dist.device
     totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
     progress = Progress(loader, len(loader), dist.is_main and options.progress,
                         f"epoch {epoch + 1}/{options.epochs}")
@@ -127,12 +155,16 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
     for step, (images, labels) in enumerate(progress, start=1):
         lr = lr_at(iteration)
         set_lr(optimizer, lr)
-        loss, logits = train_step(model, images, labels, optimizer, scaler, precision,
-                                  options.label_smoothing, options.grad_clip)
+        images, targets, labels, smoothing = prepare_batch(images, labels, mixer,
+                                                           options.label_smoothing)
+        loss, logits = train_step(model, images, targets, optimizer, scaler, precision,
+                                  smoothing, options.grad_clip)
         totals[0] += loss.double() * labels.shape[0]
         totals[1] += (logits.argmax(dim=1) == labels).sum()
         totals[2] += labels.shape[0]
         iteration += 1
+        if ema is not None:
+            ema.update(module, iteration)
         if step % options.log_every == 0 or step == len(loader):
             seen = all_reduce_sum(totals.clone())
             _check_finite(seen, epoch, iteration)
@@ -176,52 +208,81 @@ def evaluate(model: nn.Module, loader, *, precision: Precision, tta: bool,
             'images': int(count)}
 
 
+def validate(module: nn.Module, ema: ModelEMA | None, loader, *, precision: Precision,
+             tta: bool, device: torch.device, show_progress: bool = False) -> dict:
+    """:func:`evaluate` of the raw weights as ``val_loss``/``val_top1``/``val_top5``
+    and, when ``ema`` is given, of the EMA weights as ``ema_val_*``. Call it with the
+    BN statistics already agreed across ranks: the EMA takes its buffers from
+    ``module``."""
+    raw = evaluate(module, loader, precision=precision, tta=tta, device=device,
+                   show_progress=show_progress)
+    record = {f'val_{key}': raw[key] for key in ('loss', 'top1', 'top5')}
+    if ema is not None:
+        ema.copy_buffers(module)
+        averaged = evaluate(ema.module, loader, precision=precision, tta=tta, device=device,
+                            show_progress=show_progress)
+        record.update({f'ema_val_{key}': averaged[key] for key in ('loss', 'top1', 'top5')})
+    return record
+
+
 def checkpoint_state(model: nn.Module, optimizer, scaler, state: TrainState,
-                     meta: dict) -> dict:
+                     meta: dict, ema: ModelEMA | None = None) -> dict:
     """The dict :mod:`ffcv_imagenet.checkpoint` saves; ``meta`` holds arch,
-    num_classes, classes and config. ``model`` must be the unwrapped module."""
+    num_classes, classes and config. ``model`` must be the unwrapped module; the EMA
+    weights, when kept, are under ``ema``/``module`` with the same keys."""
     return {**meta, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
             'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+            'ema': ema.state_dict() if ema is not None else None,
             'epoch': state.epoch, 'iteration': state.iteration,
-            'best_top1': state.best_top1, 'metrics': state.metrics,
+            'best_top1': state.best_top1, 'best_epoch': state.best_epoch,
+            'stopped_early': state.stopped_early, 'metrics': state.metrics,
             'rng': ckpt.rng_state()}
 
 
-def restore(saved: dict, model: nn.Module, optimizer, scaler) -> TrainState:
-    """Loads a checkpoint dict into model (unwrapped), optimizer and scaler; returns
-    the progress to continue from."""
+def restore(saved: dict, model: nn.Module, optimizer, scaler,
+            ema: ModelEMA | None = None) -> TrainState:
+    """Loads a checkpoint dict into model (unwrapped), optimizer, scaler and EMA (an
+    EMA missing from the checkpoint starts from the loaded weights); returns the
+    progress to continue from."""
     model.load_state_dict(saved['model'])
     optimizer.load_state_dict(saved['optimizer'])
     if saved.get('scaler') and scaler.is_enabled():
         scaler.load_state_dict(saved['scaler'])
+    if ema is not None:
+        ema.load_state_dict(saved.get('ema') or {'module': saved['model']})
     ckpt.set_rng_state(saved['rng'])
     return TrainState(saved['epoch'], saved['iteration'], saved['best_top1'],
-                      dict(saved.get('metrics') or {}))
+                      dict(saved.get('metrics') or {}), saved.get('best_epoch', 0),
+                      bool(saved.get('stopped_early', False)))
 
 
 def _save_checkpoints(run_dir, saved: dict, *, improved: bool, epoch: int,
-                      options: FitOptions) -> None:
+                      options: FitOptions, finished: bool) -> None:
     folder = ckpt.checkpoint_dir(run_dir)
     last = ckpt.save_checkpoint(saved, folder / 'last.pt')
     if improved:
         ckpt.copy_checkpoint(last, folder / 'best.pt')
     if options.checkpoint_every and epoch % options.checkpoint_every == 0:
         ckpt.copy_checkpoint(last, folder / f'epoch_{epoch:04d}.pt')
-    if epoch == options.epochs:
+    if finished:
         ckpt.copy_checkpoint(last, folder / 'final.pt')
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
         train_loader, val_loader, *, lr_at, res_at, precision: Precision,
         options: FitOptions, state: TrainState, dist: Dist, log: RunLog, run_dir,
-        meta: dict) -> TrainState:
-    """Trains from ``state.epoch`` to ``options.epochs`` (or ``stop_after``).
+        meta: dict, mixer: Mixer | None = None, ema: ModelEMA | None = None) -> TrainState:
+    """Trains from ``state.epoch`` to ``options.epochs`` (or ``stop_after``, or an
+    early stop).
 
     ``model`` may be DDP- or compile-wrapped; checkpoints and validation use the
     module inside. ``meta`` (arch, num_classes, classes, config) goes into every
-    checkpoint. Returns the final TrainState.
+    checkpoint. Returns the final TrainState; a state that already stopped early is
+    returned untouched, so resuming a finished run trains nothing.
     """
     module = unwrap(model)
+    if state.stopped_early:
+        return state
     last_epoch = min(options.epochs, options.stop_after or options.epochs)
     for epoch in range(state.epoch, last_epoch):
         train_loader.resolution = res_at(epoch)
@@ -229,40 +290,61 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.Gr
         seed_epoch(options.seed, epoch, dist.rank)
         train = train_epoch(model, train_loader, optimizer, scaler, precision=precision,
                             lr_at=lr_at, iteration=state.iteration, epoch=epoch,
-                            options=options, dist=dist)
+                            options=options, dist=dist, mixer=mixer, ema=ema)
         state.epoch, state.iteration = epoch + 1, train['iteration']
         broadcast_buffers(module)
         _check_finite_weights(module, state.epoch)
         val = {}
         if state.epoch % options.eval_every == 0 or state.epoch == options.epochs:
-            val = evaluate(module, val_loader, precision=precision, tta=options.tta,
+            val = validate(module, ema, val_loader, precision=precision, tta=options.tta,
                            device=dist.device)
-        improved = bool(val) and val['top1'] > state.best_top1
-        if improved:
-            state.best_top1 = val['top1']
-        state.metrics = _epoch_record(state, train, val, train_loader.resolution, dist)
+        improved = _update_best(state, val, options)
+        state.metrics = _epoch_record(state, train, val, train_loader.resolution, dist,
+                                      options, mixed=mixer is not None)
         log.event('epoch', **state.metrics)
         log.scalars(state.epoch, {k: v for k, v in state.metrics.items()
                                   if isinstance(v, float)})
         if dist.is_main:
-            saved = checkpoint_state(module, optimizer, scaler, state, meta)
+            saved = checkpoint_state(module, optimizer, scaler, state, meta, ema)
             _save_checkpoints(run_dir, saved, improved=improved, epoch=state.epoch,
-                              options=options)
+                              options=options,
+                              finished=state.epoch == options.epochs or state.stopped_early)
+        if state.stopped_early:
+            log.event('early_stop', epoch=state.epoch, metric=options.best_metric,
+                      best=state.best_top1, best_epoch=state.best_epoch,
+                      patience=options.patience)
+            break
     return state
 
 
+def _update_best(state: TrainState, val: dict, options: FitOptions) -> bool:
+    """Records a new best of ``options.best_metric`` and decides early stopping;
+    returns whether this epoch improved on the best."""
+    if not val:
+        return False
+    improved = val[options.best_metric] > state.best_top1
+    if improved:
+        state.best_top1, state.best_epoch = val[options.best_metric], state.epoch
+    state.stopped_early = (options.patience > 0 and options.min_epochs <= state.epoch
+                           < options.epochs
+                           and state.epoch - state.best_epoch >= options.patience)
+    return improved
+
+
 def _epoch_record(state: TrainState, train: dict, val: dict, resolution: int,
-                  dist: Dist) -> dict:
+                  dist: Dist, options: FitOptions, mixed: bool) -> dict:
     record = {'epoch': state.epoch, 'iteration': state.iteration, 'lr': train['lr'],
               'resolution': resolution, 'train_loss': train['loss'],
-              'train_top1': train['top1'], 'val_loss': val.get('loss'),
-              'val_top1': val.get('top1'), 'val_top5': val.get('top5'),
-              'best_val_top1': state.best_top1 if state.best_top1 >= 0 else None,
+              'train_top1': train['top1'], 'val_loss': val.get('val_loss'),
+              'val_top1': val.get('val_top1'), 'val_top5': val.get('val_top5'),
+              **{key: value for key, value in val.items() if key.startswith('ema_')},
+              f'best_{options.best_metric}': state.best_top1 if state.best_top1 >= 0 else None,
               'images_per_sec': train['images'] / train['seconds'],
               'epoch_time': train['seconds']}
+    if mixed:
+        record['train_top1_label'] = 'dominant label'
     if dist.device.type == 'cuda':  # the largest over ranks
         peak = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
         record['peak_gpu_mem_gib'] = all_reduce_max(peak, dist.device)
         torch.cuda.reset_peak_memory_stats(dist.device)
     return record
-

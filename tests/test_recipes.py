@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_imagenet.recipe import SECTIONS
+from ffcv_imagenet.train_config import SECTIONS
 from ffcv_imagenet.config import parse_config
 from ffcv_imagenet.schedules import lr_schedule, resolution_at
 

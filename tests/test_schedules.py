@@ -88,3 +88,44 @@ def test_bad_resolution_ramp():
         resolution_at(0, min_res=192, max_res=160, start_ramp=0, end_ramp=1)
     with pytest.raises(ValueError, match='start_ramp'):
         resolution_at(0, min_res=160, max_res=192, start_ramp=5, end_ramp=1)
+
+
+def test_onecycle_key_points():
+    lr_at = lr_schedule('onecycle', peak_lr=2.0, epochs=10, steps_per_epoch=STEPS,
+                        pct_start=0.3, div_factor=20, final_div_factor=100)
+    assert lr_at(0) == pytest.approx(0.1)                    # peak / div_factor
+    assert lr_at(15) == pytest.approx((0.1 + 2.0) / 2)       # half-way up the cosine
+    assert lr_at(30) == pytest.approx(2.0)                   # the peak at pct_start
+    assert lr_at(65) == pytest.approx((2.0 + 0.001) / 2)     # half-way down
+    assert lr_at(100) == pytest.approx(0.001)                # peak / div / final_div
+    values = [lr_at(i) for i in range(101)]
+    assert values.index(max(values)) == 30
+    assert all(a < b for a, b in zip(values[:30], values[1:31]))
+    assert all(a > b for a, b in zip(values[30:-1], values[31:]))
+
+
+def test_onecycle_follows_torch_onecyclelr():
+    # torch counts its phases in steps ending at total_steps - 1; with one step per
+    # "epoch" of ours stretched by that offset the two curves coincide
+    import torch
+    total, peak = 200, 0.8
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peak, total_steps=total, pct_start=0.25, div_factor=25,
+        final_div_factor=1e4, anneal_strategy='cos', cycle_momentum=False)
+    theirs = []
+    for _ in range(total):
+        theirs.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        reference.step()
+    ours = lr_schedule('onecycle', peak_lr=peak, epochs=1, steps_per_epoch=total - 1,
+                       pct_start=0.25 * total / (total - 1) - 1 / (total - 1))
+    assert [ours(i) for i in range(total)] == pytest.approx(theirs, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize('kwargs, key', [({'pct_start': 0.0}, 'pct_start'),
+                                         ({'pct_start': 1.0}, 'pct_start'),
+                                         ({'div_factor': 0.5}, 'div_factor')])
+def test_onecycle_rejects_bad_values(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        lr_schedule('onecycle', peak_lr=1.0, epochs=5, steps_per_epoch=STEPS, **kwargs)

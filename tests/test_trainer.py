@@ -174,7 +174,7 @@ def test_bad_config_is_one_clear_error_before_any_work(betons, tmp_path, extra, 
 
 
 def test_global_batch_size_must_divide_by_the_world_size():
-    from ffcv_imagenet.recipe import per_gpu_batch
+    from ffcv_imagenet.train_config import per_gpu_batch
     config = {'training.global_batch_size': 1024, 'training.batch_size': 7}
     assert per_gpu_batch(config, 8) == 128
     assert per_gpu_batch({**config, 'training.global_batch_size': 0}, 8) == 7

@@ -1,0 +1,161 @@
+"""Exponential moving average (EMA) of a model's weights, for validation and export.
+
+After every optimizer step the trainer calls ``ModelEMA.update(model, step)``:
+
+    ema_p = d * ema_p + (1 - d) * p        for every parameter p
+    ema_b = b                              for every buffer b (copied, not averaged)
+
+Choices and why:
+
+* The averaged copy is always fp32, whatever the model's precision: with a decay
+  of 0.9998 each update moves a weight by 2e-4 of the difference, which bf16's
+  8-bit mantissa would round away. It is a ``deepcopy``, so a channels-last model
+  gives a channels-last EMA and the two can run the same kernels.
+* Buffers (BatchNorm ``running_mean``/``running_var``/``num_batches_tracked``) are
+  copied rather than averaged: they are already running averages, and copying
+  keeps them consistent with the statistics the model itself would validate with.
+  ``copy_buffers`` re-copies them on demand (the trainer does so right before
+  validating the EMA, after rank 0's BN statistics were broadcast to every rank).
+* ``decay`` is per optimizer step. With ``every`` > 1 the average is updated only
+  every ``every`` steps with ``decay ** every``, so the averaging horizon, in
+  optimizer steps, does not depend on ``every``; ``every`` only trades accuracy of
+  the average for time spent updating it.
+* ``warmup_steps`` ramps the decay in, ``decay * (1 - exp(-step / warmup_steps))``,
+  so that early averages follow the fast-moving model instead of holding on to the
+  random initialisation for thousands of steps.
+* The update is one ``torch._foreach_lerp_`` over all parameters: on the GPU that
+  is a handful of fused kernels instead of two per parameter.
+* The step count is passed in by the caller (the global optimizer step) rather than
+  counted here, so that a resumed run continues with exactly the same decays; the
+  state dict therefore only needs the averaged weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+class ModelEMA:
+    """An fp32 exponential moving average of ``model``'s parameters.
+
+    ``model`` is the plain network (not wrapped in DDP or ``torch.compile``); its
+    parameters may be fp32 or lower precision and it may be channels-last.
+    ``decay`` is the per-optimizer-step decay, in [0, 1) (e.g. 0.9998: a horizon of
+    about 1 / (1 - decay) = 5000 steps). ``warmup_steps`` (in optimizer steps, 0 =
+    off) ramps the decay in, see ``decay_at``. ``every`` (>= 1) updates only on
+    steps that are a multiple of it, with the decay raised to the power ``every``.
+
+    ``module`` is the averaged copy: fp32 (floating-point parameters and buffers),
+    in eval mode, with ``requires_grad`` False on every parameter.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, *, warmup_steps: float = 0.0,
+                 every: int = 1):
+        if not 0.0 <= decay < 1.0:  # also refuses NaN
+            raise ValueError(f'decay must be in [0, 1), got {decay!r}')
+        if not (warmup_steps >= 0.0 and math.isfinite(warmup_steps)):
+            raise ValueError(f'warmup_steps must be finite and >= 0, got {warmup_steps!r}')
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f'every must be an integer >= 1, got {every!r}')
+        self.decay = float(decay)
+        self.warmup_steps = float(warmup_steps)
+        self.every = every
+        self.module = _fp32_copy(model)
+        self._param_names = [name for name, _ in self.module.named_parameters()]
+        self._buffer_names = [name for name, _ in self.module.named_buffers()]
+
+    def decay_at(self, step: int) -> float:
+        """The per-optimizer-step decay after ``step`` optimizer steps.
+
+        ``decay * (1 - exp(-step / warmup_steps))`` with warm-up (0 at step 0,
+        ``decay * (1 - 1/e)`` at ``step == warmup_steps``, then towards ``decay``);
+        ``decay`` without.
+        """
+        if self.warmup_steps == 0.0:
+            return self.decay
+        return self.decay * (1.0 - math.exp(-step / self.warmup_steps))
+
+    def update(self, model: nn.Module, step: int) -> bool:
+        """Average ``model``'s parameters in and copy its buffers, if ``step`` is due.
+
+        Call after every optimizer step with ``step`` = optimizer steps completed so
+        far (1, 2, ...; global over the run, so it survives a resume). Does work
+        only when ``step % every == 0``, then with ``d = decay_at(step) ** every``:
+        ``ema_p = d * ema_p + (1 - d) * p`` for each parameter, and every buffer is
+        copied (integer buffers as they are, floating-point ones cast to fp32).
+        Returns whether it updated. Raises ValueError, naming the first mismatched
+        parameter or buffer, if ``model`` is not structured like the EMA copy.
+        """
+        if step % self.every != 0:
+            return False
+        d = self.decay_at(step) ** self.every
+        ema_params = _matched(self.module.named_parameters(), model.named_parameters(),
+                              self._param_names, 'parameter')
+        if ema_params:  # the foreach ops refuse empty lists
+            with torch.no_grad():
+                # .float() is a no-op for fp32 parameters and keeps the memory format.
+                sources = [p.detach().float() for _, p in ema_params]
+                torch._foreach_lerp_([e for e, _ in ema_params], sources, 1.0 - d)
+        self.copy_buffers(model)
+        return True
+
+    def copy_buffers(self, model: nn.Module) -> None:
+        """Copy every buffer (BatchNorm statistics etc.) of ``model`` into the EMA now.
+
+        Floating-point buffers are cast to fp32, integer ones copied as they are.
+        Raises ValueError naming the first mismatched buffer.
+        """
+        pairs = _matched(self.module.named_buffers(), model.named_buffers(),
+                         self._buffer_names, 'buffer')
+        with torch.no_grad():
+            for ema_b, b in pairs:
+                ema_b.copy_(b)  # copy_ casts to the EMA buffer's dtype
+
+    def state_dict(self) -> dict:
+        """``{'module': averaged weights and buffers, 'decay', 'warmup_steps', 'every'}``.
+
+        The tensors are the EMA's own (not copies), as with ``nn.Module.state_dict``.
+        """
+        return {'module': self.module.state_dict(), 'decay': self.decay,
+                'warmup_steps': self.warmup_steps, 'every': self.every}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load the averaged weights and buffers from ``state['module']``.
+
+        The saved decay settings are ignored: the current ones win, as with the rest
+        of the config. The step count comes from the caller, so a resume is exact.
+        """
+        if 'module' not in state:
+            raise ValueError("EMA state dict has no 'module' entry")
+        self.module.load_state_dict(state['module'])
+
+
+def _fp32_copy(model: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(model)
+    # Tensor.float() keeps the memory format, so a channels-last model stays so.
+    ema._apply(lambda t: t.float() if t.is_floating_point() else t)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+        p.grad = None  # deepcopy copies gradients too; the EMA never needs them
+    return ema.eval()
+
+
+def _matched(ema_named, model_named, expected: list[str], kind: str) -> list:
+    """[(ema tensor, model tensor)] paired by name; ValueError on the first mismatch."""
+    ema_tensors = [t for _, t in ema_named]
+    model_named = list(model_named)
+    for i, name in enumerate(expected):
+        if i >= len(model_named) or model_named[i][0] != name:
+            raise ValueError(f'model does not match the EMA: {kind} {name!r} is missing '
+                             f'or out of order')
+        if model_named[i][1].shape != ema_tensors[i].shape:
+            raise ValueError(f'model does not match the EMA: {kind} {name!r} has shape '
+                             f'{tuple(model_named[i][1].shape)}, the EMA '
+                             f'{tuple(ema_tensors[i].shape)}')
+    if len(model_named) > len(expected):
+        raise ValueError(f'model does not match the EMA: unexpected {kind} '
+                         f'{model_named[len(expected)][0]!r}')
+    return [(e, t) for e, (_, t) in zip(ema_tensors, model_named)]

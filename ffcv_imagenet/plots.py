@@ -1,0 +1,165 @@
+"""PNG plots of a run's per-epoch log: loss, accuracy, learning rate and training
+resolution against epoch. Works on a run that is still writing its log.
+
+    python -m ffcv_imagenet.plots RUN_DIR [--out DIR]
+
+writes ``loss.png``, ``accuracy.png``, ``lr.png`` and ``resolution.png`` into
+``DIR`` (default ``RUN_DIR/plots``) and prints their paths.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .logs import LOG_FILE, read_log
+
+PLOTS = ('loss', 'accuracy', 'lr', 'resolution')
+
+# (log key, legend label, line style) per plot; EMA lines are dashed, top-5 dotted
+LINES = {
+    'loss': (('train_loss', 'train', {'color': 'C0'}),
+             ('val_loss', 'val', {'color': 'C1'}),
+             ('ema_val_loss', 'EMA val', {'color': 'C2', 'linestyle': '--'})),
+    'accuracy': (('train_top1', 'train top-1', {'color': 'C0'}),
+                 ('val_top1', 'val top-1', {'color': 'C1'}),
+                 ('val_top5', 'val top-5', {'color': 'C1', 'linestyle': ':'}),
+                 ('ema_val_top1', 'EMA val top-1', {'color': 'C2', 'linestyle': '--'}),
+                 ('ema_val_top5', 'EMA val top-5', {'color': 'C2', 'linestyle': ':'})),
+    'lr': (('lr', 'learning rate', {'color': 'C0'}),),
+    'resolution': (('resolution', 'training resolution', {'color': 'C0'}),),
+}
+# (title, y-axis label) per plot
+AXES = {
+    'loss': ('Loss', 'loss (cross-entropy)'),
+    'accuracy': ('Accuracy', 'accuracy (%)'),
+    'lr': ('Learning rate', 'learning rate (end of epoch)'),
+    'resolution': ('Training resolution', 'resolution (pixels)'),
+}
+PERCENT = 100.0  # the log holds accuracies as fractions; the plot shows percent
+MARKERS_UP_TO = 40  # points per line; beyond this markers only clutter
+FIGSIZE = (6.4, 4.0)  # inches
+DPI = 120
+
+
+def epoch_series(records: list[dict]) -> dict[str, list]:
+    """Per-key columns of the ``epoch`` records, one entry per epoch sorted by epoch.
+
+    A resumed run can log an epoch twice (a crash between log and checkpoint): the
+    last record wins. Keys a record lacks are ``None``; every plotted key is present.
+    """
+    last = {}
+    for record in records:
+        if record.get('event') == 'epoch' and isinstance(record.get('epoch'), int):
+            last[record['epoch']] = record
+    keys = ['epoch'] + [key for lines in LINES.values() for key, _, _ in lines]
+    for record in last.values():
+        keys += [key for key in record if key not in keys and key != 'event']
+    ordered = [last[epoch] for epoch in sorted(last)]
+    return {key: [record.get(key) for record in ordered] for key in keys}
+
+
+def load_series(run_dir: str | os.PathLike) -> dict[str, list]:
+    """``epoch_series`` of ``run_dir/log.jsonl``; raises ``FileNotFoundError`` without
+    a log and ``ValueError`` when it has no epoch records yet."""
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {LOG_FILE} in {run_dir}")
+    series = epoch_series(read_log(run_dir, 'epoch'))
+    if not series['epoch']:
+        raise ValueError(f"{path}: no epoch records yet")
+    return series
+
+
+def _label(key: str, label: str, series: dict[str, list]) -> str:
+    # with MixUp/CutMix, train top-1 is scored against one label of each mixed pair
+    mixed = [text for text in series.get('train_top1_label', []) if text]
+    return f"{label} (vs {mixed[-1]})" if key == 'train_top1' and mixed else label
+
+
+def make_figure(name: str, series: dict[str, list], run_name: str = '') -> Figure:
+    """The ``name`` plot (one of ``PLOTS``) of ``epoch_series`` output against epoch;
+    epochs without a value are skipped. Accuracies are drawn in percent."""
+    title, ylabel = AXES[name]
+    fig = Figure(figsize=FIGSIZE, layout='constrained')
+    ax = fig.add_subplot()
+    scale = PERCENT if name == 'accuracy' else 1.0
+    for key, label, style in LINES[name]:
+        points = [(epoch, value * scale) for epoch, value
+                  in zip(series['epoch'], series.get(key, [])) if value is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, label=_label(key, label, series), linewidth=1.5,
+                marker='o' if len(points) <= MARKERS_UP_TO else None, markersize=3, **style)
+    if name == 'accuracy':
+        ax.set_ylim(0, PERCENT)
+    ax.set_title(f"{title} — {run_name}" if run_name else title)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+        ax.legend(loc='best')
+    else:  # a fresh run may not have logged this value yet
+        ax.text(0.5, 0.5, 'no data yet', ha='center', va='center', transform=ax.transAxes)
+    return fig
+
+
+def save_png(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+    """Writes ``fig`` to ``path`` via a temporary file in the same folder, so a reader
+    (a browser, a sync job) never sees a half-written PNG."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix='.tmp')
+    os.close(handle)
+    try:
+        fig.savefig(temp, format='png', dpi=dpi)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    return path
+
+
+def write_plots(series: dict[str, list], out_dir: str | os.PathLike,
+                run_name: str = '') -> list[Path]:
+    """Writes ``<name>.png`` for each of ``PLOTS`` into ``out_dir`` (created)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [save_png(make_figure(name, series, run_name), out / f'{name}.png')
+            for name in PLOTS]
+
+
+def plot_run(run_dir: str | os.PathLike,
+             out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Plots ``run_dir/log.jsonl`` into ``out_dir`` (default ``run_dir/plots``) and
+    returns the written PNG paths, in ``PLOTS`` order."""
+    run_dir = Path(run_dir)
+    series = load_series(run_dir)
+    return write_plots(series, run_dir / 'plots' if out_dir is None else out_dir,
+                       run_dir.resolve().name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('run_dir', metavar='RUN_DIR', help='a run folder with log.jsonl')
+    parser.add_argument('--out', metavar='DIR', help='output folder (default RUN_DIR/plots)')
+    args = parser.parse_args(argv)
+    try:
+        series = load_series(args.run_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir)
+    out = run_dir / 'plots' if args.out is None else args.out
+    for path in write_plots(series, out, run_dir.resolve().name):
+        print(path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

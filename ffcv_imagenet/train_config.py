@@ -1,0 +1,189 @@
+"""The training config: every key, its default and its range checks.
+
+The fastargs sections of ``train_imagenet.py`` and ``python -m
+ffcv_imagenet.lr_finder`` (which reads the same recipe files) are declared here;
+:mod:`ffcv_imagenet.recipe` turns a parsed config into built objects. Library
+modules never see the config system.
+
+Batch size and learning rate: ``training.batch_size`` is per GPU (per process);
+the global batch is that times the world size (or ``training.global_batch_size``,
+which must divide evenly). ``lr.lr`` is the peak rate for a global batch of
+``lr.reference_batch`` images and is scaled linearly with the global batch.
+
+Every recipe feature beyond the published ffcv recipe (EMA, MixUp/CutMix, drop path,
+early stopping, plots) is off by default.
+"""
+from __future__ import annotations
+
+from fastargs import Param, Section
+
+from .config import ConfigError, Flag, OneOf
+from .models import ARCHS
+from .optim import PRECISIONS
+from .schedules import SCHEDULES
+
+Section('data', 'the .beton files and their loaders').params(
+    train_dataset=Param(str, 'train .beton', required=True),
+    val_dataset=Param(str, 'val .beton', required=True),
+    num_workers=Param(int, 'decoding threads per process', default=8),
+    in_memory=Param(Flag(), '1: read through the OS page cache (dataset fits in RAM)',
+                    default=1),
+)
+Section('model', 'the network').params(
+    arch=Param(OneOf(*ARCHS), 'architecture', default='resnet50'),
+    blurpool=Param(Flag(), 'blur before every strided conv (Zhang 2019)', default=1),
+    zero_init_residual=Param(Flag(), 'zero-init the last BatchNorm of each block',
+                             default=0),
+    channels_last=Param(Flag(), 'channels-last memory format', default=1),
+    compile=Param(Flag(), 'torch.compile the model', default=0),
+    drop_path_rate=Param(float, 'stochastic depth: drop rate of the last residual block, '
+                                'rising linearly from 0 at the first (0 = off)', default=0.0),
+)
+Section('resolution', 'progressive resizing of training images (pixels, epochs)').params(
+    min_res=Param(int, 'resolution up to start_ramp', default=160),
+    max_res=Param(int, 'resolution from end_ramp on', default=192),
+    start_ramp=Param(int, 'epoch (0-based) where the ramp starts', default=0),
+    end_ramp=Param(int, 'epoch where max_res is reached', default=0),
+)
+Section('lr', 'learning-rate schedule (updated every iteration)').params(
+    lr=Param(float, 'peak learning rate for a global batch of reference_batch', default=0.5),
+    reference_batch=Param(int, 'global batch size that lr is stated for', default=256),
+    schedule=Param(OneOf(*SCHEDULES), 'schedule shape', default='cyclic'),
+    peak_epoch=Param(float, 'cyclic: epoch of the peak', default=2.0),
+    warmup_epochs=Param(float, 'step/cosine: linear warm-up epochs', default=0.0),
+    step_length=Param(float, 'step: epochs between decays', default=30.0),
+    step_ratio=Param(float, 'step: decay factor', default=0.1),
+    min_lr=Param(float, 'cosine: final learning rate', default=0.0),
+    pct_start=Param(float, 'onecycle: fraction of the run spent rising to the peak',
+                    default=0.25),
+    div_factor=Param(float, 'onecycle: start at peak / div_factor', default=25.0),
+    final_div_factor=Param(float, 'onecycle: end at start / final_div_factor', default=1e4),
+)
+Section('optimizer', 'SGD').params(
+    momentum=Param(float, 'momentum', default=0.9),
+    nesterov=Param(Flag(), 'Nesterov momentum', default=0),
+    weight_decay=Param(float, 'L2 weight decay (never on norm parameters or biases)',
+                       default=5e-5),
+)
+Section('training', 'the run').params(
+    epochs=Param(int, 'epochs', default=16),
+    batch_size=Param(int, 'images per step per GPU (process)', default=512),
+    global_batch_size=Param(int, 'if > 0: images per step over all GPUs, split evenly '
+                                 '(replaces batch_size)', default=0),
+    label_smoothing=Param(float, 'label smoothing', default=0.1),
+    precision=Param(OneOf(*PRECISIONS), 'autocast: auto = bf16 on GPUs that have it',
+                    default='auto'),
+    grad_clip=Param(float, 'max gradient L2 norm (0 = off)', default=0.0),
+    seed=Param(int, 'seed of initialisation, order and augmentation', default=0),
+    device=Param(OneOf('auto', 'cuda', 'cpu'), 'auto = GPU when there is one',
+                 default='auto'),
+    eval_only=Param(Flag(), '1: evaluate the resumed checkpoint and exit', default=0),
+    stop_after=Param(int, 'end this invocation after this epoch (0 = run to epochs)',
+                     default=0),
+)
+Section('validation', 'validation').params(
+    batch_size=Param(int, 'images per batch per GPU', default=256),
+    resolution=Param(int, 'pixels', default=256),
+    crop_ratio=Param(float, 'centre crop side / shorter image side', default=224 / 256),
+    tta=Param(Flag(), 'average the logits of each image and its mirror', default=1),
+    every=Param(int, 'validate every this many epochs (and after the last)', default=1),
+)
+Section('checkpoint', 'checkpoints in <logging.folder>/checkpoints').params(
+    resume=Param(str, "'' = fresh run, 'auto' = newest in the run folder, or a path",
+                 default=''),
+    every=Param(int, 'also keep epoch_NNNN.pt every this many epochs (0 = off)', default=0),
+    best_metric=Param(OneOf('val_top1', 'ema_val_top1'), 'metric that picks best.pt and '
+                      'drives early stopping (ema_val_top1 needs ema.enabled=1)',
+                      default='val_top1'),
+)
+Section('logging', 'logs').params(
+    folder=Param(str, 'run folder: config.json, log.jsonl, checkpoints/', required=True),
+    tensorboard=Param(Flag(), 'also write TensorBoard scalars to <folder>/tb', default=0),
+    progress=Param(Flag(), 'show a progress bar', default=1),
+    log_every=Param(int, 'iterations between progress updates and loss checks',
+                    default=50),
+    plot=Param(Flag(), '1: write PNG plots of the log to <folder>/plots at the end',
+               default=0),
+)
+Section('ema', 'exponential moving average of the weights (fp32, validated beside '
+               'the raw weights)').params(
+    enabled=Param(Flag(), '1: keep and validate an EMA of the weights', default=0),
+    decay=Param(float, 'decay per optimizer step', default=0.9998),
+    warmup_steps=Param(float, 'decay ramps in as decay * (1 - exp(-step / warmup_steps)) '
+                              '(0 = off)', default=0.0),
+    every=Param(int, 'update every this many optimizer steps (decay ** every per update)',
+                default=1),
+)
+Section('mix', 'MixUp / CutMix of training batches (off while both alphas are 0)').params(
+    mixup_alpha=Param(float, 'MixUp Beta(alpha, alpha) (0 = off)', default=0.0),
+    cutmix_alpha=Param(float, 'CutMix Beta(alpha, alpha) (0 = off)', default=0.0),
+    prob=Param(float, 'probability that a batch is mixed', default=1.0),
+    switch_prob=Param(float, 'with both on: probability of CutMix rather than MixUp',
+                      default=0.5),
+)
+Section('early_stop', 'stop when the best metric has not improved for a while').params(
+    patience=Param(int, 'epochs without a new best before stopping (0 = off)', default=0),
+    min_epochs=Param(int, 'never stop before this many epochs', default=0),
+)
+
+SECTIONS = ('data', 'model', 'resolution', 'lr', 'optimizer', 'training', 'validation',
+            'checkpoint', 'logging', 'ema', 'mix', 'early_stop')
+
+_POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
+             'validation.batch_size', 'validation.resolution', 'validation.every',
+             'logging.log_every', 'lr.reference_batch', 'ema.every')
+_NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.stop_after',
+                 'checkpoint.every', 'optimizer.weight_decay', 'optimizer.momentum',
+                 'lr.lr', 'lr.min_lr', 'lr.warmup_epochs', 'ema.warmup_steps',
+                 'mix.mixup_alpha', 'mix.cutmix_alpha', 'early_stop.patience',
+                 'early_stop.min_epochs')
+_FRACTIONS = ('training.label_smoothing', 'model.drop_path_rate', 'ema.decay')  # [0, 1)
+_PROBABILITIES = ('mix.prob', 'mix.switch_prob')  # [0, 1]
+
+
+def check_values(config) -> None:
+    """Range checks fastargs' type checks cannot express.
+
+    Raises:
+        ConfigError: naming the key and the value.
+    """
+    for key in _POSITIVE:
+        if config[key] <= 0:
+            raise ConfigError(f"{key} must be positive, got {config[key]}")
+    for key in _NON_NEGATIVE:
+        if config[key] < 0:
+            raise ConfigError(f"{key} must not be negative, got {config[key]}")
+    for key in _FRACTIONS:
+        if not 0 <= config[key] < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {config[key]}")
+    for key in _PROBABILITIES:
+        if not 0 <= config[key] <= 1:
+            raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
+    if config['checkpoint.best_metric'] == 'ema_val_top1' and not config['ema.enabled']:
+        raise ConfigError("checkpoint.best_metric=ema_val_top1 needs ema.enabled=1")
+    if not 0 < config['validation.crop_ratio'] <= 1:
+        raise ConfigError(f"validation.crop_ratio must be in (0, 1], "
+                          f"got {config['validation.crop_ratio']}")
+    if config['optimizer.nesterov'] and config['optimizer.momentum'] <= 0:
+        raise ConfigError("optimizer.nesterov=1 needs optimizer.momentum > 0")
+    if config['logging.tensorboard']:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("logging.tensorboard=1 needs the tensorboard package "
+                              "(pip install tensorboard)") from None
+
+
+def per_gpu_batch(config, world_size: int) -> int:
+    """Images per step per process.
+
+    Raises:
+        ConfigError: ``training.global_batch_size`` does not divide by the world size.
+    """
+    total = config['training.global_batch_size']
+    if not total:
+        return config['training.batch_size']
+    if total % world_size:
+        raise ConfigError(f"training.global_batch_size={total} is not divisible by the "
+                          f"{world_size} processes")
+    return total // world_size
