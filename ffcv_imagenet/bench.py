@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import statistics
-import threading
 import time
 from typing import Callable, Iterable, Iterator
 
@@ -47,7 +46,7 @@ import torch
 from .decoders import IMAGENET_MEAN, IMAGENET_STD
 from .distributed import select_device
 from .folders import classes_path, load_classes
-from .loaders import train_loader, val_loader
+from .loaders import endless_batches, train_loader, val_loader
 from .models import ARCHS, build_model
 from .optim import PRECISIONS, Precision, build_sgd, resolve_precision
 from .trainer import train_step
@@ -184,36 +183,10 @@ def time_steps(model, optimizer, precision: Precision, batches: Iterator, *,
             'last_loss': loss.item()}
 
 
-def _endless(loader) -> Iterator:
-    """The loader's batches, epoch after epoch (small datasets have few per epoch)."""
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError(f"the loader gives no full batch of {loader.batch_size}")
-
-
-def _close_epoch_threads(started_before: set) -> None:
-    # an abandoned ffcv epoch keeps its thread (and batch buffers) waiting forever to
-    # hand over the next batch; ImageLoader hides the iterator, so find the ones we began.
-    # Joining lets a batch in progress finish before the loader's compiled code is freed.
-    from ffcv.loader.epoch_iterator import EpochIterator
-    for thread in threading.enumerate():
-        if isinstance(thread, EpochIterator) and thread not in started_before:
-            thread.close()
-            thread.join()
-
-
 def _time_loader(loader, model, optimizer, precision: Precision, **timing) -> dict:
     """:func:`time_steps` on ``loader``'s batches, then stops the epoch left unfinished."""
-    threads, batches = set(threading.enumerate()), _endless(loader)
-    try:
+    with endless_batches(loader) as batches:
         return time_steps(model, optimizer, precision, batches, **timing)
-    finally:
-        batches.close()
-        _close_epoch_threads(threads)
 
 
 def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,

@@ -21,6 +21,8 @@ before asking for the next few (``batches_ahead``), or clone it.
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -205,3 +207,41 @@ def _cpu_normalisation(device: torch.device | str) -> dict:
     if torch.device(device).type == 'cuda':
         return {}
     return {'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}
+
+
+def _endless(loader) -> Iterator:
+    """The loader's batches, epoch after epoch (small datasets have few per epoch)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(f"the loader gives no full batch of {loader.batch_size}")
+
+
+def _close_epoch_threads(started_before: set) -> None:
+    # an abandoned ffcv epoch keeps its thread (and batch buffers) waiting forever to
+    # hand over the next batch; ImageLoader hides the iterator, so find the ones we began.
+    # Joining lets a batch in progress finish before the loader's compiled code is freed.
+    from ffcv.loader.epoch_iterator import EpochIterator
+    for thread in threading.enumerate():
+        if isinstance(thread, EpochIterator) and thread not in started_before:
+            thread.close()
+            thread.join()
+
+
+@contextmanager
+def endless_batches(loader: ImageLoader) -> Iterator[Iterator]:
+    """Yields an iterator over the loader's batches, epoch after epoch, for code that
+    counts steps rather than epochs (benchmarks, the LR finder); on exit it stops the
+    epoch left unfinished, so no decoding thread outlives it.
+    Raises:
+        ValueError: the loader gives no full batch.
+    """
+    threads, batches = set(threading.enumerate()), _endless(loader)
+    try:
+        yield batches
+    finally:
+        batches.close()
+        _close_epoch_threads(threads)
