@@ -125,6 +125,8 @@ def plot_curve(curve: dict, suggested: float | None, path: Path) -> Path:
     if suggested is not None:
         ax.axvline(suggested, color='C3', linestyle='--', label=f'suggested lr {suggested:.3g}')
     ax.set_xscale('log')
+    # single diverging steps would squash the part of the curve that matters
+    ax.set_ylim(0.9 * min(curve['smoothed']), 2 * curve['smoothed'][0])
     ax.set(title='Learning-rate range test', xlabel='learning rate (global batch)',
            ylabel='training loss')
     ax.grid(True, which='both', alpha=0.3)
