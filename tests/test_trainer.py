@@ -155,6 +155,14 @@ def test_a_checkpoint_of_another_architecture_is_refused(betons, full_run, tmp_p
      'training.device: |training.epochs'),
     (['--optimizer.nesterov=1', '--optimizer.momentum=0'], 'optimizer.nesterov'),
     (['--training.label_smoothing=1.5'], 'label_smoothing'),
+    (['--model.drop_path_rate=1'], r'model.drop_path_rate must be in \[0, 1\)'),
+    (['--ema.decay=1'], 'ema.decay'),
+    (['--ema.every=0'], 'ema.every must be positive'),
+    (['--mix.prob=1.5'], r'mix.prob must be in \[0, 1\]'),
+    (['--mix.cutmix_alpha=-1'], 'mix.cutmix_alpha must not be negative'),
+    (['--checkpoint.best_metric=ema_val_top1'], 'needs ema.enabled=1'),
+    (['--early_stop.patience=-2'], 'early_stop.patience'),
+    (['--lr.schedule=onecycle', '--lr.pct_start=1.5'], 'lr.pct_start'),
 ])
 def test_bad_config_is_one_clear_error_before_any_work(betons, tmp_path, extra, message):
     with pytest.raises((ConfigError, CheckpointError), match=message):
