@@ -60,7 +60,10 @@ def main(argv=None) -> int:
     log.event('end', epoch=state.epoch, **{f'best_{run.options.best_metric}': state.best_top1})
     log.close()
     if config['logging.plot'] and dist.is_main:
-        plot_run(run.run_dir)
+        try:
+            plot_run(run.run_dir)
+        except (OSError, ValueError) as err:  # the run itself is complete and saved
+            _report(f"warning: no plots written: {err}")
     stopped = (f" (stopped early: no better {run.options.best_metric} since epoch "
                f"{state.best_epoch})" if state.stopped_early else "")
     _report(f"done: {state.epoch}/{run.options.epochs} epochs{stopped}, best "

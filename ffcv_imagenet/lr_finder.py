@@ -176,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
               per_reference, 'rule': rule, 'global_batch': parts.batch,
               'reference_batch': config['lr.reference_batch']}
     (out / 'lr_finder.json').write_text(json.dumps(result, indent=1) + '\n')
-    plot_curve(curve, suggested, out / 'lr_finder.png')
+    written = [out / 'lr_finder.json']
+    if curve['lr']:  # a first loss that is already non-finite leaves nothing to draw
+        written.insert(0, plot_curve(curve, suggested, out / 'lr_finder.png'))
     print(f"{len(curve['lr'])} steps (ended by: {curve['stopped']}); curve in "
-          f"{out / 'lr_finder.png'} and {out / 'lr_finder.json'}")
+          f"{' and '.join(map(str, written))}")
     if suggested is None:
         print(rule)
         return 1

@@ -165,6 +165,12 @@ def build_run(config, dist: Dist) -> Run:
         _apply_optimizer_config(parts.optimizer, config)  # the config wins over saved values
         if ema is not None and not saved.get('ema'):
             notes.append(f"{source} holds no EMA; the average starts from its weights")
+        saved_metric = (saved.get('config') or {}).get('checkpoint.best_metric', 'val_top1')
+        if saved_metric != config['checkpoint.best_metric']:
+            # a best of another metric is no yardstick for best.pt or early stopping
+            state.best_top1, state.best_epoch = -1.0, state.epoch
+            notes.append(f"checkpoint.best_metric changed from {saved_metric}; the best "
+                         f"is tracked afresh from epoch {state.epoch}")
     notes.append(f"{dist.world_size} process(es) on {dist.device.type}, batch {parts.batch} "
                  f"per process, peak lr {peak_lr:.4g}, precision {parts.precision.name}, "
                  f"{steps} steps per epoch")

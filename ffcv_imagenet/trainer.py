@@ -252,7 +252,8 @@ def restore(saved: dict, model: nn.Module, optimizer, scaler,
         ema.load_state_dict(saved.get('ema') or {'module': saved['model']})
     ckpt.set_rng_state(saved['rng'])
     return TrainState(saved['epoch'], saved['iteration'], saved['best_top1'],
-                      dict(saved.get('metrics') or {}), saved.get('best_epoch', 0),
+                      dict(saved.get('metrics') or {}),
+                      saved.get('best_epoch', saved['epoch']),  # older checkpoints
                       bool(saved.get('stopped_early', False)))
 
 

@@ -68,6 +68,15 @@ def test_finder_writes_curve_png_and_a_finite_suggestion(betons, tmp_path, capsy
     assert sorted(p.name for p in existing.parent.iterdir()) == ['last.pt']
 
 
+def test_a_test_that_blows_up_at_once_reports_no_suggestion(betons, tmp_path, capsys):
+    folder = tmp_path / 'run'
+    assert main(_finder_args(betons, folder, '--lr_finder.start_lr=1e6',
+                             '--lr_finder.end_lr=1e7')) == 1
+    curve = json.loads((folder / 'lr_finder' / 'lr_finder.json').read_text())
+    assert curve['suggested_lr'] is None and curve['stopped'] in ('diverged', 'non-finite')
+    assert 'no suggestion' in capsys.readouterr().out
+
+
 @pytest.mark.parametrize('extra, key', [(['--lr_finder.end_lr=1e-5'], 'lr_finder.start_lr'),
                                         (['--lr_finder.steps=2'], 'lr_finder.steps'),
                                         (['--lr_finder.stpes=2'], 'lr_finder.stpes')])

@@ -99,6 +99,19 @@ def test_resume_restores_the_ema_exactly(betons, featured, tmp_path):
         read_log(featured, 'epoch')[-1]['ema_val_top1']
 
 
+def test_changing_the_best_metric_on_resume_tracks_the_best_afresh(betons, tmp_path):
+    ema = ('--ema.enabled=1', '--ema.decay=0.9')
+    folder = train(betons, tmp_path / 'run', *ema, '--training.stop_after=1')
+    first = read_log(folder, 'epoch')[0]
+    train(betons, folder, *ema, '--checkpoint.best_metric=ema_val_top1',
+          '--checkpoint.resume=auto')
+    second = read_log(folder, 'epoch')[-1]
+    assert first['best_val_top1'] == first['val_top1']
+    # epoch 2 is the first epoch judged by the EMA metric, so it is the best so far
+    assert second['best_ema_val_top1'] == second['ema_val_top1']
+    assert load_checkpoint(checkpoint_dir(folder) / 'best.pt')['epoch'] == 2
+
+
 def test_a_checkpoint_without_ema_starts_the_average_from_its_weights():
     torch.manual_seed(0)
     model, other = nn.Linear(3, 2), nn.Linear(3, 2)
