@@ -8,41 +8,30 @@
 
 Any key can be set on the command line (``--training.epochs=16``); ``--help`` lists them.
 """
-import os
 import sys
 
-from ffcv_imagenet import distributed
-from ffcv_imagenet.checkpoint import CheckpointError
-from ffcv_imagenet.config import ConfigError, parse_config
+from ffcv_imagenet.config import parse_config
 from ffcv_imagenet.logs import RunLog, format_record
 from ffcv_imagenet.plots import plot_run
-from ffcv_imagenet.recipe import build_run
+from ffcv_imagenet.recipe import build_run, exit_code, report, setup_distributed
 from ffcv_imagenet.train_config import SECTIONS
 from ffcv_imagenet.trainer import NonFiniteLossError, fit, validate
 
 
-def _report(message: str) -> None:
-    if int(os.environ.get('RANK', 0)) == 0:
-        print(message, file=sys.stderr, flush=True)
-
-
 def main(argv=None) -> int:
     config = parse_config(__doc__.splitlines()[0], argv, SECTIONS)
-    try:
-        dist = distributed.setup(config['training.device'])
-    except ValueError as err:
-        raise ConfigError(f"training.device: {err}") from None
+    dist = setup_distributed(config)
     run = build_run(config, dist)
     parts = run.parts
     log = RunLog(run.run_dir, enabled=dist.is_main,
                  tensorboard=bool(config['logging.tensorboard']))
     for note in run.notes:
-        _report(note)
+        report(note)
     if config['training.eval_only']:
         metrics = validate(parts.module, run.ema, parts.val_loader, precision=parts.precision,
                            tta=run.options.tta, device=dist.device, show_progress=dist.is_main)
         log.event('eval', checkpoint=str(run.resumed_from), **metrics)
-        _report(f"eval {run.resumed_from}: " + format_record(metrics))
+        report(f"eval {run.resumed_from}: " + format_record(metrics))
         return 0
     log.write_config(run.meta['config'])
     log.event('resume' if run.resumed_from else 'start', epoch=run.state.epoch,
@@ -63,29 +52,15 @@ def main(argv=None) -> int:
         try:
             plot_run(run.run_dir)
         except (OSError, ValueError) as err:  # the run itself is complete and saved
-            _report(f"warning: no plots written: {err}")
+            report(f"warning: no plots written: {err}")
     stopped = (f" (stopped early: no better {run.options.best_metric} since epoch "
                f"{state.best_epoch})" if state.stopped_early else "")
-    _report(f"done: {state.epoch}/{run.options.epochs} epochs{stopped}, best "
+    report(f"done: {state.epoch}/{run.options.epochs} epochs{stopped}, best "
             f"{run.options.best_metric} {state.best_top1:.4f}, logs and checkpoints in "
             f"{run.run_dir}")
     return 0
 
 
 if __name__ == '__main__':
-    code = 1
-    try:
-        code = main()
-    except (ConfigError, CheckpointError) as err:
-        _report(f"error: {err}")
-        code = 2
-    except NonFiniteLossError as err:
-        _report(f"error: {err}")
-        code = 1
-    except KeyboardInterrupt:
-        _report("interrupted: checkpoints written so far are intact "
-                "(continue with --checkpoint.resume=auto)")
-        code = 130
-    finally:
-        distributed.cleanup()
-    sys.exit(code)
+    sys.exit(exit_code(main, interrupted="interrupted: checkpoints written so far are "
+                                         "intact (continue with --checkpoint.resume=auto)"))

@@ -30,14 +30,12 @@ import numpy as np
 from fastargs import Param, Section
 from matplotlib.figure import Figure
 
-from . import distributed
-from .checkpoint import CheckpointError
 from .config import ConfigError, parse_config
 from .loaders import endless_batches
 from .logs import Progress
 from .optim import set_lr
 from .plots import save_png
-from .recipe import build_parts
+from .recipe import build_parts, exit_code, setup_distributed
 from .train_config import SECTIONS
 from .trainer import prepare_batch, train_step
 
@@ -153,11 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get('WORLD_SIZE', 1)) > 1:
         raise ConfigError("the LR finder runs as one process; start it with python, "
                           "not torchrun")
-    try:
-        dist = distributed.setup(config['training.device'])
-    except ValueError as err:
-        raise ConfigError(f"training.device: {err}") from None
-    parts = build_parts(config, dist)
+    parts = build_parts(config, setup_distributed(config))
     out = Path(config['lr_finder.out'] or Path(config['logging.folder']) / 'lr_finder')
     out.mkdir(parents=True, exist_ok=True)
     curve = range_test(parts.model, parts.train_loader, parts.optimizer, parts.scaler,
@@ -191,12 +185,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    code = 1
-    try:
-        code = main()
-    except (ConfigError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
-    finally:
-        distributed.cleanup()
-    sys.exit(code)
+    sys.exit(exit_code(main))

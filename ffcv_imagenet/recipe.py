@@ -6,6 +6,7 @@ checks live in :mod:`ffcv_imagenet.train_config`.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -15,7 +16,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import check_compatible, checkpoint_dir, find_latest, load_checkpoint
+from . import distributed
+from .checkpoint import (CheckpointError, check_compatible, checkpoint_dir, find_latest,
+                         load_checkpoint)
 from .config import ConfigError, as_dict
 from .distributed import Dist, broadcast_object
 from .ema import ModelEMA
@@ -26,7 +29,7 @@ from .models import build_model
 from .optim import Precision, build_sgd, resolve_precision
 from .schedules import lr_schedule, resolution_at
 from .train_config import SECTIONS, check_values, per_gpu_batch
-from .trainer import FitOptions, TrainState, restore
+from .trainer import FitOptions, NonFiniteLossError, TrainState, restore
 
 
 @dataclass
@@ -61,6 +64,43 @@ class Run:
     meta: dict
     resumed_from: Path | None
     notes: list[str] = field(default_factory=list)
+
+
+def report(message: str) -> None:
+    """Prints ``message`` to stderr once per run (rank 0), not once per process."""
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def exit_code(main: Callable[[], int], interrupted: str = 'interrupted') -> int:
+    """Runs an entry point's ``main`` and turns what a user can cause into one line
+    and an exit code: 2 for a bad config or checkpoint, 1 for a non-finite loss, 130
+    for Ctrl-C (reporting ``interrupted``); always leaves the process group."""
+    try:
+        return main()
+    except (ConfigError, CheckpointError) as err:
+        report(f"error: {err}")
+        return 2
+    except NonFiniteLossError as err:
+        report(f"error: {err}")
+        return 1
+    except KeyboardInterrupt:
+        report(interrupted)
+        return 130
+    finally:
+        distributed.cleanup()
+
+
+def setup_distributed(config) -> Dist:
+    """Joins the torchrun process group (if any) on the device ``training.device`` asks
+    for.
+    Raises:
+        ConfigError: that device is not available.
+    """
+    try:
+        return distributed.setup(config['training.device'])
+    except ValueError as err:
+        raise ConfigError(f"training.device: {err}") from None
 
 
 def _dataset(config, key: str) -> tuple[str, list[str]]:

@@ -122,19 +122,15 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(betons, f
     assert sorted(p.name for p in (folder / 'checkpoints').iterdir()) == ['last.pt']
 
 
-def test_resuming_with_another_batch_size_is_refused(betons, full_run, tmp_path):
+@pytest.mark.parametrize('change, error, message', [
+    ('--training.batch_size=4', ConfigError, 'training.batch_size: .*12 steps in 2 epochs'),
+    ('--model.arch=resnet50', CheckpointError, 'resnet18 with 4 classes.*resnet50'),
+])
+def test_resuming_an_incompatible_checkpoint_is_refused(betons, full_run, tmp_path, change,
+                                                       error, message):
     final = checkpoint_dir(full_run) / 'final.pt'
-    args = tiny_args(betons, tmp_path / 'y', '--training.batch_size=4',
-                     f'--checkpoint.resume={final}')
-    with pytest.raises(ConfigError, match='training.batch_size: .*12 steps in 2 epochs'):
-        train_imagenet.main(args)
-
-
-def test_a_checkpoint_of_another_architecture_is_refused(betons, full_run, tmp_path):
-    final = checkpoint_dir(full_run) / 'final.pt'
-    args = tiny_args(betons, tmp_path / 'x', '--model.arch=resnet50',
-                     f'--checkpoint.resume={final}')
-    with pytest.raises(CheckpointError, match='resnet18 with 4 classes.*resnet50'):
+    args = tiny_args(betons, tmp_path / 'x', change, f'--checkpoint.resume={final}')
+    with pytest.raises(error, match=message):
         train_imagenet.main(args)
 
 
