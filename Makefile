@@ -33,7 +33,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 $(SYNTH)/.done: | install
-	$(PY) -m ffcv_imagenet.synthetic --out $(SYNTH) --classes 10 \
+	$(PY) -m ffcv_imagenet synthetic --out $(SYNTH) --classes 10 \
 	    --train-per-class 300 --val-per-class 50 --seed 0 --workers $(WORKERS)
 	touch $@
 
@@ -47,17 +47,17 @@ $(BETONS)/val.beton: $(BETONS)/train.beton
 	    --cfg.classes=$(BETONS)/train.beton.classes.json
 
 bench: $(BETONS)/val.beton
-	$(PY) -m ffcv_imagenet.bench loader --beton $(BETONS)/train.beton \
+	$(PY) -m ffcv_imagenet bench loader --beton $(BETONS)/train.beton \
 	    --val-beton $(BETONS)/val.beton --folder $(SYNTH)/train --resolution 160 \
 	    --batch-size 64 --workers $(WORKERS) --epochs 5 --json $(DATA)/bench_loader.json
 
 preview: $(BETONS)/train.beton
-	$(PY) -m ffcv_imagenet.preview --beton $(BETONS)/train.beton \
+	$(PY) -m ffcv_imagenet preview --beton $(BETONS)/train.beton \
 	    --out $(DATA)/train_batch.png --resolution 160 --count 32 --workers $(WORKERS)
 
 # resume=auto: a finished run is found and not trained again; an interrupted one continues
 train: $(BETONS)/val.beton
-	$(PY) train_imagenet.py -C rn50_configs/rn18_cpu_demo.yaml \
+	$(PY) train_imagenet.py --config rn18_cpu_demo.yaml \
 	    --data.train_dataset=$(BETONS)/train.beton --data.val_dataset=$(BETONS)/val.beton \
 	    --data.num_workers=$(WORKERS) --logging.folder=$(DEMO_RUN) \
 	    --checkpoint.resume=auto --logging.progress=0

@@ -8,9 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the entry points live at the repository root
     sys.path.insert(0, str(ROOT))
 
-from ffcv_imagenet.folders import list_tree  # noqa: E402
-from ffcv_imagenet.synthetic import generate  # noqa: E402
-from ffcv_imagenet.writer import write_beton  # noqa: E402
+from ffcv_imagenet.data.folders import list_tree  # noqa: E402
+from ffcv_imagenet.data.synthetic import generate  # noqa: E402
+from ffcv_imagenet.data.writer import write_beton  # noqa: E402
 
 
 @pytest.fixture(scope='session')

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ffcv_imagenet import bench, preview
-from ffcv_imagenet.models import build_model
+from ffcv_imagenet.tools import bench, preview
+from ffcv_imagenet.training.models import build_model
 
 
 @pytest.mark.slow

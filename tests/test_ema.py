@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from ffcv_imagenet.ema import ModelEMA
+from ffcv_imagenet.training.ema import ModelEMA
 
 
 def toy_model(seed=0):

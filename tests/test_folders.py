@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from torchvision.datasets import ImageFolder
 
-from ffcv_imagenet.folders import (DatasetError, list_flat, list_tree, read_label_file,
-                                   stratified_subset)
+from ffcv_imagenet.data.folders import (DatasetError, list_flat, list_tree,
+                                        read_label_file, stratified_subset)
 
 
 def test_class_mapping_equals_torchvision_imagefolder(synth):

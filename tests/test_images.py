@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_imagenet.images import ImageError, check_image, load_rgb
+from ffcv_imagenet.data.images import ImageError, check_image, load_rgb
 
 GRADIENT = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (30, 1))  # 30 x 40
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ffcv_imagenet.decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
-from ffcv_imagenet.loaders import ImageLoader, ShardedOrder, train_loader, val_loader
-from ffcv_imagenet.writer import write_beton
+from ffcv_imagenet.data.decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
+from ffcv_imagenet.data.loaders import ImageLoader, ShardedOrder, train_loader, val_loader
+from ffcv_imagenet.data.writer import write_beton
 
 MEAN = np.array(IMAGENET_MEAN) * 255
 STD = np.array(IMAGENET_STD) * 255

@@ -1,7 +1,7 @@
 import json
 import math
 
-from ffcv_imagenet.logs import RunLog, format_record, read_log
+from ffcv_imagenet.training.logs import RunLog, format_record, read_log
 
 
 def test_events_are_json_lines_and_a_torn_last_line_is_ignored(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ffcv_imagenet.config import ConfigError
-from ffcv_imagenet.lr_finder import lr_at_step, main, smooth, suggest_lr
+from ffcv_imagenet.cli.config import ConfigError
+from ffcv_imagenet.tools.lr_finder import lr_at_step, main, smooth, suggest_lr
 from train_args import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_bad_settings_name_the_key(betons, tmp_path, extra, key):
 
 
 def test_python_dash_m_reports_errors_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, '-m', 'ffcv_imagenet.lr_finder',
+    done = subprocess.run([sys.executable, '-m', 'ffcv_imagenet', 'lr-finder',
                            '--data.train_dataset=/nowhere/train.beton',
                            '--data.val_dataset=/nowhere/val.beton',
                            f'--logging.folder={tmp_path}', '--training.device=cpu'],

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ffcv_imagenet.mix import Mixer, cutmix_box, mixed_targets, smooth_one_hot
+from ffcv_imagenet.training.mix import Mixer, cutmix_box, mixed_targets, smooth_one_hot
 
 C = 7  # classes
 B = 5  # batch size; labels 0..B-1 are distinct, so a label never equals its partner's

@@ -1,11 +1,13 @@
-"""ffcv_imagenet.models: torchvision compatibility, BlurPool, zero-init, channels-last, drop path."""
+"""ffcv_imagenet.training.models: torchvision compatibility, BlurPool, zero-init,
+channels-last, drop path."""
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from ffcv_imagenet.models import (ARCHS, BlurConv2d, DropPath, build_model, drop_path_rates,
-                                  load_torchvision_state_dict, to_torchvision_state_dict, unwrap)
+from ffcv_imagenet.training.models import (ARCHS, BlurConv2d, DropPath, build_model,
+                                           drop_path_rates, load_torchvision_state_dict,
+                                           to_torchvision_state_dict, unwrap)
 
 BLOCKS = {'resnet18': 8, 'resnet50': 16}
 # Strided convs seeing >= 16 channels: the first block of layers 2-4 has one strided

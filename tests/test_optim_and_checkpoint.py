@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from ffcv_imagenet import checkpoint as ckpt
-from ffcv_imagenet.checkpoint import (CheckpointError, check_compatible, find_latest,
-                                      load_checkpoint, save_checkpoint)
-from ffcv_imagenet.models import build_model
-from ffcv_imagenet.optim import build_sgd, param_groups, resolve_precision
+from ffcv_imagenet.training import checkpoint as ckpt
+from ffcv_imagenet.training.checkpoint import (CheckpointError, check_compatible,
+                                               find_latest, load_checkpoint, save_checkpoint)
+from ffcv_imagenet.training.models import build_model
+from ffcv_imagenet.training.optim import build_sgd, param_groups, resolve_precision
 
 
 @pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])

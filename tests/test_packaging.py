@@ -1,7 +1,16 @@
-"""The set-up files agree with each other and with the README."""
+"""The set-up files agree with each other and with the README, and the wheel holds
+the whole package tree and the recipes."""
+import os
 import re
+import shutil
+import site
+import subprocess
+import sys
+import venv
+import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +37,71 @@ def test_ci_runs_the_readme_test_command():
     ci = [line for line in (ROOT / '.ci' / 'run').read_text().splitlines()
           if line and not line.startswith('#')]
     assert ci[-1] == 'make test'
+
+
+def _build_wheel(out: Path) -> Path:
+    """Builds the project's wheel from a copy of its sources (so that no build/ or
+    egg-info lands in the checkout) and returns its path."""
+    source = out / 'source'
+    for name in ('pyproject.toml', 'README.md'):
+        source.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for name in ('ffcv_imagenet', 'rn50_configs'):
+        shutil.copytree(ROOT / name, source / name,
+                        ignore=shutil.ignore_patterns('__pycache__'))
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+                    '--disable-pip-version-check', '-q', '-w', str(out / 'dist'), str(source)],
+                   check=True, capture_output=True, timeout=300)
+    return next((out / 'dist').glob('ffcv_imagenet-*.whl'))
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_holds_the_tree_and_finds_recipes_by_name(tmp_path):
+    wheel = _build_wheel(tmp_path)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in (ROOT / 'ffcv_imagenet').rglob('*.py'):
+        assert str(path.relative_to(ROOT)) in names
+    for recipe in (ROOT / 'rn50_configs').glob('*.yaml'):
+        assert f'ffcv_imagenet/rn50_configs/{recipe.name}' in names
+
+    # a fresh environment: the wheel installed in it, the pinned dependencies (torch,
+    # ffcv, ...) seen through a path entry, never this checkout or its editable install
+    env = tmp_path / 'env'
+    venv.create(env, with_pip=True)
+    python = env / 'bin' / 'python'
+    subprocess.run([str(python), '-m', 'pip', 'install', '--no-deps', '--no-index', '-q',
+                    '--disable-pip-version-check', str(wheel)], check=True, timeout=300)
+    env_site = subprocess.run([str(python), '-c', 'import sysconfig; '
+                               'print(sysconfig.get_paths()["purelib"])'],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    (Path(env_site) / 'dependencies.pth').write_text(
+        '\n'.join(p for p in site.getsitepackages() if 'site-packages' in p) + '\n')
+    work = tmp_path / 'elsewhere'
+    work.mkdir()
+    clean = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+
+    def run(*args):
+        return subprocess.run([str(python), *args], cwd=work, env=clean,
+                              capture_output=True, text=True, timeout=300)
+
+    modules = ['ffcv_imagenet.' + str(p.relative_to(ROOT / 'ffcv_imagenet').with_suffix(''))
+               .replace('/', '.') for p in (ROOT / 'ffcv_imagenet').rglob('*.py')
+               if p.stem not in ('__init__', '__main__')]
+    found = run('-c', 'import importlib, ffcv_imagenet\n'
+                f'for m in {modules!r}: importlib.import_module(m)\n'
+                'from ffcv_imagenet.cli.config import find_config_file\n'
+                'print(ffcv_imagenet.__file__)\n'
+                'print(find_config_file("rn50_88_epochs.yaml").resolve())')
+    assert found.returncode == 0, found.stderr
+    package_file, recipe = found.stdout.split()
+    assert package_file.startswith(env_site), package_file
+    assert recipe == str(Path(env_site).resolve() / 'ffcv_imagenet' / 'rn50_configs' /
+                         'rn50_88_epochs.yaml')
+    train = run('-m', 'ffcv_imagenet', 'train', '--config', 'rn50_88_epochs.yaml',
+                '--data.train_dataset=missing.beton', '--data.val_dataset=missing.beton')
+    assert train.returncode == 2
+    assert train.stderr.strip() == ('error: data.train_dataset: .beton file not found: '
+                                    'missing.beton')
+    script = subprocess.run([str(env / 'bin' / 'ffcv-imagenet')], cwd=work, env=clean,
+                            capture_output=True, text=True, timeout=120)
+    assert 'convert' in script.stdout and 'train' in script.stdout

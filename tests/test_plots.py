@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from ffcv_imagenet import plots
-from ffcv_imagenet.logs import RunLog, read_log
-from ffcv_imagenet.plots import PLOTS, epoch_series, main, make_figure, plot_run
+from ffcv_imagenet.tools import plots
+from ffcv_imagenet.training.logs import RunLog, read_log
+from ffcv_imagenet.tools.plots import PLOTS, epoch_series, main, make_figure, plot_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,11 +159,12 @@ def test_main_reports_a_log_without_epochs(tmp_path, capsys):
 
 
 def test_python_dash_m_entry_point(run_dir, tmp_path):
-    done = subprocess.run([sys.executable, '-m', 'ffcv_imagenet.plots', str(run_dir),
+    done = subprocess.run([sys.executable, '-m', 'ffcv_imagenet', 'plots', str(run_dir),
                            '--out', str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(tmp_path / f'{name}.png') for name in PLOTS]
-    missing = subprocess.run([sys.executable, '-m', 'ffcv_imagenet.plots', str(tmp_path / 'no')],
+    missing = subprocess.run([sys.executable, '-m', 'ffcv_imagenet', 'plots',
+                              str(tmp_path / 'no')],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and 'error: no log.jsonl' in missing.stderr

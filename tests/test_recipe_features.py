@@ -9,11 +9,12 @@ from torch import nn
 from torchvision.models import resnet18
 
 import train_imagenet
-from ffcv_imagenet.checkpoint import checkpoint_dir, load_checkpoint
-from ffcv_imagenet.ema import ModelEMA
-from ffcv_imagenet.logs import read_log
-from ffcv_imagenet.schedules import lr_schedule
-from ffcv_imagenet.trainer import FitOptions, TrainState, _update_best, checkpoint_state, restore
+from ffcv_imagenet.training.checkpoint import (TrainState, checkpoint_dir, checkpoint_state,
+                                               load_checkpoint, restore)
+from ffcv_imagenet.training.ema import ModelEMA
+from ffcv_imagenet.training.logs import read_log
+from ffcv_imagenet.training.schedules import lr_schedule
+from ffcv_imagenet.training.loop import FitOptions, _update_best
 from train_args import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,13 +1,17 @@
-"""Every shipped recipe parses, and its numbers say what its comments promise."""
+"""Every shipped recipe parses, its numbers say what its comments promise, and a bare
+recipe name is found from any folder."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ffcv_imagenet.train_config import SECTIONS
-from ffcv_imagenet.config import parse_config
-from ffcv_imagenet.schedules import lr_schedule, resolution_at
+from ffcv_imagenet.cli.config import ConfigError, parse_config
+from ffcv_imagenet.cli.train_config import SECTIONS
+from ffcv_imagenet.training.schedules import lr_schedule, resolution_at
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / 'rn50_configs').glob('*.yaml'))
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / 'rn50_configs').glob('*.yaml'))
 EPOCHS = (16, 24, 32, 40, 56, 88)
 
 
@@ -47,3 +51,47 @@ def test_peak_learning_rate_matches_the_published_one(arch, gpus, peak):
     lr_at = lr_schedule('cyclic', peak_lr=peak_lr, epochs=88, steps_per_epoch=100,
                         peak_epoch=config['lr.peak_epoch'])
     assert lr_at(200) == pytest.approx(peak)
+
+
+def test_a_bare_recipe_name_is_found_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    by_name = parse_config('test', ['--config', 'rn50_88_epochs.yaml'], SECTIONS)
+    by_path = parse_config('test', ['-C', str(RECIPES[0].parent / 'rn50_88_epochs.yaml')],
+                           SECTIONS)
+    assert by_name['training.epochs'] == by_path['training.epochs'] == 88
+    assert by_name['lr.lr'] == by_path['lr.lr']
+    without_suffix = parse_config('test', ['--config', 'rn18_16_epochs'], SECTIONS)
+    assert without_suffix['training.epochs'] == 16
+    assert without_suffix['model.arch'] == 'resnet18'
+
+
+def test_a_file_in_the_current_folder_wins_over_the_shipped_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = (RECIPES[0].parent / 'rn50_88_epochs.yaml').read_text()
+    (tmp_path / 'rn50_88_epochs.yaml').write_text(shipped.replace('epochs: 88', 'epochs: 3'))
+    assert parse_config('test', ['--config', 'rn50_88_epochs.yaml'],
+                        SECTIONS)['training.epochs'] == 3
+
+
+def test_an_unknown_recipe_name_lists_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        parse_config('test', ['--config', 'rn50_99_epochs.yaml'], SECTIONS)
+    message = str(caught.value)
+    assert message.startswith('config file not found: rn50_99_epochs.yaml')
+    assert 'rn50_88_epochs.yaml' in message and 'rn18_cpu_demo.yaml' in message
+    assert '\n' not in message
+    with pytest.raises(ConfigError, match=r'^config file not found: sub/rn50_88_epochs\.yaml$'):
+        parse_config('test', ['--config', 'sub/rn50_88_epochs.yaml'], SECTIONS)
+
+
+def test_train_command_takes_a_bare_recipe_name(tmp_path):
+    """The design's own command line: the recipe is found (the error is about the
+    data it names, not about the recipe file)."""
+    done = subprocess.run([sys.executable, str(ROOT / 'train_imagenet.py'), '--config',
+                           'rn50_88_epochs.yaml', '--data.train_dataset=missing.beton',
+                           '--data.val_dataset=missing.beton', '--logging.folder=run'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ('error: data.train_dataset: .beton file not found: '
+                                   'missing.beton')

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ffcv_imagenet.schedules import lr_schedule, resolution_at
+from ffcv_imagenet.training.schedules import lr_schedule, resolution_at
 
 STEPS = 10  # optimizer steps per epoch
 

@@ -3,8 +3,8 @@ import hashlib
 import numpy as np
 from PIL import Image
 
-from ffcv_imagenet.folders import SYNSET_FILE, find_classes
-from ffcv_imagenet.synthetic import class_name, class_wnid, generate
+from ffcv_imagenet.data.folders import SYNSET_FILE, find_classes
+from ffcv_imagenet.data.synthetic import class_name, class_wnid, generate
 
 
 def _digest(root):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import train_imagenet
-from ffcv_imagenet.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint
-from ffcv_imagenet.config import ConfigError
-from ffcv_imagenet.logs import read_log
-from ffcv_imagenet.trainer import NonFiniteLossError
+from ffcv_imagenet.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint
+from ffcv_imagenet.cli.config import ConfigError
+from ffcv_imagenet.training.logs import read_log
+from ffcv_imagenet.training.loop import NonFiniteLossError
 from train_args import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_bad_config_is_one_clear_error_before_any_work(betons, tmp_path, extra, 
 
 
 def test_global_batch_size_must_divide_by_the_world_size():
-    from ffcv_imagenet.train_config import per_gpu_batch
+    from ffcv_imagenet.cli.train_config import per_gpu_batch
     config = {'training.global_batch_size': 1024, 'training.batch_size': 7}
     assert per_gpu_batch(config, 8) == 128
     assert per_gpu_batch({**config, 'training.global_batch_size': 0}, 8) == 7

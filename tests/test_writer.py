@@ -14,8 +14,8 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 
 import write_datasets
-from ffcv_imagenet.folders import DatasetError, list_tree
-from ffcv_imagenet.writer import skipped_path, write_beton
+from ffcv_imagenet.data.folders import DatasetError, list_tree
+from ffcv_imagenet.data.writer import skipped_path, write_beton
 
 from test_images import bad_files, odd_images
 
@@ -144,7 +144,7 @@ def test_unknown_key_in_config_file(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_conversion_leaves_no_file_at_the_final_path(tmp_path):
-    from ffcv_imagenet.synthetic import generate
+    from ffcv_imagenet.data.synthetic import generate
     data = generate(tmp_path / 'data', classes=4, train_per_class=150, val_per_class=0,
                     workers=2)
     out = tmp_path / 'out' / 'train.beton'

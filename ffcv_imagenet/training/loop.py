@@ -23,13 +23,15 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt
+from .checkpoint import TrainState, checkpoint_state, save_epoch_checkpoints
 from .distributed import Dist, all_reduce_max, all_reduce_sum, broadcast_buffers
 from .ema import ModelEMA
 from .logs import Progress, RunLog
@@ -66,16 +68,36 @@ class FitOptions:
 
 
 @dataclass
-class TrainState:
-    """Progress that a checkpoint must carry: epochs completed, optimizer steps taken,
-    the best value of the best metric (a top-1 fraction) and its epoch, whether early
-    stopping ended the run, and the latest metrics."""
-    epoch: int = 0
-    iteration: int = 0
-    best_top1: float = -1.0
-    metrics: dict = field(default_factory=dict)
-    best_epoch: int = 0
-    stopped_early: bool = False
+class Run:
+    """A built training run: everything :func:`fit` needs, made by the caller (the
+    recipe builder from a config, or a notebook by hand).
+
+    ``model`` may be DDP- or compile-wrapped; ``module`` is the plain network inside it
+    (validation and checkpoints use it). ``lr_at(iteration)`` gives the learning rate
+    of an optimizer step, ``res_at(epoch)`` the training resolution in pixels of a
+    0-based epoch. ``meta`` (arch, num_classes, classes, config) goes into every
+    checkpoint. ``mixer`` and ``ema`` are None when off. ``resumed_from`` names the
+    checkpoint ``state`` came from, and ``notes`` are lines for the user about how the
+    run was built; the loop reads neither.
+    """
+    model: nn.Module
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    train_loader: Iterable
+    val_loader: Iterable
+    dist: Dist
+    options: FitOptions
+    state: TrainState
+    lr_at: Callable[[int], float]
+    res_at: Callable[[int], int]
+    run_dir: Path
+    meta: dict
+    mixer: Mixer | None = None
+    ema: ModelEMA | None = None
+    resumed_from: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -225,91 +247,45 @@ def validate(module: nn.Module, ema: ModelEMA | None, loader, *, precision: Prec
     return record
 
 
-def checkpoint_state(model: nn.Module, optimizer, scaler, state: TrainState,
-                     meta: dict, ema: ModelEMA | None = None) -> dict:
-    """The dict :mod:`ffcv_imagenet.checkpoint` saves; ``meta`` holds arch,
-    num_classes, classes and config. ``model`` must be the unwrapped module; the EMA
-    weights, when kept, are under ``ema``/``module`` with the same keys."""
-    return {**meta, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-            'scaler': scaler.state_dict() if scaler.is_enabled() else None,
-            'ema': ema.state_dict() if ema is not None else None,
-            'epoch': state.epoch, 'iteration': state.iteration,
-            'best_top1': state.best_top1, 'best_epoch': state.best_epoch,
-            'stopped_early': state.stopped_early, 'metrics': state.metrics,
-            'rng': ckpt.rng_state()}
+def fit(run: Run, log: RunLog) -> TrainState:
+    """Trains ``run`` from ``run.state.epoch`` to ``run.options.epochs`` (or
+    ``stop_after``, or an early stop), logging to ``log`` and, on rank 0, writing
+    checkpoints into ``run.run_dir``.
 
-
-def restore(saved: dict, model: nn.Module, optimizer, scaler,
-            ema: ModelEMA | None = None) -> TrainState:
-    """Loads a checkpoint dict into model (unwrapped), optimizer, scaler and EMA (an
-    EMA missing from the checkpoint starts from the loaded weights); returns the
-    progress to continue from."""
-    model.load_state_dict(saved['model'])
-    optimizer.load_state_dict(saved['optimizer'])
-    if saved.get('scaler') and scaler.is_enabled():
-        scaler.load_state_dict(saved['scaler'])
-    if ema is not None:
-        ema.load_state_dict(saved.get('ema') or {'module': saved['model']})
-    ckpt.set_rng_state(saved['rng'])
-    return TrainState(saved['epoch'], saved['iteration'], saved['best_top1'],
-                      dict(saved.get('metrics') or {}),
-                      saved.get('best_epoch', saved['epoch']),  # older checkpoints
-                      bool(saved.get('stopped_early', False)))
-
-
-def _save_checkpoints(run_dir, saved: dict, *, improved: bool, epoch: int,
-                      options: FitOptions, finished: bool) -> None:
-    folder = ckpt.checkpoint_dir(run_dir)
-    last = ckpt.save_checkpoint(saved, folder / 'last.pt')
-    if improved:
-        ckpt.copy_checkpoint(last, folder / 'best.pt')
-    if options.checkpoint_every and epoch % options.checkpoint_every == 0:
-        ckpt.copy_checkpoint(last, folder / f'epoch_{epoch:04d}.pt')
-    if finished:
-        ckpt.copy_checkpoint(last, folder / 'final.pt')
-
-
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-        train_loader, val_loader, *, lr_at, res_at, precision: Precision,
-        options: FitOptions, state: TrainState, dist: Dist, log: RunLog, run_dir,
-        meta: dict, mixer: Mixer | None = None, ema: ModelEMA | None = None) -> TrainState:
-    """Trains from ``state.epoch`` to ``options.epochs`` (or ``stop_after``, or an
-    early stop).
-
-    ``model`` may be DDP- or compile-wrapped; checkpoints and validation use the
-    module inside. ``meta`` (arch, num_classes, classes, config) goes into every
-    checkpoint. Returns the final TrainState; a state that already stopped early is
-    returned untouched, so resuming a finished run trains nothing.
+    Returns the final TrainState (also left in ``run.state``); a state that already
+    stopped early is returned untouched, so resuming a finished run trains nothing.
     """
-    module = unwrap(model)
+    state, options, dist = run.state, run.options, run.dist
     if state.stopped_early:
         return state
     last_epoch = min(options.epochs, options.stop_after or options.epochs)
     for epoch in range(state.epoch, last_epoch):
-        train_loader.resolution = res_at(epoch)
-        train_loader.epoch = epoch
+        run.train_loader.resolution = run.res_at(epoch)
+        run.train_loader.epoch = epoch
         seed_epoch(options.seed, epoch, dist.rank)
-        train = train_epoch(model, train_loader, optimizer, scaler, precision=precision,
-                            lr_at=lr_at, iteration=state.iteration, epoch=epoch,
-                            options=options, dist=dist, mixer=mixer, ema=ema)
+        train = train_epoch(run.model, run.train_loader, run.optimizer, run.scaler,
+                            precision=run.precision, lr_at=run.lr_at,
+                            iteration=state.iteration, epoch=epoch, options=options,
+                            dist=dist, mixer=run.mixer, ema=run.ema)
         state.epoch, state.iteration = epoch + 1, train['iteration']
-        broadcast_buffers(module)
-        _check_finite_weights(module, state.epoch)
+        broadcast_buffers(run.module)
+        _check_finite_weights(run.module, state.epoch)
         val = {}
         if state.epoch % options.eval_every == 0 or state.epoch == options.epochs:
-            val = validate(module, ema, val_loader, precision=precision, tta=options.tta,
-                           device=dist.device)
+            val = validate(run.module, run.ema, run.val_loader, precision=run.precision,
+                           tta=options.tta, device=dist.device)
         improved = _update_best(state, val, options)
-        state.metrics = _epoch_record(state, train, val, train_loader.resolution, dist,
-                                      options, mixed=mixer is not None)
+        state.metrics = _epoch_record(state, train, val, run.train_loader.resolution, dist,
+                                      options, mixed=run.mixer is not None)
         log.event('epoch', **state.metrics)
         log.scalars(state.epoch, {k: v for k, v in state.metrics.items()
                                   if isinstance(v, float)})
         if dist.is_main:
-            saved = checkpoint_state(module, optimizer, scaler, state, meta, ema)
-            _save_checkpoints(run_dir, saved, improved=improved, epoch=state.epoch,
-                              options=options,
-                              finished=state.epoch == options.epochs or state.stopped_early)
+            saved = checkpoint_state(run.module, run.optimizer, run.scaler, state, run.meta,
+                                     run.ema)
+            save_epoch_checkpoints(run.run_dir, saved, epoch=state.epoch, improved=improved,
+                                   every=options.checkpoint_every,
+                                   finished=state.epoch == options.epochs or state.stopped_early)
         if state.stopped_early:
             log.event('early_stop', epoch=state.epoch, metric=options.best_metric,
                       best=state.best_top1, best_epoch=state.best_epoch,

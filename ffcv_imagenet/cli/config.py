@@ -1,12 +1,14 @@
 """Command line + YAML/JSON config files -> a validated fastargs config.
 
-Used by the entry points only (``write_datasets.py``, ``train_imagenet.py``); the
-library never reads config. Compared with fastargs' own argparse glue this adds:
+Used by the commands only (:mod:`ffcv_imagenet.cli`, :mod:`ffcv_imagenet.tools`);
+the library never reads config. Compared with fastargs' own argparse glue this adds:
 config files and keys that do not exist are errors (a typo must not silently fall
 back to a default), a validation error is one line naming the key, and the
 command line can be passed in as a list (tests).
 
-Precedence: defaults < config files (in order) < ``--section.key=value`` flags.
+Precedence: defaults < config files (in order) < ``--section.key=value`` flags. A
+config file named without a folder that is not in the current folder is looked up
+among the shipped recipes (``rn50_configs/``).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import yaml
 from fastargs import get_current_config
-from fastargs.exceptions import MissingValueError, ValidationError
+from fastargs.exceptions import MissingValueError
 from fastargs.validation import Checker
 
 
@@ -66,10 +68,46 @@ def _flatten(tree: dict, prefix: str = '') -> dict[str, object]:
     return flat
 
 
+RECIPES = 'rn50_configs'
+
+
+def recipe_dirs() -> list[Path]:
+    """The folders of the shipped recipes that exist here: the copy installed inside
+    the package (a wheel), then the one beside the package (a source checkout, where
+    it sits next to ``train_imagenet.py``)."""
+    package = Path(__file__).resolve().parents[1]
+    return [folder for folder in (package / RECIPES, package.parent / RECIPES)
+            if folder.is_dir()]
+
+
+def available_recipes() -> list[str]:
+    """File names of the shipped recipes, sorted."""
+    return sorted({path.name for folder in recipe_dirs() for path in folder.glob('*.yaml')})
+
+
+def find_config_file(name: str) -> Path:
+    """The config file ``name`` names: a path as given (relative to the current
+    folder), or, for a bare file name (no folder, ``.yaml`` optional), the shipped
+    recipe of that name.
+    Raises:
+        ConfigError: no such file; for a bare name the message lists the recipes.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.parent == Path('.'):
+        for folder in recipe_dirs():
+            for candidate in (folder / name, folder / f'{name}.yaml'):
+                if candidate.is_file():
+                    return candidate
+        where = ', '.join(str(folder) for folder in recipe_dirs()) or f'no {RECIPES}/ found'
+        raise ConfigError(f"config file not found: {name} (looked in the current folder and "
+                          f"{where}; recipes: {', '.join(available_recipes()) or 'none'})")
+    raise ConfigError(f"config file not found: {name}")
+
+
 def _read_config_file(path: str, known: set[str]) -> dict[str, object]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    file = find_config_file(path)
     text = file.read_text()
     try:
         content = json.loads(text) if file.suffix == '.json' else yaml.safe_load(text)
@@ -105,8 +143,10 @@ def parse_config(description: str, argv: list[str] | None = None,
     known = {'.'.join(path) for path in config.entries
              if sections is None or path[0] in sections}
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument('--config-file', '-C', action='append', default=[],
-                        help='YAML or JSON config file (may be repeated)')
+    parser.add_argument('-C', '--config', '--config-file', dest='config_file',
+                        action='append', default=[], metavar='FILE',
+                        help='YAML or JSON config file, or the name of a shipped recipe '
+                             f'({RECIPES}/); may be repeated, later files win')
     for name in sorted(known):
         param = config.entries[tuple(name.split('.'))]
         default = 'required' if param.required else param.default

@@ -1,8 +1,8 @@
 """The training config: every key, its default and its range checks.
 
-The fastargs sections of ``train_imagenet.py`` and ``python -m
-ffcv_imagenet.lr_finder`` (which reads the same recipe files) are declared here;
-:mod:`ffcv_imagenet.recipe` turns a parsed config into built objects. Library
+The fastargs sections of the train command (``train_imagenet.py``) and of the LR
+finder (which reads the same recipe files) are declared here;
+:mod:`ffcv_imagenet.cli.recipe` turns a parsed config into built objects. Library
 modules never see the config system.
 
 Batch size and learning rate: ``training.batch_size`` is per GPU (per process);
@@ -18,9 +18,9 @@ from __future__ import annotations
 from fastargs import Param, Section
 
 from .config import ConfigError, Flag, OneOf
-from .models import ARCHS
-from .optim import PRECISIONS
-from .schedules import SCHEDULES
+from ..training.models import ARCHS
+from ..training.optim import PRECISIONS
+from ..training.schedules import SCHEDULES
 
 Section('data', 'the .beton files and their loaders').params(
     train_dataset=Param(str, 'train .beton', required=True),

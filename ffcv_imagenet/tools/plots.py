@@ -1,7 +1,7 @@
 """PNG plots of a run's per-epoch log: loss, accuracy, learning rate and training
 resolution against epoch. Works on a run that is still writing its log.
 
-    python -m ffcv_imagenet.plots RUN_DIR [--out DIR]
+    python -m ffcv_imagenet plots RUN_DIR [--out DIR]
 
 writes ``loss.png``, ``accuracy.png``, ``lr.png`` and ``resolution.png`` into
 ``DIR`` (default ``RUN_DIR/plots``) and prints their paths.
@@ -17,7 +17,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .logs import LOG_FILE, read_log
+from ..training.logs import LOG_FILE, read_log
 
 PLOTS = ('loss', 'accuracy', 'lr', 'resolution')
 

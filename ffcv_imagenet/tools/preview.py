@@ -1,7 +1,7 @@
 """A PNG grid of one augmented training batch, captioned with class names, so a
 person can check that crops, flips and labels are right.
 
-    python -m ffcv_imagenet.preview --beton data/betons/train.beton --out batch.png
+    python -m ffcv_imagenet preview --beton data/betons/train.beton --out batch.png
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .decoders import IMAGENET_MEAN, IMAGENET_STD
-from .folders import classes_path, load_classes
-from .loaders import train_loader
+from ..data.decoders import IMAGENET_MEAN, IMAGENET_STD
+from ..data.folders import classes_path, load_classes
+from ..data.loaders import train_loader
 
 CAPTION_PX = 14
 

@@ -14,7 +14,7 @@ pixels a side, about 400 x 350 on average) and aspect ratio like photographs.
 
 The output is deterministic: the same arguments give the same bytes.
 
-    python -m ffcv_imagenet.synthetic --out data/synthetic --classes 10 \
+    python -m ffcv_imagenet synthetic --out data/synthetic --classes 10 \
         --train-per-class 100 --val-per-class 20 --seed 0
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Learning-rate range test (Smith 2017, "Cyclical Learning Rates for Training Neural
 Networks", section 3.3) on a recipe's own network, data and loss.
 
-    python -m ffcv_imagenet.lr_finder -C rn50_configs/rn18_cpu_demo.yaml \
+    python -m ffcv_imagenet lr-finder -C rn18_cpu_demo.yaml \
         --lr_finder.steps=100
 
 A fresh network (initialised from ``training.seed``) trains for ``steps`` optimizer
@@ -30,14 +30,15 @@ import numpy as np
 from fastargs import Param, Section
 from matplotlib.figure import Figure
 
-from .config import ConfigError, parse_config
-from .loaders import endless_batches
-from .logs import Progress
-from .optim import set_lr
+from ..cli.config import ConfigError, parse_config
+from ..cli.recipe import build_parts, setup_distributed
+from ..cli.runner import exit_code
+from ..cli.train_config import SECTIONS
+from ..data.loaders import endless_batches
+from ..training.logs import Progress
+from ..training.loop import prepare_batch, train_step
+from ..training.optim import set_lr
 from .plots import save_png
-from .recipe import build_parts, exit_code, setup_distributed
-from .train_config import SECTIONS
-from .trainer import prepare_batch, train_step
 
 Section('lr_finder', 'learning-rate range test').params(
     start_lr=Param(float, 'first learning rate (for the global batch)', default=1e-4),
@@ -184,5 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> int:
+    """:func:`main` with a bad config turned into one line and exit code 2."""
+    return exit_code(lambda: main(argv))
+
+
 if __name__ == '__main__':
-    sys.exit(exit_code(main))
+    sys.exit(run())

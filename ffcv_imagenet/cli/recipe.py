@@ -1,35 +1,33 @@
 """Builds a training run from a parsed config: loaders, model, optimizer, schedules,
-EMA, mixing and the state to resume from. This is the config edge shared by
-``train_imagenet.py`` and ``python -m ffcv_imagenet.lr_finder``; the keys and their
-checks live in :mod:`ffcv_imagenet.train_config`.
+EMA, mixing and the state to resume from. This is the config edge shared by the
+train command (``train_imagenet.py``) and the LR finder; the keys and their checks
+live in :mod:`ffcv_imagenet.cli.train_config`.
 """
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import distributed
-from .checkpoint import (CheckpointError, check_compatible, checkpoint_dir, find_latest,
-                         load_checkpoint)
+from ..data.folders import DatasetError, classes_path, load_classes
+from ..data.loaders import ImageLoader, train_loader, val_loader
+from ..training import distributed
+from ..training.checkpoint import (TrainState, check_compatible, checkpoint_dir, find_latest,
+                                   load_checkpoint, restore)
+from ..training.distributed import Dist, broadcast_object
+from ..training.ema import ModelEMA
+from ..training.loop import FitOptions, Run
+from ..training.mix import Mixer
+from ..training.models import build_model
+from ..training.optim import Precision, build_sgd, resolve_precision
+from ..training.schedules import lr_schedule, resolution_at
 from .config import ConfigError, as_dict
-from .distributed import Dist, broadcast_object
-from .ema import ModelEMA
-from .folders import DatasetError, classes_path, load_classes
-from .loaders import ImageLoader, train_loader, val_loader
-from .mix import Mixer
-from .models import build_model
-from .optim import Precision, build_sgd, resolve_precision
-from .schedules import lr_schedule, resolution_at
 from .train_config import SECTIONS, check_values, per_gpu_batch
-from .trainer import FitOptions, NonFiniteLossError, TrainState, restore
 
 
 @dataclass
@@ -47,48 +45,6 @@ class Parts:
     classes: list[str]
     batch: int
     mixer: Mixer | None
-
-
-@dataclass
-class Run:
-    """Everything ``fit`` needs: the built parts, schedules, options and the state
-    to continue from (``ema`` is None when off)."""
-    dist: Dist
-    parts: Parts
-    ema: ModelEMA | None
-    lr_at: Callable[[int], float]
-    res_at: Callable[[int], int]
-    options: FitOptions
-    state: TrainState
-    run_dir: Path
-    meta: dict
-    resumed_from: Path | None
-    notes: list[str] = field(default_factory=list)
-
-
-def report(message: str) -> None:
-    """Prints ``message`` to stderr once per run (rank 0), not once per process."""
-    if int(os.environ.get('RANK', 0)) == 0:
-        print(message, file=sys.stderr, flush=True)
-
-
-def exit_code(main: Callable[[], int], interrupted: str = 'interrupted') -> int:
-    """Runs an entry point's ``main`` and turns what a user can cause into one line
-    and an exit code: 2 for a bad config or checkpoint, 1 for a non-finite loss, 130
-    for Ctrl-C (reporting ``interrupted``); always leaves the process group."""
-    try:
-        return main()
-    except (ConfigError, CheckpointError) as err:
-        report(f"error: {err}")
-        return 2
-    except NonFiniteLossError as err:
-        report(f"error: {err}")
-        return 1
-    except KeyboardInterrupt:
-        report(interrupted)
-        return 130
-    finally:
-        distributed.cleanup()
 
 
 def setup_distributed(config) -> Dist:
@@ -181,7 +137,8 @@ def build_parts(config, dist: Dist) -> Parts:
 
 
 def build_run(config, dist: Dist) -> Run:
-    """:func:`build_parts` plus schedules, EMA and the state to resume from.
+    """:func:`build_parts` plus schedules, EMA and the state to resume from: the
+    :class:`~ffcv_imagenet.training.loop.Run` that ``fit`` trains.
     Raises:
         ConfigError / CheckpointError: one line naming the key or file.
     """
@@ -217,9 +174,12 @@ def build_run(config, dist: Dist) -> Run:
     if parts.mixer is not None:
         notes.append("MixUp/CutMix on: train_top1 is measured against the dominant label "
                      "of each mixed pair")
-    return Run(dist, parts, ema, lr_at, res_at, _fit_options(config), state, run_dir,
-               {'arch': arch, 'num_classes': len(parts.classes), 'classes': parts.classes,
-                'config': as_dict(config, SECTIONS)}, source, notes)
+    meta = {'arch': arch, 'num_classes': len(parts.classes), 'classes': parts.classes,
+            'config': as_dict(config, SECTIONS)}
+    return Run(parts.model, parts.module, parts.optimizer, parts.scaler, parts.precision,
+               parts.train_loader, parts.val_loader, dist, _fit_options(config), state,
+               lr_at, res_at, run_dir, meta, mixer=parts.mixer, ema=ema,
+               resumed_from=source, notes=notes)
 
 
 def _mixer(config, num_classes: int) -> Mixer | None:

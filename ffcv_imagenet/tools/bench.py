@@ -1,6 +1,6 @@
 """Images/sec benchmarks, side by side in one run so that ratios are comparable.
 
-    python -m ffcv_imagenet.bench loader --beton data/betons/train.beton \
+    python -m ffcv_imagenet bench loader --beton data/betons/train.beton \
         --val-beton data/betons/val.beton --folder data/synthetic/train \
         --resolution 160 --batch-size 64 --workers 2 --epochs 5 --json bench.json
 
@@ -11,11 +11,11 @@ pipeline through a ``DataLoader`` reading the source folder. The first epoch of
 each is left out (numba compilation for ffcv; worker start-up and a cold file
 cache for torchvision); the figure is the median over the remaining epochs.
 
-    python -m ffcv_imagenet.bench train --beton data/betons/train.beton \
+    python -m ffcv_imagenet bench train --beton data/betons/train.beton \
         --arch resnet50 --resolution 160 192 --batch-size 512 --precision auto \
         --steps 100 --warmup 20 --json bench_train.json
 
-``train`` times full training steps (``trainer.train_step``: forward, loss,
+``train`` times full training steps (``training.loop.train_step``: forward, loss,
 backward, SGD step) of one model, resolution, batch size and precision, two ways:
 (1) *model alone*, the ceiling: one random batch already on the device, in the
 loader's layout and dtype, fed again and again; (2) *end to end*: batches from the
@@ -43,13 +43,13 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from .decoders import IMAGENET_MEAN, IMAGENET_STD
-from .distributed import select_device
-from .folders import classes_path, load_classes
-from .loaders import endless_batches, train_loader, val_loader
-from .models import ARCHS, build_model
-from .optim import PRECISIONS, Precision, build_sgd, resolve_precision
-from .trainer import train_step
+from ..data.decoders import IMAGENET_MEAN, IMAGENET_STD
+from ..training.distributed import select_device
+from ..data.folders import classes_path, load_classes
+from ..data.loaders import endless_batches, train_loader, val_loader
+from ..training.models import ARCHS, build_model
+from ..training.optim import PRECISIONS, Precision, build_sgd, resolve_precision
+from ..training.loop import train_step
 
 TRAIN_ROWS = ('model alone (synthetic batch)', 'end to end (.beton loader)')
 

@@ -12,8 +12,10 @@ A checkpoint is a ``torch.save``d dict (loadable with ``weights_only=True``):
     rng         rank 0's torch / CUDA / numpy / python RNG states
 
 The learning-rate schedule is a pure function of ``iteration``, so ``iteration`` is
-the schedule position. Files live in ``<run_dir>/checkpoints/``: ``last.pt`` (every
-epoch), ``best.pt``, ``epoch_NNNN.pt`` (every K epochs) and ``final.pt``.
+the schedule position. :class:`TrainState` is the progress a checkpoint carries;
+:func:`checkpoint_state` and :func:`restore` turn a run into that dict and back.
+Files live in ``<run_dir>/checkpoints/``: ``last.pt`` (every epoch), ``best.pt``,
+``epoch_NNNN.pt`` (every K epochs) and ``final.pt``.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ import os
 import random
 import shutil
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 FORMAT = 'ffcv_imagenet-checkpoint-1'
 SUBDIR = 'checkpoints'
@@ -122,6 +126,68 @@ def find_latest(run_dir: str | os.PathLike) -> Path | None:
         if best_key is None or key > best_key:
             best, best_key = path, key
     return best
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint must carry: epochs completed, optimizer steps taken,
+    the best value of the best metric (a top-1 fraction) and its epoch, whether early
+    stopping ended the run, and the latest metrics."""
+    epoch: int = 0
+    iteration: int = 0
+    best_top1: float = -1.0
+    metrics: dict = field(default_factory=dict)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+
+def checkpoint_state(model: nn.Module, optimizer, scaler, state: TrainState,
+                     meta: dict, ema=None) -> dict:
+    """The dict :func:`save_checkpoint` writes; ``meta`` holds arch, num_classes,
+    classes and config; ``ema`` is a :class:`~ffcv_imagenet.training.ema.ModelEMA` or
+    None. ``model`` must be the unwrapped module; the EMA
+    weights, when kept, are under ``ema``/``module`` with the same keys."""
+    return {**meta, 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+            'ema': ema.state_dict() if ema is not None else None,
+            'epoch': state.epoch, 'iteration': state.iteration,
+            'best_top1': state.best_top1, 'best_epoch': state.best_epoch,
+            'stopped_early': state.stopped_early, 'metrics': state.metrics,
+            'rng': rng_state()}
+
+
+def restore(saved: dict, model: nn.Module, optimizer, scaler,
+            ema=None) -> TrainState:
+    """Loads a checkpoint dict into model (unwrapped), optimizer, scaler and EMA (an
+    EMA missing from the checkpoint starts from the loaded weights); returns the
+    progress to continue from."""
+    model.load_state_dict(saved['model'])
+    optimizer.load_state_dict(saved['optimizer'])
+    if saved.get('scaler') and scaler.is_enabled():
+        scaler.load_state_dict(saved['scaler'])
+    if ema is not None:
+        ema.load_state_dict(saved.get('ema') or {'module': saved['model']})
+    set_rng_state(saved['rng'])
+    return TrainState(saved['epoch'], saved['iteration'], saved['best_top1'],
+                      dict(saved.get('metrics') or {}),
+                      saved.get('best_epoch', saved['epoch']),  # older checkpoints
+                      bool(saved.get('stopped_early', False)))
+
+
+def save_epoch_checkpoints(run_dir: str | os.PathLike, saved: dict, *, epoch: int,
+                           improved: bool, every: int, finished: bool) -> Path:
+    """Writes ``last.pt`` after ``epoch`` (1-based) and copies it to ``best.pt`` when
+    ``improved``, to ``epoch_NNNN.pt`` every ``every`` epochs (0 = never) and to
+    ``final.pt`` when ``finished``; returns the path of ``last.pt``."""
+    folder = checkpoint_dir(run_dir)
+    last = save_checkpoint(saved, folder / 'last.pt')
+    if improved:
+        copy_checkpoint(last, folder / 'best.pt')
+    if every and epoch % every == 0:
+        copy_checkpoint(last, folder / f'epoch_{epoch:04d}.pt')
+    if finished:
+        copy_checkpoint(last, folder / 'final.pt')
+    return last
 
 
 def rng_state() -> dict:

@@ -1,0 +1,103 @@
+"""Convert one split of an ImageNet-style folder to an FFCV .beton file.
+
+    python write_datasets.py --cfg.split=train --cfg.data_dir=data/synthetic/train \
+        --cfg.write_path=data/betons/train.beton --cfg.max_resolution=256
+    python write_datasets.py --cfg.split=val --cfg.data_dir=data/synthetic/val \
+        --cfg.write_path=data/betons/val.beton \
+        --cfg.classes=data/betons/train.beton.classes.json
+
+``python -m ffcv_imagenet convert`` is the same command. A flat val folder
+(ILSVRC2012_val_*.JPEG) takes --cfg.labels=LOC_val_solution.csv.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fastargs import Param, Section
+from fastargs.validation import And, InRange
+
+from ..data.folders import (SYNSET_FILE, list_flat, list_tree, load_classes,
+                            read_synset_names, stratified_subset)
+from ..data.writer import WRITE_MODES, write_beton
+from .config import ConfigError, Flag, OneOf, parse_config
+from .runner import exit_code
+
+Section('cfg', 'dataset conversion').params(
+    split=Param(OneOf('train', 'val'), 'which split: train makes the class list, '
+                'val reads it from --cfg.classes', default='train'),
+    data_dir=Param(str, 'folder of the split: one folder per class, or flat images '
+                   'with --cfg.labels', required=True),
+    write_path=Param(str, 'output .beton path', required=True),
+    labels=Param(str, 'label file of a flat folder (LOC_val_solution.csv form)', default=''),
+    classes=Param(str, 'class list of the train split (<train.beton>.classes.json); '
+                  'required for val', default=''),
+    synset_mapping=Param(str, 'wnid -> name file; default: LOC_synset_mapping.txt '
+                         'in or beside data_dir', default=''),
+    max_resolution=Param(And(int, InRange(min=0)), 'longest side in pixels after resizing '
+                         '(0 keeps the size)', default=256),
+    write_mode=Param(OneOf(*WRITE_MODES), 'how pixels are stored', default='jpg'),
+    compress_probability=Param(And(float, InRange(0, 1)), 'JPEG share in proportion mode',
+                               default=0.5),
+    jpeg_quality=Param(And(int, InRange(1, 100)), 'JPEG quality', default=90),
+    smart_threshold=Param(And(int, InRange(min=0)), 'smart mode: JPEG above this many '
+                          'raw bytes', default=0),
+    num_workers=Param(And(int, InRange(min=1)), 'processes', default=2),
+    chunk_size=Param(And(int, InRange(min=1)), 'images per work item', default=100),
+    subset=Param(And(int, InRange(min=0)), 'keep this many images, stratified by class '
+                 '(0: all)', default=0),
+    seed=Param(int, 'seed of the subset choice', default=0),
+    strict=Param(Flag(), 'stop at the first unreadable image instead of skipping it',
+                 default=0),
+)
+
+
+def _synset_file(cfg_value: str, data_dir: Path) -> Path | None:
+    if cfg_value:
+        return Path(cfg_value)
+    for candidate in (data_dir / SYNSET_FILE, data_dir.parent / SYNSET_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def main(argv=None) -> int:
+    config = parse_config(__doc__.splitlines()[0], argv, ('cfg',))
+    cfg = lambda key: config[f'cfg.{key}']  # noqa: E731
+    data_dir = Path(cfg('data_dir'))
+    if cfg('split') == 'val' and not cfg('classes'):
+        raise ConfigError("the val split needs --cfg.classes=<train.beton>.classes.json "
+                          "so that its labels match the train split")
+    names = None
+    if cfg('classes'):
+        classes, names = load_classes(cfg('classes'))
+    else:
+        classes = None
+    if cfg('labels'):
+        if classes is None:
+            raise ConfigError("--cfg.labels (a flat folder) needs --cfg.classes")
+        samples = list_flat(data_dir, cfg('labels'), classes)
+    else:
+        samples, classes = list_tree(data_dir, classes)
+    if names is None:
+        names = read_synset_names(_synset_file(cfg('synset_mapping'), data_dir), classes)
+    keep = stratified_subset([label for _, label in samples], cfg('subset'), cfg('seed'))
+    samples = [samples[i] for i in keep]
+    report = write_beton(
+        samples, cfg('write_path'), classes, names,
+        max_resolution=cfg('max_resolution'), write_mode=cfg('write_mode'),
+        jpeg_quality=cfg('jpeg_quality'), compress_probability=cfg('compress_probability'),
+        smart_threshold=cfg('smart_threshold') or None, num_workers=cfg('num_workers'),
+        chunk_size=cfg('chunk_size'), strict=bool(cfg('strict')))
+    print(report.summary())
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """:func:`main` with a bad config or dataset turned into one line, exit code 2."""
+    return exit_code(lambda: main(argv),
+                     interrupted="error: interrupted; nothing was written to the output path")
+
+
+if __name__ == '__main__':
+    sys.exit(run())

@@ -1,0 +1,76 @@
+"""Train a ResNet on .beton files: one process, or one per GPU under torchrun.
+
+    python train_imagenet.py --config rn18_cpu_demo.yaml
+    torchrun --nproc_per_node=8 train_imagenet.py --config rn50_88_epochs.yaml \
+        --data.train_dataset=betons/train.beton --data.val_dataset=betons/val.beton
+    python train_imagenet.py -C ... --checkpoint.resume=auto             # continue
+    python train_imagenet.py -C ... --checkpoint.resume=PATH --training.eval_only=1
+
+``python -m ffcv_imagenet train`` is the same command. A recipe named without a
+folder is looked up in the current folder, then among the recipes shipped with the
+package (``rn50_configs/``). Any key can be set on the command line
+(``--training.epochs=16``); ``--help`` lists them.
+"""
+from __future__ import annotations
+
+import sys
+
+from ..tools.plots import plot_run
+from ..training.logs import RunLog, format_record
+from ..training.loop import NonFiniteLossError, fit, validate
+from .config import parse_config
+from .recipe import build_run, setup_distributed
+from .runner import exit_code, report
+from .train_config import SECTIONS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses ``argv`` (default: the command line), trains or evaluates, returns the
+    exit code; errors a user can cause propagate (see :func:`run`)."""
+    config = parse_config(__doc__.splitlines()[0], argv, SECTIONS)
+    dist = setup_distributed(config)
+    run = build_run(config, dist)
+    log = RunLog(run.run_dir, enabled=dist.is_main,
+                 tensorboard=bool(config['logging.tensorboard']))
+    for note in run.notes:
+        report(note)
+    if config['training.eval_only']:
+        metrics = validate(run.module, run.ema, run.val_loader, precision=run.precision,
+                           tta=run.options.tta, device=dist.device, show_progress=dist.is_main)
+        log.event('eval', checkpoint=str(run.resumed_from), **metrics)
+        report(f"eval {run.resumed_from}: " + format_record(metrics))
+        return 0
+    log.write_config(run.meta['config'])
+    log.event('resume' if run.resumed_from else 'start', epoch=run.state.epoch,
+              checkpoint=str(run.resumed_from) if run.resumed_from else None,
+              world_size=dist.world_size)
+    try:
+        state = fit(run, log)
+    except (NonFiniteLossError, KeyboardInterrupt) as err:
+        log.event('stop', reason=str(err) or type(err).__name__)
+        raise
+    log.event('end', epoch=state.epoch, **{f'best_{run.options.best_metric}': state.best_top1})
+    log.close()
+    if config['logging.plot'] and dist.is_main:
+        try:
+            plot_run(run.run_dir)
+        except (OSError, ValueError) as err:  # the run itself is complete and saved
+            report(f"warning: no plots written: {err}")
+    stopped = (f" (stopped early: no better {run.options.best_metric} since epoch "
+               f"{state.best_epoch})" if state.stopped_early else "")
+    report(f"done: {state.epoch}/{run.options.epochs} epochs{stopped}, best "
+           f"{run.options.best_metric} {state.best_top1:.4f}, logs and checkpoints in "
+           f"{run.run_dir}")
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """:func:`main` with the errors a user can cause turned into one line and an exit
+    code (2 config or checkpoint, 1 non-finite loss, 130 Ctrl-C)."""
+    return exit_code(lambda: main(argv),
+                     interrupted="interrupted: checkpoints written so far are intact "
+                                 "(continue with --checkpoint.resume=auto)")
+
+
+if __name__ == '__main__':
+    sys.exit(run())
