@@ -5,6 +5,7 @@ live in :mod:`ffcv_imagenet.cli.train_config`.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -159,7 +160,8 @@ def build_run(config, dist: Dist) -> Run:
     state, notes = TrainState(), [note]
     if saved:
         state = restore(saved, parts.module, parts.optimizer, parts.scaler, ema)
-        _apply_optimizer_config(parts.optimizer, config)  # the config wins over saved values
+        # the config and this machine win over the saved values
+        _apply_optimizer_config(parts.optimizer, config, dist.device)
         if ema is not None and not saved.get('ema'):
             notes.append(f"{source} holds no EMA; the average starts from its weights")
         saved_metric = (saved.get('config') or {}).get('checkpoint.best_metric', 'val_top1')
@@ -202,6 +204,7 @@ def _fit_options(config) -> FitOptions:
         epochs=config['training.epochs'], label_smoothing=config['training.label_smoothing'],
         grad_clip=config['training.grad_clip'], eval_every=config['validation.every'],
         tta=bool(config['validation.tta']), checkpoint_every=config['checkpoint.every'],
+        last_every=config['checkpoint.last_every'],
         stop_after=config['training.stop_after'], log_every=config['logging.log_every'],
         seed=config['training.seed'], progress=bool(config['logging.progress']),
         best_metric=config['checkpoint.best_metric'],
@@ -241,12 +244,23 @@ def _agreed_resume_source(config, run_dir: Path, dist: Dist) -> tuple[Path | Non
     return (Path(source) if source else None), note
 
 
-def _apply_optimizer_config(optimizer: torch.optim.Optimizer, config) -> None:
+def _apply_optimizer_config(optimizer: torch.optim.Optimizer, config,
+                            device: torch.device) -> None:
     for group in optimizer.param_groups:
         group['momentum'] = config['optimizer.momentum']
         group['nesterov'] = bool(config['optimizer.nesterov'])
+        group['fused'] = True if device.type == 'cuda' else None  # where it now runs
         if group.get('name') == 'decay':
             group['weight_decay'] = config['optimizer.weight_decay']
+
+
+def _no_forward_buffer_sync() -> dict:
+    """DDP's switch for the buffer broadcast before every forward: torch 2.14 renamed
+    it (``forward_sync_buffers``; it keeps the one broadcast at start-up, which is
+    wanted), older releases only know ``broadcast_buffers``."""
+    if 'forward_sync_buffers' in inspect.signature(DDP.__init__).parameters:
+        return {'forward_sync_buffers': False}
+    return {'broadcast_buffers': False}
 
 
 def _network(config, dist: Dist, precision: Precision, num_classes: int):
@@ -260,12 +274,17 @@ def _network(config, dist: Dist, precision: Precision, num_classes: int):
     module = module.to(dist.device)
     optimizer = build_sgd(module, lr=0.0, momentum=config['optimizer.momentum'],
                           weight_decay=config['optimizer.weight_decay'],
-                          nesterov=bool(config['optimizer.nesterov']))
+                          nesterov=bool(config['optimizer.nesterov']),
+                          fused=dist.device.type == 'cuda')
     scaler = precision.scaler()
     model = module
     if dist.enabled:
         device_ids = [dist.device.index] if dist.device.type == 'cuda' else None
-        model = DDP(module, device_ids=device_ids)
+        # BN buffers are agreed across ranks before validation and saving, so a
+        # broadcast before every forward would be wasted; bucket views save a copy
+        # of every gradient
+        model = DDP(module, device_ids=device_ids, gradient_as_bucket_view=True,
+                    **_no_forward_buffer_sync())
     if config['model.compile']:
         # a few fixed resolutions: static shapes compile faster convolutions than the
         # symbolic ones dynamo switches to after the first resolution change

@@ -92,6 +92,8 @@ Section('checkpoint', 'checkpoints in <logging.folder>/checkpoints').params(
     resume=Param(str, "'' = fresh run, 'auto' = newest in the run folder, or a path",
                  default=''),
     every=Param(int, 'also keep epoch_NNNN.pt every this many epochs (0 = off)', default=0),
+    last_every=Param(int, 'write last.pt every this many epochs (and at the last epoch of '
+                          'the run or of this invocation)', default=1),
     best_metric=Param(OneOf('val_top1', 'ema_val_top1'), 'metric that picks best.pt and '
                       'drives early stopping (ema_val_top1 needs ema.enabled=1)',
                       default='val_top1'),
@@ -131,7 +133,7 @@ SECTIONS = ('data', 'model', 'resolution', 'lr', 'optimizer', 'training', 'valid
 
 _POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
-             'logging.log_every', 'lr.reference_batch', 'ema.every')
+             'logging.log_every', 'lr.reference_batch', 'ema.every', 'checkpoint.last_every')
 _NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.stop_after',
                  'checkpoint.every', 'optimizer.weight_decay', 'optimizer.momentum',
                  'lr.lr', 'lr.min_lr', 'lr.warmup_epochs', 'ema.warmup_steps',

@@ -174,20 +174,27 @@ def restore(saved: dict, model: nn.Module, optimizer, scaler,
                       bool(saved.get('stopped_early', False)))
 
 
-def save_epoch_checkpoints(run_dir: str | os.PathLike, saved: dict, *, epoch: int,
-                           improved: bool, every: int, finished: bool) -> Path:
-    """Writes ``last.pt`` after ``epoch`` (1-based) and copies it to ``best.pt`` when
-    ``improved``, to ``epoch_NNNN.pt`` every ``every`` epochs (0 = never) and to
-    ``final.pt`` when ``finished``; returns the path of ``last.pt``."""
-    folder = checkpoint_dir(run_dir)
-    last = save_checkpoint(saved, folder / 'last.pt')
+def checkpoint_names(epoch: int, *, improved: bool, keep_every: int, last_due: bool,
+                     finished: bool) -> list[str]:
+    """The file names due after ``epoch`` (1-based): ``last.pt`` when ``last_due``,
+    ``best.pt`` when ``improved``, ``epoch_NNNN.pt`` every ``keep_every`` epochs
+    (0 = never) and ``final.pt`` when ``finished`` (which implies ``last.pt``)."""
+    names = ['last.pt'] if last_due or finished else []
     if improved:
-        copy_checkpoint(last, folder / 'best.pt')
-    if every and epoch % every == 0:
-        copy_checkpoint(last, folder / f'epoch_{epoch:04d}.pt')
+        names.append('best.pt')
+    if keep_every and epoch % keep_every == 0:
+        names.append(f'epoch_{epoch:04d}.pt')
     if finished:
-        copy_checkpoint(last, folder / 'final.pt')
-    return last
+        names.append('final.pt')
+    return names
+
+
+def save_checkpoints(folder: str | os.PathLike, saved: dict, names: list[str]) -> list[Path]:
+    """Saves ``saved`` once, as the first of ``names`` in ``folder``, and copies that
+    file to the others (a copy is cheaper than a second save); all atomically."""
+    folder = Path(folder)
+    first = save_checkpoint(saved, folder / names[0])
+    return [first] + [copy_checkpoint(first, folder / name) for name in names[1:]]
 
 
 def rng_state() -> dict:

@@ -66,6 +66,9 @@ class ModelEMA:
         self.module = _fp32_copy(model)
         self._param_names = [name for name, _ in self.module.named_parameters()]
         self._buffer_names = [name for name, _ in self.module.named_buffers()]
+        # (model, EMA params, model params, EMA buffers, model buffers), matched once
+        # per model rather than by name on every step
+        self._pairs: tuple | None = None
 
     def decay_at(self, step: int) -> float:
         """The per-optimizer-step decay after ``step`` optimizer steps.
@@ -92,14 +95,15 @@ class ModelEMA:
         if step % self.every != 0:
             return False
         d = self.decay_at(step) ** self.every
-        ema_params = _matched(self.module.named_parameters(), model.named_parameters(),
-                              self._param_names, 'parameter')
-        if ema_params:  # the foreach ops refuse empty lists
-            with torch.no_grad():
-                # .float() is a no-op for fp32 parameters and keeps the memory format.
-                sources = [p.detach().float() for _, p in ema_params]
-                torch._foreach_lerp_([e for e, _ in ema_params], sources, 1.0 - d)
-        self.copy_buffers(model)
+        _, ema_params, params, ema_buffers, buffers = self._matched_with(model)
+        with torch.no_grad():
+            if ema_params:  # the foreach ops refuse empty lists
+                if any(p.dtype != torch.float32 for p in params):
+                    # .float() keeps the memory format; fp32 parameters skip the copy
+                    params = [p.float() for p in params]
+                torch._foreach_lerp_(ema_params, params, 1.0 - d)
+            if ema_buffers:
+                torch._foreach_copy_(ema_buffers, buffers)  # casts to the EMA's dtypes
         return True
 
     def copy_buffers(self, model: nn.Module) -> None:
@@ -108,11 +112,25 @@ class ModelEMA:
         Floating-point buffers are cast to fp32, integer ones copied as they are.
         Raises ValueError naming the first mismatched buffer.
         """
-        pairs = _matched(self.module.named_buffers(), model.named_buffers(),
-                         self._buffer_names, 'buffer')
-        with torch.no_grad():
-            for ema_b, b in pairs:
-                ema_b.copy_(b)  # copy_ casts to the EMA buffer's dtype
+        # re-paired on every explicit call (once per validation), so buffers a model
+        # replaced since (model.to(...)) are picked up; update() reuses the pairs
+        self._pairs = None
+        _, _, _, ema_buffers, buffers = self._matched_with(model)
+        if ema_buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(ema_buffers, buffers)  # casts to the EMA's dtypes
+
+    def _matched_with(self, model: nn.Module) -> tuple:
+        """The EMA's and ``model``'s parameters and buffers paired in order, checked
+        by name and shape the first time a model is seen (ValueError on a mismatch)."""
+        if self._pairs is None or self._pairs[0] is not model:
+            params = _matched(self.module.named_parameters(), model.named_parameters(),
+                              self._param_names, 'parameter')
+            buffers = _matched(self.module.named_buffers(), model.named_buffers(),
+                               self._buffer_names, 'buffer')
+            self._pairs = (model, [e for e, _ in params], [p for _, p in params],
+                           [e for e, _ in buffers], [b for _, b in buffers])
+        return self._pairs
 
     def state_dict(self) -> dict:
         """``{'module': averaged weights and buffers, 'decay', 'warmup_steps', 'every'}``.

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import TrainState, checkpoint_state, save_epoch_checkpoints
+from .checkpoint import (TrainState, checkpoint_dir, checkpoint_names, checkpoint_state,
+                         save_checkpoints)
 from .distributed import Dist, all_reduce_max, all_reduce_sum, broadcast_buffers
 from .ema import ModelEMA
 from .logs import Progress, RunLog
@@ -48,7 +49,9 @@ class NonFiniteLossError(RuntimeError):
 class FitOptions:
     """Loop settings. Epoch counts are whole epochs; ``grad_clip`` is a max L2 norm
     (0 = off); ``checkpoint_every`` keeps ``epoch_NNNN.pt`` every that many epochs
-    (0 = off); ``stop_after`` ends this invocation after that epoch (0 = run to
+    (0 = off); ``last_every`` writes ``last.pt`` every that many epochs and at the last
+    epoch of the run or of this invocation (each write costs rank 0 a full save while
+    the other ranks wait, so short epochs want a longer period); ``stop_after`` ends this invocation after that epoch (0 = run to
     ``epochs``; the schedules still span ``epochs``). ``best_metric`` (``val_top1`` or
     ``ema_val_top1``) picks ``best.pt``; with ``patience`` > 0 the run ends once it has
     not improved for that many epochs, but never before ``min_epochs``."""
@@ -58,6 +61,7 @@ class FitOptions:
     eval_every: int = 1
     tta: bool = True
     checkpoint_every: int = 0
+    last_every: int = 1
     stop_after: int = 0
     log_every: int = 50
     seed: int = 0
@@ -203,48 +207,54 @@ def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, *, precision: Precision, tta: bool,
-             device: torch.device, show_progress: bool = False) -> dict:
-    """Validation over the whole split (all ranks together). With ``tta`` the logits
-    of each image and its horizontal mirror are averaged. Returns ``top1``, ``top5``
+def evaluate(models: list[nn.Module], loader, *, precision: Precision, tta: bool,
+             device: torch.device, show_progress: bool = False) -> list[dict]:
+    """Validation of several models over the whole split (all ranks together), each
+    batch decoded once and scored by every model. With ``tta`` the logits of each image
+    and its horizontal mirror are averaged. Returns, per model, ``top1``, ``top5``
     (fractions), ``loss`` (mean cross-entropy, no smoothing) and ``images``.
-    Pass the unwrapped model: ranks see different numbers of batches."""
-    model.eval()
-    totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
+    Pass unwrapped models: ranks see different numbers of batches."""
+    for model in models:
+        model.eval()
+    # per model: loss, top1, top5; then the image count
+    totals = torch.zeros(3 * len(models) + 1, device=device, dtype=torch.float64)
     progress = Progress(loader, len(loader), show_progress, 'validation')
     for images, labels in progress:
-        with precision.autocast():
-            logits = model(images).float()
-            if tta:
-                logits = (logits + model(torch.flip(images, dims=[3])).float()) / 2
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == labels[:, None]
-        totals[0] += F.cross_entropy(logits, labels, reduction='sum').double()
-        totals[1] += hits[:, 0].sum()
-        totals[2] += hits.any(dim=1).sum()
-        totals[3] += labels.shape[0]
+        mirrored = torch.flip(images, dims=[3]) if tta else None
+        for index, model in enumerate(models):
+            with precision.autocast():
+                logits = model(images).float()
+                if tta:
+                    logits = (logits + model(mirrored).float()) / 2
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top == labels[:, None]
+            totals[3 * index] += F.cross_entropy(logits, labels, reduction='sum').double()
+            totals[3 * index + 1] += hits[:, 0].sum()
+            totals[3 * index + 2] += hits.any(dim=1).sum()
+        totals[-1] += labels.shape[0]
     progress.close()
-    loss, top1, top5, count = all_reduce_sum(totals).tolist()
-    count = max(count, 1.0)
-    return {'loss': loss / count, 'top1': top1 / count, 'top5': top5 / count,
-            'images': int(count)}
+    summed = all_reduce_sum(totals).tolist()
+    count = max(summed[-1], 1.0)
+    return [{'loss': summed[3 * i] / count, 'top1': summed[3 * i + 1] / count,
+             'top5': summed[3 * i + 2] / count, 'images': int(summed[-1])}
+            for i in range(len(models))]
 
 
 def validate(module: nn.Module, ema: ModelEMA | None, loader, *, precision: Precision,
              tta: bool, device: torch.device, show_progress: bool = False) -> dict:
     """:func:`evaluate` of the raw weights as ``val_loss``/``val_top1``/``val_top5``
-    and, when ``ema`` is given, of the EMA weights as ``ema_val_*``. Call it with the
-    BN statistics already agreed across ranks: the EMA takes its buffers from
-    ``module``."""
-    raw = evaluate(module, loader, precision=precision, tta=tta, device=device,
-                   show_progress=show_progress)
-    record = {f'val_{key}': raw[key] for key in ('loss', 'top1', 'top5')}
+    and, when ``ema`` is given, of the EMA weights as ``ema_val_*``, in one pass over
+    the split. Call it with the BN statistics already agreed across ranks: the EMA
+    takes its buffers from ``module``."""
+    models, prefixes = [module], ['val_']
     if ema is not None:
         ema.copy_buffers(module)
-        averaged = evaluate(ema.module, loader, precision=precision, tta=tta, device=device,
-                            show_progress=show_progress)
-        record.update({f'ema_val_{key}': averaged[key] for key in ('loss', 'top1', 'top5')})
-    return record
+        models.append(ema.module)
+        prefixes.append('ema_val_')
+    results = evaluate(models, loader, precision=precision, tta=tta, device=device,
+                       show_progress=show_progress)
+    return {f'{prefix}{key}': result[key] for prefix, result in zip(prefixes, results)
+            for key in ('loss', 'top1', 'top5')}
 
 
 def fit(run: Run, log: RunLog) -> TrainState:
@@ -280,12 +290,15 @@ def fit(run: Run, log: RunLog) -> TrainState:
         log.event('epoch', **state.metrics)
         log.scalars(state.epoch, {k: v for k, v in state.metrics.items()
                                   if isinstance(v, float)})
-        if dist.is_main:
+        names = checkpoint_names(
+            state.epoch, improved=improved, keep_every=options.checkpoint_every,
+            last_due=(state.epoch % options.last_every == 0 or state.epoch == last_epoch
+                      or state.stopped_early),
+            finished=state.epoch == options.epochs or state.stopped_early)
+        if dist.is_main and names:
             saved = checkpoint_state(run.module, run.optimizer, run.scaler, state, run.meta,
                                      run.ema)
-            save_epoch_checkpoints(run.run_dir, saved, epoch=state.epoch, improved=improved,
-                                   every=options.checkpoint_every,
-                                   finished=state.epoch == options.epochs or state.stopped_early)
+            save_checkpoints(checkpoint_dir(run.run_dir), saved, names)
         if state.stopped_early:
             log.event('early_stop', epoch=state.epoch, metric=options.best_metric,
                       best=state.best_top1, best_epoch=state.best_epoch,

@@ -75,7 +75,8 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
+        # scaling the (B, 1, ...) mask, not x, keeps it one pass over the activations
+        return x * mask.div_(keep)
 
     def extra_repr(self) -> str:
         return f'p={self.p:.4g}'

@@ -36,13 +36,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-              nesterov: bool = False) -> torch.optim.SGD:
-    """SGD over :func:`param_groups`; ``lr`` is only the initial value (the trainer
-    sets the scheduled rate before every step)."""
+              nesterov: bool = False, fused: bool = False) -> torch.optim.SGD:
+    """SGD over :func:`param_groups`; ``lr`` is only the initial value (the training
+    loop sets the scheduled rate before every step). ``fused`` (use it on CUDA) updates
+    every parameter in a few kernels and lets an fp16 gradient scaler skip its
+    per-step host synchronisation."""
     if nesterov and momentum <= 0:
         raise ValueError("nesterov momentum needs momentum > 0")
     return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum,
-                           nesterov=nesterov)
+                           nesterov=nesterov, fused=fused or None)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
