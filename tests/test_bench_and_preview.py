@@ -1,3 +1,4 @@
+import contextlib
 import json
 import math
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ffcv_imagenet.data.loaders import endless_batches
 from ffcv_imagenet.tools import bench, preview
 from ffcv_imagenet.training.models import build_model
 
@@ -16,8 +18,10 @@ def test_loader_benchmark_reports_all_three_pipelines(synth, betons, tmp_path):
     out = tmp_path / 'bench.json'
     bench.main(['loader', '--beton', str(train), '--val-beton', str(val), '--folder',
                 str(synth / 'train'), '--resolution', '32', '--batch-size', '8',
-                '--workers', '2', '--epochs', '2', '--json', str(out)])
+                '--workers', '2', '--epochs', '2', '--decoder-dtype', 'uint8',
+                '--json', str(out)])
     result = json.loads(out.read_text())
+    assert result['settings']['decoder_dtype'] == 'uint8'  # the path CUDA takes
     names = [row['pipeline'] for row in result['rows']]
     assert names == ['ffcv_imagenet train loader', 'ffcv_imagenet val loader',
                      'torchvision ImageFolder + DataLoader']
@@ -26,6 +30,35 @@ def test_loader_benchmark_reports_all_three_pipelines(synth, betons, tmp_path):
     assert result['ratio_train_vs_torchvision'] == pytest.approx(rates[0] / rates[2])
     table = bench.format_loader_table(result)
     assert 'epoch 1 = warm-up' in table and 'vs torchvision' in table
+    assert 'decoder output uint8' in table
+
+
+def test_loader_benchmark_defaults_to_the_devices_own_output_path():
+    assert bench.decoder_dtype_for(None, torch.device('cuda', 0)) == torch.uint8
+    assert bench.decoder_dtype_for(None, torch.device('cpu')) == torch.float32
+    assert bench.decoder_dtype_for('uint8', torch.device('cpu')) == torch.uint8
+    assert bench.decoder_dtype_for('float32', torch.device('cuda', 0)) == torch.float32
+    with pytest.raises(ValueError, match='decoder dtype'):
+        bench.decoder_dtype_for('float16', torch.device('cpu'))
+    assert bench._parser().parse_args(['loader', '--beton', 'b', '--folder', 'f']
+                                      ).decoder_dtype is None
+
+
+def test_epoch_timer_waits_for_the_gpu_before_each_clock_reading(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device: events.append(device))
+
+    def epoch():
+        for _ in range(2):
+            events.append('batch')
+            yield torch.zeros(4, 3, 2, 2), torch.zeros(4)
+
+    rates = bench.epoch_rates(epoch, 2, torch.device('cuda', 1))
+    gpu = torch.device('cuda', 1)
+    assert events == [gpu, 'batch', 'batch', gpu] * 2 and len(rates) == 2
+    events.clear()
+    bench.epoch_rates(epoch, 1, torch.device('cpu'))
+    assert events == ['batch', 'batch']
 
 
 def test_benchmark_needs_an_untimed_epoch(betons, synth):
@@ -54,12 +87,33 @@ def test_train_benchmark_times_model_alone_and_end_to_end(betons, monkeypatch):
         built.append(build_model(*args, **kwargs))
         return built[-1]
 
+    drawn = []
+
+    @contextlib.contextmanager
+    def counting_endless_batches(loader):
+        with endless_batches(loader) as batches:
+            yield (drawn.append(batch) or batch for batch in batches)
+
+    clock_reads = []
+    sync = bench._sync
+
+    def recording_sync(device):
+        clock_reads.append(len(drawn))
+        sync(device)
+
     monkeypatch.setattr(bench, 'build_model', recording_build_model)
+    monkeypatch.setattr(bench, 'endless_batches', counting_endless_batches)
+    monkeypatch.setattr(bench, '_sync', recording_sync)
     result = bench.bench_train(str(betons[0]), arch='resnet18', resolution=32, batch_size=8,
                                steps=3, warmup=2, device='cpu', precision='off', workers=2)
     s = result['settings']
     assert (s['arch'], s['num_classes'], s['resolution']) == ('resnet18', 4, 32)
     assert s['precision'] == 'off' and s['torch_threads'] == 2
+    # the loader's head start (3 queued + 1 waiting in its thread) is drained untimed
+    assert s['untimed_after_warmup'] == 4
+    assert [row['untimed_after_warmup'] for row in result['rows']] == [0, 4]
+    assert len(drawn) == 2 + 4 + 3
+    assert clock_reads[-2:] == [2 + 4, 2 + 4 + 3]  # the clock's start and stop
     assert s['device'] == 'cpu' and 'cores' in s['device_name'] and s['torch']
     assert [row['measurement'] for row in result['rows']] == list(bench.TRAIN_ROWS)
     for row in result['rows']:
@@ -96,9 +150,40 @@ def test_train_table_has_a_pair_of_rows_per_resolution():
         return {'settings': {'arch': 'resnet50', 'batch_size': 8, 'precision': 'bf16',
                              'channels_last': True, 'blurpool': True, 'compile': False,
                              'workers': 2, 'device_name': 'GPU', 'torch': '2', 'steps': 5,
-                             'warmup': 1, 'resolution': res},
+                             'warmup': 1, 'untimed_after_warmup': 4, 'resolution': res},
                 'rows': rows, 'ratio_end_to_end_vs_model': ratio}
     lines = bench.format_train_table([result(160, 0.96), result(192, 0.5)]).splitlines()
     assert sum(line.lstrip().startswith('160 ') for line in lines) == 2
     assert sum(line.lstrip().startswith('192 ') for line in lines) == 2
     assert '0.960 (96.0%)' in lines[4] and '0.500 (50.0%)' in lines[6]
+    assert 'then 4 more end to end' in lines[1]
+
+
+def test_time_steps_starts_the_clock_after_the_drained_steps(monkeypatch):
+    drawn, clock_reads = [], []
+    batches = (drawn.append(i) or (torch.zeros(2, 3, 4, 4), torch.zeros(2)) for i in range(100))
+    monkeypatch.setattr(bench, 'train_step', lambda *args, **kwargs: (torch.tensor(1.0), None))
+    monkeypatch.setattr(bench, '_sync', lambda device: clock_reads.append(len(drawn)))
+    row = bench.time_steps(None, None, bench.resolve_precision('off', torch.device('cpu')),
+                           batches, warmup=5, steps=7, device=torch.device('cpu'), drain=3)
+    assert clock_reads == [5 + 3, 5 + 3 + 7] and len(drawn) == 15
+    assert row['steps'] == 7 and row['untimed_after_warmup'] == 3
+    assert row['images_per_sec'] == pytest.approx(7 * 2 / row['seconds'])
+
+
+def test_compiled_benchmarks_use_static_shapes_as_training_does(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.compiler, 'reset', lambda: calls.append('reset'))
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: calls.append(kwargs) or model)
+    model, _ = bench._fresh_training('resnet18', 4, blurpool=False, channels_last=True,
+                                     compile=True, device=torch.device('cpu'))
+    assert calls == ['reset', {'dynamic': False}]
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_train_benchmark_leaves_cores_to_the_main_thread(monkeypatch):
+    assert [bench.default_workers(cpus) for cpus in (1, 2, 3, 16)] == [1, 1, 1, 14]
+    monkeypatch.setattr(bench.os, 'cpu_count', lambda: 16)
+    assert bench.default_workers() == 14
+    args = bench._parser().parse_args(['train', '--beton', 'b'])
+    assert args.workers == 14

@@ -1,12 +1,25 @@
+import json
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 import torch
+from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.transforms import NormalizeImage, ToDevice
 from PIL import Image
 
+from ffcv_imagenet.data import loaders
 from ffcv_imagenet.data.decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
 from ffcv_imagenet.data.loaders import ImageLoader, ShardedOrder, train_loader, val_loader
 from ffcv_imagenet.data.writer import write_beton
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MEAN = np.array(IMAGENET_MEAN) * 255
 STD = np.array(IMAGENET_STD) * 255
@@ -176,6 +189,7 @@ def test_bad_arguments(betons, tmp_path):
         loader.resolution = 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_cuda_batches_are_normalised_on_the_device(square_beton):
     path, images = square_beton
@@ -208,3 +222,217 @@ def test_setting_the_epoch_replays_that_epochs_order(betons):
     loader.epoch = 1
     assert torch.equal(labels_of_epoch(loader), epochs[1])
     assert not torch.equal(epochs[0], epochs[1])
+
+
+def _record_set_device(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'set_device',
+                        lambda device: calls.append((device, threading.current_thread())))
+    return calls
+
+
+def test_each_decoding_thread_makes_the_loaders_gpu_current(square_beton, monkeypatch):
+    """CUDA's current device is per thread: ffcv's epoch thread must select the rank's
+    GPU itself, or its stream switches create a context on GPU 0."""
+    calls = _record_set_device(monkeypatch)
+    loader = val_loader(square_beton[0], batch_size=5, resolution=16, num_workers=1)
+    assert [len(labels) for _, labels in loader] == [5, 5, 2]
+    assert calls == []  # a CPU loader leaves CUDA alone
+    # the hook a loader on cuda:1 gets, run by this CPU pipeline's threads
+    loader.loader.thread_setup = partial(loaders.use_device, torch.device('cuda', 1))
+    for _ in range(2):
+        assert [len(labels) for _, labels in loader] == [5, 5, 2]
+    assert [device for device, _ in calls] == [torch.device('cuda', 1)] * 2
+    threads = [thread for _, thread in calls]
+    assert all(isinstance(thread, EpochIterator) for thread in threads)
+    assert threading.main_thread() not in threads and threads[0] is not threads[1]
+
+
+def test_a_gpu_loader_hands_its_own_device_to_its_threads(square_beton, monkeypatch):
+    calls = _record_set_device(monkeypatch)
+    loader = val_loader(square_beton[0], batch_size=5, resolution=16, num_workers=1,
+                        device='cuda:1')  # building one touches no GPU
+    loader.loader.thread_setup()
+    assert [device for device, _ in calls] == [torch.device('cuda', 1)]
+
+
+def test_a_bare_cuda_device_is_pinned_to_the_current_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 3)
+    assert loaders.resolve_device('cuda') == torch.device('cuda', 3)
+    assert loaders.resolve_device('cuda:1') == torch.device('cuda', 1)
+    assert loaders.resolve_device('cpu') == torch.device('cpu')
+
+
+def test_an_error_in_the_decoding_thread_reaches_the_consumer(square_beton):
+    loader = val_loader(square_beton[0], batch_size=5, resolution=16, num_workers=1)
+
+    def broken():
+        raise OSError('no such GPU')
+
+    loader.loader.thread_setup = broken
+    caught = []
+
+    def consume():
+        try:
+            next(iter(loader))
+        except RuntimeError as error:
+            caught.append(error)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    consumer.join(timeout=60)
+    assert not consumer.is_alive(), 'the consumer still waits for a batch'
+    assert len(caught) == 1 and isinstance(caught[0].__cause__, OSError)
+
+
+def test_a_last_batch_of_one_keeps_its_label_axis(square_beton):
+    path, images = square_beton
+    batches = list(val_loader(path, batch_size=11, resolution=48, num_workers=1,
+                              center_ratio=1.0))
+    x, y = batches[-1]
+    assert x.shape == (1, 3, 48, 48) and y.shape == (1,) and y.tolist() == [11]
+    np.testing.assert_allclose(to_pixels(x)[0], images[11], atol=1e-3)
+
+
+def _cuda_pipelines_copying_to_the_cpu(copies):
+    build_pipelines = loaders.build_pipelines
+
+    def build(decoder, device):
+        pipelines = build_pipelines(decoder, torch.device('cuda', 0))
+        for ops in pipelines.values():
+            for op in ops:
+                if isinstance(op, ToDevice):
+                    op.device = torch.device('cpu')
+                    copies.append(op)
+        return pipelines
+    return build
+
+
+def test_the_cuda_pipelines_take_a_last_batch_of_one(square_beton, monkeypatch):
+    """The operations a CUDA loader runs (uint8 decode, label squeeze, ToDevice,
+    normalisation in torch), with the copies retargeted to the CPU: ToDevice indexes
+    its input's first axis, so a 0-d label batch would fail there."""
+    path, images = square_beton
+    copies = []
+    monkeypatch.setattr(loaders, 'build_pipelines', _cuda_pipelines_copying_to_the_cpu(copies))
+    decoder = FusedCropDecoder((48, 48), random_crop=False, center_ratio=1.0)
+    loader = ImageLoader(path, decoder, batch_size=11, num_workers=1, device='cpu',
+                         order=ShardedOrder(shuffle=False), seed=0, in_memory=True,
+                         drop_last=False, dtype=torch.float32, batches_ahead=2)
+    assert len(copies) == 2  # images and labels
+    batches = list(loader)
+    assert [tuple(labels.shape) for _, labels in batches] == [(11,), (1,)]
+    assert torch.equal(torch.cat([labels for _, labels in batches]), torch.arange(12))
+    for x, y in batches:
+        np.testing.assert_allclose(to_pixels(x), images[y.numpy()], atol=1e-3)
+
+
+def test_cuda_loaders_normalise_in_torch_not_with_ffcvs_cupy_operation(square_beton):
+    path, _ = square_beton
+    built = [make(path, batch_size=4, resolution=16, num_workers=1, device='cuda:0')
+             for make in (train_loader, val_loader)]  # building one touches no GPU
+    for loader in built:
+        specs = loader.loader.pipeline_specs
+        for field in ('image', 'label'):
+            decoder, ops = specs[field].decoder, specs[field].transforms
+            assert not any(isinstance(op, NormalizeImage) for op in [decoder, *ops])
+            copies = [op for op in ops if isinstance(op, ToDevice)]
+            assert [op.device for op in copies] == [torch.device('cuda', 0)]
+        assert not loader.decoder.normalize  # uint8 is copied, then normalised in torch
+
+
+_BLOCK_CUPY = """
+import importlib.abc, sys
+class BlockCupy(importlib.abc.MetaPathFinder):
+    asked = []
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'cupy':
+            BlockCupy.asked.append(name)
+            raise ImportError('cupy is blocked by the test')
+sys.meta_path.insert(0, BlockCupy())
+from ffcv_imagenet.data.loaders import train_loader, val_loader
+for device in ('cpu', 'cuda:0'):
+    for make in (train_loader, val_loader):
+        make(sys.argv[1], batch_size=4, resolution=16, num_workers=1, device=device)
+print(BlockCupy.asked, 'cupy' in sys.modules)
+"""
+
+
+def test_importing_and_building_the_loaders_never_imports_cupy(square_beton):
+    # a fresh interpreter, so that the import itself is watched too; building a loader
+    # generates every operation's code, where ffcv's GPU NormalizeImage imports cupy
+    done = subprocess.run([sys.executable, '-c', _BLOCK_CUPY, str(square_beton[0])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == '[] False'
+
+
+def test_decoder_dtype_picks_where_images_are_normalised(square_beton):
+    path, images = square_beton
+    loader = val_loader(path, batch_size=12, resolution=48, num_workers=1, center_ratio=1.0,
+                        decoder_dtype=torch.uint8)
+    assert not loader.decoder.normalize
+    x, y = next(iter(loader))
+    assert x.dtype == torch.float32
+    np.testing.assert_allclose(to_pixels(x), images[y.numpy()], atol=1e-3)
+    on_gpu = val_loader(path, batch_size=4, resolution=16, num_workers=1, device='cuda:0',
+                        decoder_dtype=torch.float32)
+    assert on_gpu.decoder.normalize
+    with pytest.raises(ValueError, match='decoder_dtype'):
+        val_loader(path, batch_size=4, resolution=16, num_workers=1,
+                   decoder_dtype=torch.float16)
+
+
+_RANK_SCRIPT = """
+import json, sys, torch
+from ffcv_imagenet.data.loaders import val_loader
+path, rank = sys.argv[1], int(sys.argv[2])
+torch.cuda.set_device(rank)  # as training's select_device does, in the main thread only
+loader = val_loader(path, batch_size=5, resolution=48, num_workers=1, device=f'cuda:{rank}')
+for _ in range(2):
+    for images, labels in loader:
+        assert images.device.index == labels.device.index == rank
+        (images.sum() + labels.sum()).item()
+torch.cuda.synchronize()
+print(json.dumps([torch._C._cuda_hasPrimaryContext(i)
+                  for i in range(torch.cuda.device_count())]))
+"""
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs 2 CUDA devices')
+def test_each_rank_holds_a_cuda_context_on_its_own_gpu_only(square_beton):
+    ranks = [subprocess.Popen([sys.executable, '-c', _RANK_SCRIPT, str(square_beton[0]),
+                               str(rank)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for rank, process in enumerate(ranks):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        contexts = json.loads(out.strip().splitlines()[-1])
+        assert contexts == [gpu == rank for gpu in range(len(contexts))]
+
+
+def test_leaving_endless_batches_ends_a_thread_that_decoded_its_whole_epoch(betons):
+    """48 images in 6 batches, 3 queued ahead: after 3 batches the thread has queued the
+    rest and waits to queue the end of the epoch, which close() alone does not stop."""
+    loader = train_loader(betons[0], batch_size=8, resolution=16, num_workers=1,
+                          batches_ahead=3)
+    assert len(loader) == 6
+    finished = []
+
+    def take_three_and_leave():
+        with loaders.endless_batches(loader) as batches:
+            for _ in range(3):
+                next(batches)
+            threads = [t for t in threading.enumerate() if isinstance(t, EpochIterator)]
+            deadline = time.monotonic() + 60
+            while not any(t.output_queue.full() for t in threads):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.5)  # past its last batch, to the end-of-epoch marker
+        finished.append(True)
+
+    worker = threading.Thread(target=take_three_and_leave, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert finished == [True], 'leaving endless_batches waits forever for the thread'

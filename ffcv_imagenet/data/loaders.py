@@ -13,7 +13,14 @@ Where the work happens:
   numba-parallel loop (see :mod:`ffcv_imagenet.data.decoders`), so the batch arrives as
   float32, already normalised.
 * CUDA device: the decoder emits uint8 (a quarter of the bytes to copy), which is
-  sent to the GPU without blocking and normalised there.
+  sent to the GPU without blocking and normalised there, in torch (ffcv's own
+  ``NormalizeImage`` would need cupy on a GPU).
+* ``decoder_dtype`` overrides the choice: ``torch.uint8`` (normalised afterwards in
+  torch) or ``torch.float32`` (normalised in the decoder), on either device.
+
+ffcv decodes each epoch in a thread of its own. CUDA's current device is per thread,
+so that thread makes the loader's GPU current before anything else; otherwise its
+stream switches would touch GPU 0 and give every rank a CUDA context there.
 
 On the CPU the yielded tensors are views into ffcv's rotating buffers: use a batch
 before asking for the next few (``batches_ahead``), or clone it.
@@ -23,13 +30,18 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from functools import partial
+from queue import Empty, Full
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader
+from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.operation import Operation
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
@@ -84,11 +96,96 @@ def _rank_and_world(distributed: bool, rank: int | None, world_size: int | None
     return 0, 1
 
 
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``device`` with its GPU index filled in from the calling thread's current device
+    (a bare 'cuda' means different GPUs in different threads)."""
+    device = torch.device(device)
+    if device.type == 'cuda' and device.index is None:
+        return torch.device('cuda', torch.cuda.current_device())
+    return device
+
+
+def use_device(device: torch.device) -> None:
+    """Makes ``device`` the calling thread's current CUDA device; nothing for a CPU."""
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+
+
+class _SetUpEpochIterator(EpochIterator):
+    """ffcv's epoch thread, which calls ``thread_setup()`` before its first CUDA call
+    and hands any error of its own to the consumer (ffcv's would leave the consumer
+    waiting forever for the next batch)."""
+
+    def __init__(self, loader: Loader, order: np.ndarray, thread_setup: Callable[[], None]):
+        # set before ffcv's constructor, which starts the thread
+        self.thread_setup, self.error = thread_setup, None
+        super().__init__(loader, order)
+
+    def run(self) -> None:
+        try:
+            self.thread_setup()
+            super().run()
+        except Exception as error:  # re-raised in the consumer, by __next__
+            self.error = error
+            while not self.terminate_event.is_set():
+                try:
+                    self.output_queue.put(None, timeout=0.5)
+                    return
+                except Full:  # the consumer has not taken the batches before it yet
+                    pass
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except StopIteration:
+            if self.error is not None:
+                raise RuntimeError("the loader's decoding thread failed") from self.error
+            raise
+
+
+class SetUpLoader(Loader):
+    """ffcv's ``Loader`` whose epoch threads first call ``thread_setup()`` (settable;
+    :class:`ImageLoader` makes it ``use_device(device)``)."""
+
+    def __init__(self, *args, thread_setup: Callable[[], None] = lambda: None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.thread_setup = thread_setup
+
+    def __iter__(self) -> _SetUpEpochIterator:
+        # ffcv's Loader.__iter__, starting our thread class instead of its own
+        Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        selected_order = order[:len(self) * self.batch_size]
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return _SetUpEpochIterator(self, selected_order, self.thread_setup)
+
+
+def build_pipelines(decoder: FusedCropDecoder, device: torch.device
+                    ) -> dict[str, list[Operation]]:
+    """ffcv pipelines for the 'image' and 'label' fields: images to (B, 3, H, W)
+    channels-last views of the decoder's dtype, labels to (B,) int64, both copied to
+    ``device`` (without blocking) when it is a GPU. Normalising uint8 images is left
+    to the caller, in torch."""
+    image_ops = [decoder, ToTensor()]
+    # only the label axis: a batch of one must stay (1,), not become 0-d
+    label_ops = [IntDecoder(), ToTensor(), Squeeze(1)]
+    if device.type == 'cuda':
+        image_ops.append(ToDevice(device, non_blocking=True))
+        label_ops.append(ToDevice(device, non_blocking=True))
+    image_ops.append(ToTorchImage(channels_last=True, convert_back_int16=False))
+    return {'image': image_ops, 'label': label_ops}
+
+
 class ImageLoader:
     """Iterable of (images, labels) batches on ``device``.
 
     images: (B, 3, H, W) channels-last, ``dtype``, normalised with ImageNet mean/std;
     labels: (B,) int64. ``resolution`` (pixels, square) may be set between epochs.
+    ``batches_ahead``: batches decoded ahead of the consumer (one more waits in the
+    decoding thread). Building one for an indexed GPU ('cuda:1') allocates nothing
+    there: iterating does.
     """
 
     def __init__(self, path: str | os.PathLike, decoder: FusedCropDecoder, *, batch_size: int,
@@ -98,22 +195,16 @@ class ImageLoader:
             raise FileNotFoundError(f".beton file not found: {path}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.device, self.dtype, self.decoder = torch.device(device), dtype, decoder
-        on_cuda = self.device.type == 'cuda'
-        image_ops = [decoder, ToTensor()]
-        label_ops = [IntDecoder(), ToTensor(), Squeeze()]
-        if on_cuda:
-            image_ops.append(ToDevice(self.device, non_blocking=True))
-            label_ops.append(ToDevice(self.device, non_blocking=True))
-        image_ops.append(ToTorchImage(channels_last=True, convert_back_int16=False))
-        self.loader = Loader(str(path), batch_size=batch_size, num_workers=num_workers,
-                             os_cache=in_memory, order=order, seed=seed, drop_last=drop_last,
-                             batches_ahead=batches_ahead,
-                             pipelines={'image': image_ops, 'label': label_ops})
-        self.batch_size = batch_size
-        stats = torch.tensor([IMAGENET_MEAN, IMAGENET_STD], device=self.device) * 255
-        self._mean = stats[0].view(1, 3, 1, 1)
-        self._inv_std = (1 / stats[1]).view(1, 3, 1, 1)
+        self.device, self.dtype, self.decoder = resolve_device(device), dtype, decoder
+        self.loader = SetUpLoader(str(path), batch_size=batch_size, num_workers=num_workers,
+                                  os_cache=in_memory, order=order, seed=seed,
+                                  drop_last=drop_last, batches_ahead=batches_ahead,
+                                  pipelines=build_pipelines(decoder, self.device),
+                                  thread_setup=partial(use_device, self.device))
+        self.batch_size, self.batches_ahead = batch_size, batches_ahead
+        stats = torch.tensor([IMAGENET_MEAN, IMAGENET_STD]) * 255
+        self._stats_cpu = (stats[0].view(1, 3, 1, 1), (1 / stats[1]).view(1, 3, 1, 1))
+        self._stats = None  # (mean, 1 / std) on the device, from the first batch on
 
     @property
     def resolution(self) -> int:
@@ -150,10 +241,13 @@ class ImageLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.loader:
             if images.dtype == torch.uint8:
-                images = (images.float() - self._mean) * self._inv_std
+                if self._stats is None:
+                    self._stats = tuple(t.to(self.device) for t in self._stats_cpu)
+                mean, inv_std = self._stats
+                images = (images.float() - mean) * inv_std
             if images.dtype != self.dtype:
                 images = images.to(self.dtype)
-            yield images, labels.long().reshape(-1)  # Squeeze makes a batch of 1 0-d
+            yield images, labels.long()
 
 
 def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
@@ -161,7 +255,8 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                  in_memory: bool = True, distributed: bool = False,
                  rank: int | None = None, world_size: int | None = None, seed: int = 0,
                  dtype: torch.dtype = torch.float32, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), batches_ahead: int = 3) -> ImageLoader:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), batches_ahead: int = 3,
+                 decoder_dtype: torch.dtype | None = None) -> ImageLoader:
     """Random-resized-crop + flip batches of ``batch_size`` images per rank, in a new
     random order every epoch (RANDOM order: QUASI_RANDOM is not supported distributed).
 
@@ -173,13 +268,16 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
             ``rank`` and ``world_size`` explicitly.
         seed: the order of epoch ``e`` is a permutation seeded with ``seed + e``.
         scale, ratio: random-resized-crop area fraction and aspect-ratio ranges.
+        decoder_dtype: what the decoder emits: ``torch.uint8`` (normalised afterwards,
+            in torch on ``device``) or ``torch.float32`` (normalised in the decoder);
+            None: uint8 for a GPU, float32 for the CPU.
     """
     rank, world_size = _rank_and_world(distributed, rank, world_size)
     order = ShardedOrder(shuffle=True, rank=rank, world_size=world_size,
                          equal_shards=world_size > 1)
     decoder = FusedCropDecoder((resolution, resolution), random_crop=True, scale=scale,
                                ratio=ratio,
-                               flip=True, **_cpu_normalisation(device))
+                               flip=True, **_decoder_normalisation(device, decoder_dtype))
     return ImageLoader(path, decoder, batch_size=batch_size, num_workers=num_workers,
                        device=device, order=order, seed=seed, in_memory=in_memory,
                        drop_last=True, dtype=dtype, batches_ahead=batches_ahead)
@@ -189,22 +287,31 @@ def val_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                num_workers: int, device: torch.device | str = 'cpu', in_memory: bool = True,
                distributed: bool = False, rank: int | None = None,
                world_size: int | None = None, center_ratio: float = 224 / 256,
-               dtype: torch.dtype = torch.float32, batches_ahead: int = 3) -> ImageLoader:
+               dtype: torch.dtype = torch.float32, batches_ahead: int = 3,
+               decoder_dtype: torch.dtype | None = None) -> ImageLoader:
     """Centre-crop batches in file order: a crop of ``center_ratio`` x the shorter side,
     resized to ``resolution`` pixels. Every image is seen exactly once per epoch across
-    ranks (no padding, last batch kept), so summed metrics are exact."""
+    ranks (no padding, last batch kept), so summed metrics are exact. Arguments as in
+    :func:`train_loader`."""
     rank, world_size = _rank_and_world(distributed, rank, world_size)
     order = ShardedOrder(shuffle=False, rank=rank, world_size=world_size)
     decoder = FusedCropDecoder((resolution, resolution), random_crop=False,
-                               center_ratio=center_ratio, **_cpu_normalisation(device))
+                               center_ratio=center_ratio,
+                               **_decoder_normalisation(device, decoder_dtype))
     return ImageLoader(path, decoder, batch_size=batch_size, num_workers=num_workers,
                        device=device, order=order, seed=0, in_memory=in_memory,
                        drop_last=False, dtype=dtype, batches_ahead=batches_ahead)
 
 
-def _cpu_normalisation(device: torch.device | str) -> dict:
-    """Decoder arguments: normalise in the decoder on the CPU, on the GPU otherwise."""
-    if torch.device(device).type == 'cuda':
+def _decoder_normalisation(device: torch.device | str, decoder_dtype: torch.dtype | None
+                           ) -> dict:
+    """Decoder arguments: normalise in the decoder (float32 output) or not (uint8)."""
+    if decoder_dtype is None:
+        decoder_dtype = torch.uint8 if torch.device(device).type == 'cuda' else torch.float32
+    if decoder_dtype not in (torch.uint8, torch.float32):
+        raise ValueError(f"decoder_dtype must be torch.uint8 or torch.float32, "
+                         f"got {decoder_dtype}")
+    if decoder_dtype == torch.uint8:
         return {}
     return {'mean': IMAGENET_MEAN, 'std': IMAGENET_STD}
 
@@ -224,11 +331,18 @@ def _close_epoch_threads(started_before: set) -> None:
     # an abandoned ffcv epoch keeps its thread (and batch buffers) waiting forever to
     # hand over the next batch; ImageLoader hides the iterator, so find the ones we began.
     # Joining lets a batch in progress finish before the loader's compiled code is freed.
-    from ffcv.loader.epoch_iterator import EpochIterator
     for thread in threading.enumerate():
         if isinstance(thread, EpochIterator) and thread not in started_before:
             thread.close()
-            thread.join()
+            # a thread past its last batch waits, deaf to close(), to queue the end of
+            # the epoch: emptying the queue lets it do so and end
+            while thread.is_alive():
+                try:
+                    while True:
+                        thread.output_queue.get_nowait()
+                except Empty:
+                    pass
+                thread.join(timeout=0.05)
 
 
 @contextmanager

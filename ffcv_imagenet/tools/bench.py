@@ -9,7 +9,12 @@
 ``ImageFolder`` + ``RandomResizedCrop`` + flip + ``ToTensor`` + ``Normalize``
 pipeline through a ``DataLoader`` reading the source folder. The first epoch of
 each is left out (numba compilation for ffcv; worker start-up and a cold file
-cache for torchvision); the figure is the median over the remaining epochs.
+cache for torchvision); the figure is the median over the remaining epochs (on a
+GPU, queued work is waited for before each clock reading). ``--decoder-dtype``
+picks the ffcv loaders' output path: ``uint8`` (what a CUDA device takes: decode to
+uint8, normalise in torch on the device; on a CPU device that normalisation is timed
+on the CPU) or ``float32`` (the CPU path: normalised in the decoder); the default is
+the device's own.
 
     python -m ffcv_imagenet bench train --beton data/betons/train.beton \
         --arch resnet50 --resolution 160 192 --batch-size 512 --precision auto \
@@ -28,6 +33,16 @@ model and loader construction, validation, learning-rate schedules, progressive
 resizing, logging and checkpoints. Kept in: decoding, augmentation, the host to
 device copy and epoch starts. Run it once before to have the ``.beton`` in the OS
 page cache, else end to end also measures the disk.
+
+The loader decodes ``batches_ahead`` + 1 batches ahead of the model; during the
+warm-up it fills that queue for free. End to end therefore also leaves out that many
+steps after the warm-up, so that a loader slower than the model cannot spend its
+head start inside the timed window. A loader slower than the model by less than
+(``batches_ahead`` + 1) / ``steps`` can still hide behind its queue: time enough
+steps. ``--compile`` compiles with ``dynamic=False``, as training does, so that each
+resolution is timed with the static-shape code training runs. ``--workers`` defaults
+to the cores less two (at least one): the main thread launching the GPU's kernels
+and the decoding thread's own Python need cores the workers would otherwise take.
 """
 from __future__ import annotations
 
@@ -52,16 +67,28 @@ from ..training.optim import PRECISIONS, Precision, build_sgd, resolve_precision
 from ..training.loop import train_step
 
 TRAIN_ROWS = ('model alone (synthetic batch)', 'end to end (.beton loader)')
+DECODER_DTYPES = ('uint8', 'float32')
 
 
-def epoch_rates(make_epoch: Callable[[], Iterable], epochs: int) -> list[float]:
+def default_workers(cpus: int | None = None) -> int:
+    """Decoding threads when none are asked for: ``cpus`` (default: this machine's
+    cores) less two, at least one. Left free: the main thread, which launches the
+    GPU's kernels, and the decoding thread's own Python work."""
+    return max(1, (cpus or os.cpu_count() or 1) - 2)
+
+
+def epoch_rates(make_epoch: Callable[[], Iterable], epochs: int,
+                device: torch.device) -> list[float]:
     """Images/sec of each of ``epochs`` passes over ``make_epoch()``, which yields
-    (images, labels) batches; the batch is touched so lazy work is counted."""
+    (images, labels) batches; the batch is touched so lazy work is counted, and work
+    queued on a GPU ``device`` is waited for before each clock reading."""
     rates = []
     for _ in range(epochs):
+        _sync(device)
         count, start = 0, time.perf_counter()
         for images, _labels in make_epoch():
             count += images.shape[0]
+        _sync(device)
         rates.append(count / (time.perf_counter() - start))
     return rates
 
@@ -85,29 +112,46 @@ def _summary(name: str, rates: list[float]) -> dict:
             'first_epoch_images_per_sec': rates[0]}
 
 
+def decoder_dtype_for(name: str | None, device: torch.device) -> torch.dtype:
+    """The ffcv loaders' decoder output: 'uint8' or 'float32', or None for the one
+    ``device`` takes in training (uint8 on a GPU, float32 on the CPU)."""
+    if name is None:
+        return torch.uint8 if device.type == 'cuda' else torch.float32
+    if name not in DECODER_DTYPES:
+        raise ValueError(f"decoder dtype must be one of {DECODER_DTYPES}, got {name!r}")
+    return getattr(torch, name)
+
+
 def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                   resolution: int = 160, batch_size: int = 64, workers: int = 2,
-                  epochs: int = 5, device: str = 'cpu') -> dict:
+                  epochs: int = 5, device: str = 'cpu',
+                  decoder_dtype: str | None = None) -> dict:
     """Runs (a) train loader, (b) val loader, (c) torchvision baseline; returns a dict
-    with the settings, a row per pipeline (images/sec) and ``ratio_train_vs_torchvision``."""
+    with the settings, a row per pipeline (images/sec) and ``ratio_train_vs_torchvision``.
+    ``decoder_dtype``: as in :func:`decoder_dtype_for`."""
     if epochs < 2:
         raise ValueError("need at least 2 epochs: the first one is not timed")
+    dev = torch.device(device)
+    decoded = decoder_dtype_for(decoder_dtype, dev)
     baseline = torchvision_baseline(folder, resolution, batch_size, workers)
     baseline_row = _summary('torchvision ImageFolder + DataLoader',
-                            epoch_rates(lambda: baseline, epochs))
+                            epoch_rates(lambda: baseline, epochs, dev))
     del baseline  # stops its worker processes before ours are timed
-    train = train_loader(beton, batch_size=batch_size, resolution=resolution,
-                         num_workers=workers, device=device)
-    rows = [_summary('ffcv_imagenet train loader', epoch_rates(lambda: train, epochs))]
+    common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers,
+                  device=dev, decoder_dtype=decoded)
+    train = train_loader(beton, **common)
+    rows = [_summary('ffcv_imagenet train loader', epoch_rates(lambda: train, epochs, dev))]
     if val_beton:
-        val = val_loader(val_beton, batch_size=batch_size, resolution=resolution,
-                         num_workers=workers, device=device)
-        rows.append(_summary('ffcv_imagenet val loader', epoch_rates(lambda: val, epochs)))
+        val = val_loader(val_beton, **common)
+        rows.append(_summary('ffcv_imagenet val loader',
+                             epoch_rates(lambda: val, epochs, dev)))
     rows.append(baseline_row)
     return {
         'settings': {'beton': beton, 'val_beton': val_beton, 'folder': folder,
                      'resolution': resolution, 'batch_size': batch_size, 'workers': workers,
-                     'epochs': epochs, 'device': device, 'cpus': os.cpu_count(),
+                     'epochs': epochs, 'device': device,
+                     'decoder_dtype': str(decoded).removeprefix('torch.'),
+                     'cpus': os.cpu_count(),
                      'machine': platform.processor() or platform.machine(),
                      'torch': torch.__version__},
         'rows': rows,
@@ -120,7 +164,8 @@ def format_loader_table(result: dict) -> str:
     s = result['settings']
     baseline = result['rows'][-1]['images_per_sec']
     lines = [f"loader benchmark: {s['resolution']} px, batch {s['batch_size']}, "
-             f"{s['workers']} workers, device {s['device']}, {s['cpus']} CPUs; "
+             f"{s['workers']} workers, device {s['device']}, decoder output "
+             f"{s['decoder_dtype']}, {s['cpus']} CPUs; "
              f"epochs 2-{s['epochs']} timed (epoch 1 = warm-up/compilation, left out)",
              f"{'pipeline':<40} {'images/sec':>11} {'(min-max)':>15} {'vs torchvision':>15}"]
     for row in result['rows']:
@@ -147,7 +192,10 @@ def _sync(device: torch.device) -> None:
 def _fresh_training(arch: str, num_classes: int, *, blurpool: bool, channels_last: bool,
                     compile: bool, device: torch.device, seed: int = 0):
     """(model, optimizer), initialised from ``seed``: each measurement gets its own, so
-    neither starts from the other's trained weights or momentum."""
+    neither starts from the other's trained weights or momentum. Compiled as training
+    compiles (static shapes, so a later resolution is not timed with dynamic-shape
+    code), from a cleared cache, so that no measurement runs on, or counts against the
+    recompile limit of, code compiled for an earlier one."""
     torch.manual_seed(seed)
     module = build_model(arch, num_classes, blurpool=blurpool,
                          channels_last=channels_last).to(device)
@@ -155,13 +203,18 @@ def _fresh_training(arch: str, num_classes: int, *, blurpool: bool, channels_las
     # recipe defaults; the rate only has to be small enough to stay finite for a few
     # hundred steps on random labels
     optimizer = build_sgd(module, lr=0.01, momentum=0.9, weight_decay=5e-5)
-    return (torch.compile(module) if compile else module), optimizer
+    if not compile:
+        return module, optimizer
+    torch.compiler.reset()
+    return torch.compile(module, dynamic=False), optimizer
 
 
 def time_steps(model, optimizer, precision: Precision, batches: Iterator, *,
-               warmup: int, steps: int, device: torch.device) -> dict:
-    """Runs ``warmup`` untimed then ``steps`` timed training steps on ``batches``;
-    returns images/sec, steps timed, seconds and the last loss."""
+               warmup: int, steps: int, device: torch.device, drain: int = 0) -> dict:
+    """Runs ``warmup`` + ``drain`` untimed then ``steps`` timed training steps on
+    ``batches``; ``drain``: the batches a loader had ready ahead when the warm-up
+    ended, which took no time inside the window. Returns images/sec, steps timed,
+    seconds, the drained steps and the last loss."""
     scaler = precision.scaler()
 
     def step():
@@ -170,7 +223,7 @@ def time_steps(model, optimizer, precision: Precision, batches: Iterator, *,
                              label_smoothing=0.1)
         return loss, images.shape[0]
 
-    for _ in range(warmup):
+    for _ in range(warmup + drain):
         step()
     _sync(device)
     seen, start = 0, time.perf_counter()
@@ -180,13 +233,16 @@ def time_steps(model, optimizer, precision: Precision, batches: Iterator, *,
     _sync(device)
     seconds = time.perf_counter() - start
     return {'images_per_sec': seen / seconds, 'steps': steps, 'seconds': seconds,
-            'last_loss': loss.item()}
+            'untimed_after_warmup': drain, 'last_loss': loss.item()}
 
 
 def _time_loader(loader, model, optimizer, precision: Precision, **timing) -> dict:
-    """:func:`time_steps` on ``loader``'s batches, then stops the epoch left unfinished."""
+    """:func:`time_steps` on ``loader``'s batches, past those it decoded ahead during
+    the warm-up, then stops the epoch left unfinished."""
     with endless_batches(loader) as batches:
-        return time_steps(model, optimizer, precision, batches, **timing)
+        # ffcv's queue holds batches_ahead and its thread one more, waiting to hand over
+        return time_steps(model, optimizer, precision, batches,
+                          drain=loader.batches_ahead + 1, **timing)
 
 
 def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
@@ -196,12 +252,12 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
     """Training images/sec of the model alone on one synthetic batch already on the
     device, then end to end from ``beton``'s train loader; returns a dict with the
     settings, the two rows (in :data:`TRAIN_ROWS` order) and
-    ``ratio_end_to_end_vs_model``. ``workers`` defaults to ``os.cpu_count()``."""
+    ``ratio_end_to_end_vs_model``. ``workers`` defaults to :func:`default_workers`."""
     if warmup < 1 or steps < 1:
         raise ValueError("need warmup >= 1 (the first steps compile) and steps >= 1")
     dev = select_device(device)  # as in training, cuDNN autotuning included
     resolved = resolve_precision(precision, dev)
-    workers = workers or os.cpu_count()
+    workers = default_workers() if workers is None else workers
     # ffcv sets torch's CPU threads to 1 on import and to its worker count at every epoch
     # start: give the model-alone run the count that end to end (and training) gets
     torch.set_num_threads(workers)
@@ -235,7 +291,9 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
                      'precision': resolved.name, 'channels_last': channels_last,
                      'blurpool': blurpool, 'compile': compile, 'workers': workers,
                      'torch_threads': torch.get_num_threads(),
-                     'steps': steps, 'warmup': warmup, 'device': str(dev),
+                     'steps': steps, 'warmup': warmup,
+                     'untimed_after_warmup': end_to_end['untimed_after_warmup'],
+                     'device': str(dev),
                      'device_name': _device_name(dev), 'torch': torch.__version__,
                      'batches_per_epoch': batches_per_epoch},
         'rows': rows,
@@ -254,8 +312,9 @@ def format_train_table(results: dict | list[dict]) -> str:
                'compiled' if s['compile'] else 'eager']
     lines = [f"train benchmark: {s['arch']}, batch {s['batch_size']}, {', '.join(options)}, "
              f"{s['workers']} loader workers; {s['device_name']}, torch {s['torch']}",
-             f"{s['warmup']} warm-up steps left out (compilation, autotuning), "
-             f"{s['steps']} steps timed",
+             f"{s['warmup']} warm-up steps left out (compilation, autotuning), then "
+             f"{s['untimed_after_warmup']} more end to end (batches its loader decoded "
+             f"ahead during the warm-up); {s['steps']} steps timed",
              f"{'res':>4} {'measurement':<30} {'images/sec':>11} {'steps':>6} {'seconds':>8} "
              f"{'end to end / model':>19}"]
     for result in results:
@@ -281,6 +340,11 @@ def _parser() -> argparse.ArgumentParser:
     loader.add_argument('--workers', type=int, default=os.cpu_count())
     loader.add_argument('--epochs', type=int, default=5, help='including the untimed first')
     loader.add_argument('--device', default='cpu')
+    loader.add_argument('--decoder-dtype', choices=DECODER_DTYPES,
+                        help="the ffcv loaders' output path: uint8 (normalised in torch "
+                             "after the decoder) or float32 (normalised in the decoder); "
+                             "default: uint8 on a CUDA device, as training takes, "
+                             "else float32")
     loader.add_argument('--json', help='also write the result here')
     train = commands.add_parser('train', help='training images/sec: model alone vs end to end')
     train.add_argument('--beton', required=True, help='train .beton')
@@ -292,7 +356,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True)
     train.add_argument('--blurpool', action=argparse.BooleanOptionalAction, default=True)
     train.add_argument('--compile', action='store_true', help='torch.compile the model')
-    train.add_argument('--workers', type=int, default=os.cpu_count())
+    train.add_argument('--workers', type=int, default=default_workers(),
+                       help='decoding threads (default: the cores less two, at least '
+                            'one: the main thread launches the kernels)')
     train.add_argument('--steps', type=int, default=100, help='timed steps per measurement')
     train.add_argument('--warmup', type=int, default=20, help='untimed steps before them')
     train.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
@@ -319,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == 'loader':
         result = bench_loaders(args.beton, args.folder, args.val_beton,
                                resolution=args.resolution, batch_size=args.batch_size,
-                               workers=args.workers, epochs=args.epochs, device=args.device)
+                               workers=args.workers, epochs=args.epochs, device=args.device,
+                               decoder_dtype=args.decoder_dtype)
         print(format_loader_table(result))
         _write_json(args.json, result)
         return
