@@ -1,8 +1,11 @@
 # Two commands do all the set-up on a fresh Debian/Ubuntu machine:
 #   make demo   install, make synthetic data, convert it, benchmark the loader, save a
 #               batch PNG, train ResNet-18 on it (the CPU demo recipe)
-#   make test   install, run the whole test suite (what .ci/run calls)
+#   make test   install, run the whole test suite, then the fast tests again in a second
+#               environment with a GPU image's versions (what .ci/run calls)
 # Both are idempotent: a second run reuses what is installed and generated.
+# And for a GPU node without internet:
+#   make wheelhouse PYTHON_VERSION=3.12   the wheels to copy there (see README)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,10 +15,23 @@ SYNTH := $(DATA)/synthetic
 BETONS := $(DATA)/betons
 DEMO_RUN ?= runs/rn18_cpu_demo
 WORKERS ?= $(shell nproc)
+# ffcv 1.0.2+portable and the other wheels the pins need, built for the venv's Python
+VENV_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+LOCAL_WHEELS = .wheels/$(VENV_VERSION)
+PYTHON_VERSION ?= $(VENV_VERSION)
+WHEELHOUSE ?= wheelhouse
+# the second test environment: what a current GPU image ships (.ci/gpu-image.txt)
+GPU_IMAGE_VERSION := 3.12
+GPU_IMAGE_VENV ?= .venv-gpu-image
+GPU_IMAGE_PY := $(GPU_IMAGE_VENV)/bin/python
+GPU_IMAGE_WHEELS := .wheels/$(GPU_IMAGE_VERSION)
+PYTHON312 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12) \
+                         $(shell command -v python3.12))
+WHEEL_SOURCES := pyproject.toml requirements.txt .ci/wheelhouse.sh .ci/portable_wheel.py
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config build-essential
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install system-packages bench preview train clean
+.PHONY: demo test test-gpu-image install system-packages bench preview train clean wheelhouse
 
 install: $(VENV)/.installed
 
@@ -25,11 +41,30 @@ system-packages:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); }
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# ffcv comes from the wheelhouse build (compiled once, OpenCV inside, metadata that asks
+# for no opencv-python), as on a GPU node; everything else from the pins
+$(VENV)/.installed: $(WHEEL_SOURCES)
 	$(MAKE) system-packages
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	.ci/wheelhouse.sh $(LOCAL_WHEELS) $(VENV_VERSION)
+	$(PY) -m pip install -q --disable-pip-version-check --find-links $(LOCAL_WHEELS) \
+	    -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+# wheels for a GPU node without internet: make wheelhouse PYTHON_VERSION=3.12
+wheelhouse:
+	.ci/wheelhouse.sh $(WHEELHOUSE) $(PYTHON_VERSION)
+
+# a GPU image's torch, torchvision, numpy and OpenCV, then this project from the
+# wheelhouse exactly as a node without internet installs it
+$(GPU_IMAGE_VENV)/.installed: $(WHEEL_SOURCES) .ci/gpu-image.txt
+	$(MAKE) system-packages
+	.ci/wheelhouse.sh $(GPU_IMAGE_WHEELS) $(GPU_IMAGE_VERSION)
+	[ -x $(GPU_IMAGE_PY) ] || $(PYTHON312) -m venv $(GPU_IMAGE_VENV)
+	$(GPU_IMAGE_PY) -m pip install -q --disable-pip-version-check -r .ci/gpu-image.txt
+	$(GPU_IMAGE_PY) -m pip install -q --disable-pip-version-check --no-index \
+	    --find-links $(GPU_IMAGE_WHEELS) ffcv_imagenet
 	touch $@
 
 $(SYNTH)/.done: | install
@@ -68,6 +103,13 @@ demo: install bench preview train
 
 test: install
 	$(PY) -m pytest -q -ra tests
+	$(MAKE) test-gpu-image
+
+# the fast tests and the offline-install test with a GPU image's versions
+test-gpu-image: $(GPU_IMAGE_VENV)/.installed
+	$(GPU_IMAGE_PY) -m pytest -q -ra -m "not slow" tests
+	FFCV_IMAGENET_WHEELHOUSE=$(GPU_IMAGE_WHEELS) $(GPU_IMAGE_PY) -m pytest -q -ra \
+	    tests/test_wheelhouse.py
 
 clean:
 	rm -rf $(DATA) $(DEMO_RUN)

@@ -43,11 +43,12 @@ die() { echo "wheelhouse.sh: error: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
 
 [[ $# -ge 1 && $# -le 2 && $1 != -* ]] || {
-    echo "usage: $0 OUT_DIR [PYTHON_VERSION]   (PYTHON_VERSION: 3.10, 3.11 or 3.12)" >&2; exit 2; }
+    echo "usage: $0 OUT_DIR [PYTHON_VERSION]   (PYTHON_VERSION: 3.11 or 3.12)" >&2; exit 2; }
 OUT=$1
 PYVER=${2:-$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')}
 [[ $PYVER =~ ^3\.([0-9]+)$ ]] || die "PYTHON_VERSION must look like 3.12, not '$PYVER'"
-(( BASH_REMATCH[1] >= 10 )) || die "ffcv_imagenet needs Python >= 3.10, not $PYVER"
+(( BASH_REMATCH[1] >= 11 && BASH_REMATCH[1] <= 12 )) ||
+    die "ffcv_imagenet supports Python 3.11 and 3.12 (what CI tests), not $PYVER"
 TAG=cp3${BASH_REMATCH[1]}
 [[ $(uname -sm) == "Linux x86_64" ]] || die "builds x86-64 Linux wheels on x86-64 Linux only"
 

@@ -2,7 +2,6 @@
 on the CPU: one validation pass for raw and EMA weights, cached EMA pairing, a
 one-pass drop path, fused SGD, DDP without per-step buffer broadcasts, and a
 configurable period for last.pt."""
-import os
 import socket
 
 import pytest
@@ -186,3 +185,21 @@ def test_last_checkpoint_period_is_a_setting(betons, tmp_path, monkeypatch):
     assert load_checkpoint(folder / 'checkpoints' / 'last.pt')['epoch'] == 3
     with pytest.raises(Exception, match='checkpoint.last_every must be positive'):
         train_imagenet.main(tiny_args(betons, tmp_path / 'bad', '--checkpoint.last_every=0'))
+
+
+def test_one_process_under_torchrun_joins_a_process_group(monkeypatch):
+    """torchrun --nproc_per_node=1 runs the DDP code path (NCCL on a GPU), not the
+    plain one, so one GPU can check what eight will run."""
+    from ffcv_imagenet.training import distributed
+    for key, value in dict(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(_free_port())).items():
+        monkeypatch.setenv(key, value)
+    here = distributed.setup('cpu')
+    try:
+        assert here.enabled and here.world_size == 1
+        assert torch_dist.is_initialized() and torch_dist.get_backend() == 'gloo'
+    finally:
+        distributed.cleanup()
+    monkeypatch.delenv('MASTER_ADDR')
+    assert not distributed.setup('cpu').enabled  # plain python: no group
+    assert not torch_dist.is_initialized()

@@ -6,6 +6,7 @@ import shutil
 import site
 import subprocess
 import sys
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -21,14 +22,38 @@ def _pins(lines):
                 for line in lines if '==' in line and not line.lstrip().startswith('#'))
 
 
-def test_requirements_and_environment_name_the_same_pins():
-    requirements = _pins((ROOT / 'requirements.txt').read_text().splitlines())
+REQUIREMENTS = _pins((ROOT / 'requirements.txt').read_text().splitlines())
+GPU_IMAGE = _pins((ROOT / '.ci' / 'gpu-image.txt').read_text().splitlines())
+
+
+def test_environment_yml_installs_the_one_pin_file():
     env = yaml.safe_load((ROOT / 'environment.yml').read_text())
     pip_section = next(d['pip'] for d in env['dependencies'] if isinstance(d, dict))
-    assert _pins(pip_section) == requirements
+    assert '-r requirements.txt' in pip_section
+    assert not _pins(pip_section)  # no second copy of the pins to drift
     for package in ('torch', 'torchvision', 'ffcv', 'numba', 'numpy', 'fastargs', 'tqdm',
                     'pytest'):
-        assert package in requirements
+        assert package in REQUIREMENTS
+
+
+def test_no_pin_file_asks_for_opencv_python():
+    for pins in (REQUIREMENTS, GPU_IMAGE):
+        assert 'opencv-python' not in pins and 'opencv-python-headless' in pins
+    dependencies = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+    assert not [d for d in dependencies['dependencies'] if d.startswith('opencv')]
+
+
+@pytest.mark.parametrize('pins', [REQUIREMENTS, GPU_IMAGE], ids=['requirements', 'gpu-image'])
+def test_the_declared_ranges_admit_both_tested_environments(pins):
+    """pyproject's ranges are stated, not pinned, and cover what CI installs."""
+    from packaging.requirements import Requirement
+    declared = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['dependencies']
+    for requirement in map(Requirement, declared):
+        assert requirement.specifier, f"{requirement.name} has no range"
+        assert all(s.operator != '==' for s in requirement.specifier), requirement
+        if requirement.name in pins:
+            assert requirement.specifier.contains(pins[requirement.name]), (
+                f"{requirement} does not admit the tested {pins[requirement.name]}")
 
 
 def test_ci_runs_the_readme_test_command():

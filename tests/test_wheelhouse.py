@@ -182,7 +182,7 @@ def test_script_refuses_a_bad_call():
     assert usage.returncode == 2 and 'usage:' in usage.stderr
     old = subprocess.run(['bash', str(SCRIPT), '/nonexistent/wheelhouse', '3.9'],
                          capture_output=True, text=True)
-    assert old.returncode != 0 and 'needs Python >= 3.10' in old.stderr
+    assert old.returncode != 0 and 'supports Python 3.11 and 3.12' in old.stderr
 
 
 def test_metadata_rewrite_renames_the_version_and_rewrites_record(tmp_path):
@@ -243,7 +243,7 @@ def _requirement_closure(names) -> dict[str, importlib.metadata.Distribution]:
 
 def _opencv_headless_version() -> str:
     for line in (ROOT / 'requirements.txt').read_text().splitlines():
-        if line.startswith('opencv-python=='):
+        if line.startswith('opencv-python-headless=='):
             return line.split('==')[1].strip()
     return ''
 

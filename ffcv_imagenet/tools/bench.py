@@ -202,7 +202,8 @@ def _fresh_training(arch: str, num_classes: int, *, blurpool: bool, channels_las
     module.train()
     # recipe defaults; the rate only has to be small enough to stay finite for a few
     # hundred steps on random labels
-    optimizer = build_sgd(module, lr=0.01, momentum=0.9, weight_decay=5e-5)
+    optimizer = build_sgd(module, lr=0.01, momentum=0.9, weight_decay=5e-5,
+                          fused=device.type == 'cuda')  # as training builds it
     if not compile:
         return module, optimizer
     torch.compiler.reset()
@@ -337,7 +338,8 @@ def _parser() -> argparse.ArgumentParser:
                         help='the image folder the train .beton was written from')
     loader.add_argument('--resolution', type=int, default=160, help='pixels')
     loader.add_argument('--batch-size', type=int, default=64)
-    loader.add_argument('--workers', type=int, default=os.cpu_count())
+    loader.add_argument('--workers', type=int, default=default_workers(),
+                        help='decoding threads (default: the cores less two, at least one)')
     loader.add_argument('--epochs', type=int, default=5, help='including the untimed first')
     loader.add_argument('--device', default='cpu')
     loader.add_argument('--decoder-dtype', choices=DECODER_DTYPES,

@@ -16,11 +16,14 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Dist:
-    """Where this process sits: ``rank`` of ``world_size``, on ``device``."""
+    """Where this process sits: ``rank`` of ``world_size``, on ``device``;
+    ``launched``: started by torchrun (a process group is joined even for one
+    process, so that ``--nproc_per_node=1`` runs the same DDP and NCCL code as eight)."""
     rank: int
     local_rank: int
     world_size: int
     device: torch.device
+    launched: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -28,7 +31,8 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Whether there is a process group: DDP, sharded loaders, reductions."""
+        return self.world_size > 1 or self.launched
 
 
 def select_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
@@ -65,13 +69,14 @@ def setup(device: str = 'auto', timeout_minutes: float = 30.0) -> Dist:
     rank = int(os.environ.get('RANK', 0))
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
     world_size = int(os.environ.get('WORLD_SIZE', 1))
+    launched = 'RANK' in os.environ and 'MASTER_ADDR' in os.environ  # torchrun sets both
     here = select_device(device, local_rank)
     use_cuda = here.type == 'cuda'
-    if world_size > 1 and not dist.is_initialized():
+    if (world_size > 1 or launched) and not dist.is_initialized():
         dist.init_process_group('nccl' if use_cuda else 'gloo',
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
                                 device_id=here if use_cuda else None)
-    return Dist(rank, local_rank, world_size, here)
+    return Dist(rank, local_rank, world_size, here, launched)
 
 
 def cleanup() -> None:

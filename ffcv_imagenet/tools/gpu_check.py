@@ -1,0 +1,386 @@
+"""Does this GPU node work, and how fast? One command, one process tree, a few minutes.
+
+    python -m ffcv_imagenet gpu-check --out gpu_check        # on a CUDA machine
+    python -m ffcv_imagenet gpu-check --device cpu --out x   # every stage at toy size
+
+Stages, in order (each one's result is printed as it ends):
+
+1. environment: GPU, driver, torch, CUDA, cuDNN, NCCL, ffcv, numba, numpy, Python;
+2. cuda tests: ``pytest -m cuda`` on the project's tests, when a clone's ``tests/`` is
+   beside the package (or ``--tests DIR``); an installed wheel has none;
+3. crops: the loader on the device (uint8 decode, normalised in torch) gives the same
+   pixels as the CPU loader (normalised in the decoder) for the same seed;
+4. training: a ResNet on generated data, bf16 in one process and fp16 with the gradient
+   scaler under ``torchrun --nproc_per_node=1`` (NCCL on a GPU); each run stops half-way
+   and resumes from its checkpoint; the training loss must fall;
+5. speed: images/sec at each resolution for the loader alone, the model alone and end to
+   end, channels-last, eager at every resolution and ``torch.compile``d at one (compile
+   time left out), bf16 on a GPU.
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` (the table, the machine named) into
+``--out``. Exit codes: 0 every check passed, 1 a check failed, 3 no CUDA device (and
+``--device cpu`` not given), 2 bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from ..data.folders import list_tree
+from ..data.loaders import endless_batches, train_loader
+from ..data.synthetic import generate
+from ..data.writer import write_beton
+from ..training.logs import read_log
+from .bench import bench_train, default_workers, epoch_rates
+
+NO_CUDA = 3
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one check: generated data (classes x images, stored side in pixels),
+    the training check (arch, pixels, batch, epochs) and the speed table (arch,
+    resolutions in pixels, batch, timed and warm-up steps)."""
+    classes: int
+    train_per_class: int
+    val_per_class: int
+    stored_side: int
+    train_arch: str
+    train_resolution: int
+    train_batch: int
+    train_epochs: int
+    speed_arch: str
+    resolutions: tuple[int, ...]
+    compile_resolution: int
+    speed_batch: int
+    steps: int
+    warmup: int
+
+
+GPU = Profile(classes=10, train_per_class=1000, val_per_class=50, stored_side=256,
+              train_arch='resnet50', train_resolution=160, train_batch=128, train_epochs=4,
+              speed_arch='resnet50', resolutions=(160, 192, 224), compile_resolution=160,
+              speed_batch=256, steps=100, warmup=20)
+TOY = Profile(classes=4, train_per_class=24, val_per_class=4, stored_side=64,
+              train_arch='resnet18', train_resolution=32, train_batch=8, train_epochs=4,
+              speed_arch='resnet18', resolutions=(32, 48), compile_resolution=32,
+              speed_batch=8, steps=3, warmup=2)
+
+
+@dataclass
+class Report:
+    """What the check found: one entry per stage, in order."""
+    stages: list[dict] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool | None, **details) -> dict:
+        """Records a stage (``ok`` None: skipped) and prints its one-line summary."""
+        stage = {'stage': name, 'ok': ok, **details}
+        self.stages.append(stage)
+        verdict = {True: 'ok', False: 'FAILED', None: 'skipped'}[ok]
+        print(f"[{verdict:>7}] {name}: {details.get('summary', '')}", flush=True)
+        return stage
+
+    @property
+    def passed(self) -> bool:
+        return all(stage['ok'] is not False for stage in self.stages)
+
+
+def environment(device: torch.device) -> dict:
+    """The software and hardware the figures belong to."""
+    facts = {'python': platform.python_version(), 'torch': torch.__version__,
+             'host_cpu': platform.processor() or platform.machine(),
+             'cpu_cores': os.cpu_count()}
+    for name in ('ffcv', 'numba', 'numpy', 'torchvision'):
+        try:  # the installed distribution's version: ffcv's __version__ is stale
+            facts[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            facts[name] = None
+    if device.type == 'cuda':
+        props = torch.cuda.get_device_properties(device)
+        facts.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
+                     gpu_count=torch.cuda.device_count(), cuda=torch.version.cuda,
+                     cudnn=torch.backends.cudnn.version(), driver=_driver_version(),
+                     nccl='.'.join(map(str, torch.cuda.nccl.version())))
+    return facts
+
+
+def _driver_version() -> str | None:
+    try:
+        done = subprocess.run(['nvidia-smi', '--query-gpu=driver_version',
+                               '--format=csv,noheader'], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout else None
+
+
+def run_cuda_tests(tests: Path | None) -> dict:
+    """``pytest -m cuda`` on ``tests``; (ok, summary line). No folder: skipped."""
+    if tests is None or not tests.is_dir():
+        return {'ok': None, 'summary': 'no tests folder (an installed wheel has none; '
+                                       'pass --tests DIR from a clone)'}
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-m', 'cuda', '-p',
+                           'no:cacheprovider', str(tests)], capture_output=True, text=True,
+                          cwd=tests.parent, timeout=1800)
+    lines = done.stdout.strip().splitlines()
+    # 5: every test deselected or skipped, which is no failure
+    return {'ok': done.returncode in (0, 5), 'summary': lines[-1] if lines else done.stderr,
+            'output_tail': '\n'.join(lines[-30:])}
+
+
+def make_data(out: Path, profile: Profile, workers: int) -> tuple[Path, Path]:
+    """Generated folder tree -> (train.beton, val.beton), reused when present."""
+    train, val = out / 'betons' / 'train.beton', out / 'betons' / 'val.beton'
+    if train.is_file() and val.is_file():
+        return train, val
+    root = generate(out / 'synthetic', classes=profile.classes,
+                    train_per_class=profile.train_per_class,
+                    val_per_class=profile.val_per_class, seed=0, workers=workers)
+    train_samples, classes = list_tree(root / 'train')
+    val_samples, _ = list_tree(root / 'val', classes)
+    for samples, path in ((train_samples, train), (val_samples, val)):
+        write_beton(samples, path, classes, max_resolution=profile.stored_side,
+                    num_workers=workers)
+    return train, val
+
+
+def check_crops(beton: Path, device: torch.device, workers: int, resolution: int,
+                batch: int) -> dict:
+    """Largest pixel difference (0-255 levels) between the device loader (uint8 decode,
+    normalised in torch) and the CPU loader (normalised in the decoder), same seed."""
+    batches = []
+    for where, decoded in ((device, torch.uint8), (torch.device('cpu'), torch.float32)):
+        loader = train_loader(beton, batch_size=batch, resolution=resolution,
+                              num_workers=workers, device=where, seed=7,
+                              decoder_dtype=decoded)
+        with endless_batches(loader) as stream:  # ends the epoch's thread afterwards
+            images, labels = next(stream)
+        batches.append((images.float().cpu(), labels.cpu()))
+        del loader
+        _free_loaders()
+    (a, a_labels), (b, b_labels) = batches
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    worst = ((a - b) * std).abs().max().item()
+    same_labels = torch.equal(a_labels, b_labels)
+    return {'ok': same_labels and worst < 0.01, 'max_pixel_difference': worst,
+            'same_labels': same_labels,
+            'summary': f"{a.shape[0]} crops at {resolution} px, labels "
+                       f"{'equal' if same_labels else 'DIFFER'}, largest pixel difference "
+                       f"{worst:.4f} levels (limit 0.01)"}
+
+
+def _train_args(betons: tuple[Path, Path], folder: Path, profile: Profile,
+                device: torch.device, precision: str, workers: int) -> list[str]:
+    train, val = betons
+    res = profile.train_resolution
+    return [f'--data.train_dataset={train}', f'--data.val_dataset={val}',
+            f'--data.num_workers={workers}', f'--model.arch={profile.train_arch}',
+            '--model.zero_init_residual=1', f'--resolution.min_res={res}',
+            f'--resolution.max_res={res}', f'--validation.resolution={res}',
+            f'--training.batch_size={profile.train_batch}',
+            f'--validation.batch_size={profile.train_batch}',
+            f'--training.epochs={profile.train_epochs}', f'--training.precision={precision}',
+            f'--training.device={device.type}', '--lr.lr=0.5', '--lr.peak_epoch=1',
+            '--logging.progress=0', '--logging.log_every=10', f'--logging.folder={folder}']
+
+
+def check_training(betons: tuple[Path, Path], out: Path, profile: Profile,
+                   device: torch.device, precision: str, torchrun: bool,
+                   workers: int) -> dict:
+    """Trains half the epochs, stops, resumes to the end (two invocations of the train
+    command, under torchrun when asked); checks both succeed, the resume continues
+    where the first stopped, and the train loss of the last epoch is below the first's."""
+    launch = [sys.executable, '-m', 'ffcv_imagenet', 'train']
+    if torchrun:
+        launch = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                  '--nproc_per_node=1', '-m', 'ffcv_imagenet', 'train']
+    folder = out / 'runs' / f"{precision}{'_torchrun' if torchrun else ''}"
+    args = _train_args(betons, folder, profile, device, precision, workers)
+    half = profile.train_epochs // 2
+    start = time.perf_counter()
+    for extra in ([f'--training.stop_after={half}'], ['--checkpoint.resume=auto']):
+        done = subprocess.run([*launch, *args, *extra], capture_output=True, text=True,
+                              timeout=1800)
+        if done.returncode != 0:
+            return {'ok': False, 'summary': f"train command exited {done.returncode}: "
+                                            f"{done.stderr.strip().splitlines()[-1:]}",
+                    'stderr_tail': done.stderr[-3000:]}
+    epochs, resumed = read_log(folder, 'epoch'), read_log(folder, 'resume')
+    losses = [r['train_loss'] for r in epochs]
+    ok = (len(epochs) == profile.train_epochs and len(resumed) == 1
+          and resumed[0]['epoch'] == half and losses[-1] < losses[0]
+          and (folder / 'checkpoints' / 'final.pt').is_file())
+    return {'ok': ok, 'train_loss': losses, 'val_top1': epochs[-1].get('val_top1'),
+            'seconds': time.perf_counter() - start, 'run_folder': str(folder),
+            'summary': f"{len(epochs)} epochs, resumed at epoch {half}, train loss "
+                       f"{losses[0]:.3f} -> {losses[-1]:.3f}, val top-1 "
+                       f"{epochs[-1].get('val_top1')}"}
+
+
+def loader_alone(beton: Path, device: torch.device, resolution: int, batch: int,
+                 workers: int, dtype: torch.dtype, epochs: int = 3) -> float:
+    """Images/sec of the train loader alone, batches delivered on ``device`` in
+    ``dtype`` (what training asks for); median over the epochs after the first."""
+    loader = train_loader(beton, batch_size=batch, resolution=resolution,
+                          num_workers=workers, device=device, dtype=dtype)
+    rates = epoch_rates(lambda: loader, epochs, device)
+    del loader
+    _free_loaders()
+    return statistics.median(rates[1:])
+
+
+def _free_loaders() -> None:
+    # a loader's numba functions are freed by the cycle collector; left to chance, that can
+    # happen while the next loader compiles, where numba's finalizer complains (KeyError)
+    gc.collect()
+
+
+def measure_speed(beton: Path, device: torch.device, profile: Profile, workers: int) -> list[dict]:
+    """One row per (resolution, compiled): loader alone, model alone, end to end."""
+    precision = 'bf16' if device.type == 'cuda' else 'off'
+    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
+    rows = []
+    runs = [(res, False) for res in profile.resolutions] + [(profile.compile_resolution, True)]
+    for res, compiled in runs:
+        result = bench_train(str(beton), arch=profile.speed_arch, resolution=res,
+                             batch_size=profile.speed_batch, precision=precision,
+                             channels_last=True, blurpool=True, compile=compiled,
+                             workers=workers, steps=profile.steps, warmup=profile.warmup,
+                             device=device.type)
+        model, end_to_end = (row['images_per_sec'] for row in result['rows'])
+        rows.append({'resolution': res, 'compiled': compiled, 'precision': precision,
+                     'batch_size': profile.speed_batch, 'arch': profile.speed_arch,
+                     'loader_alone': loader_alone(beton, device, res, profile.speed_batch,
+                                                  workers, dtype),
+                     'model_alone': model, 'end_to_end': end_to_end,
+                     'end_to_end_vs_model': end_to_end / model})
+        print(f"          {res} px {'compiled' if compiled else 'eager'}: loader "
+              f"{rows[-1]['loader_alone']:.0f}, model {model:.0f}, end to end "
+              f"{end_to_end:.0f} images/sec ({end_to_end / model:.1%})", flush=True)
+    return rows
+
+
+def format_markdown(report: Report, env: dict) -> str:
+    """The report as markdown: the machine, each stage's verdict, the speed table and
+    the projection per 8-GPU node."""
+    machine = env.get('gpu') or f"CPU ({env['host_cpu']}, {env['cpu_cores']} cores)"
+    lines = [f"# gpu-check on {machine}", '',
+             ', '.join(f"{k} {v}" for k, v in env.items() if v is not None), '',
+             '| stage | result | summary |', '|---|---|---|']
+    for stage in report.stages:
+        verdict = {True: 'ok', False: 'FAILED', None: 'skipped'}[stage['ok']]
+        lines.append(f"| {stage['stage']} | {verdict} | {stage.get('summary', '')} |")
+    speed = next((s for s in report.stages if s['stage'] == 'speed'), None)
+    if speed and speed.get('rows'):
+        lines += ['', '| px | compiled | precision | batch | loader alone | model alone | '
+                      'end to end | end to end / model |', '|---|---|---|---|---|---|---|---|']
+        for row in speed['rows']:
+            lines.append(f"| {row['resolution']} | {'yes' if row['compiled'] else 'no'} | "
+                         f"{row['precision']} | {row['batch_size']} | "
+                         f"{row['loader_alone']:.0f} | {row['model_alone']:.0f} | "
+                         f"{row['end_to_end']:.0f} | {row['end_to_end_vs_model']:.1%} |")
+        best = max(speed['rows'], key=lambda row: row['end_to_end'])
+        epoch = IMAGENET_TRAIN_IMAGES / (8 * best['end_to_end'])
+        lines += ['', f"Images/sec per device, {best['arch']}. At the best end-to-end rate "
+                      f"({best['end_to_end']:.0f} images/sec at {best['resolution']} px), "
+                      f"one ImageNet-1k epoch on 8 such devices takes {epoch:.0f} s "
+                      f"(perfect scaling assumed)."]
+    return '\n'.join(lines) + '\n'
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--out', default='gpu_check', help='output folder (data, runs, report)')
+    parser.add_argument('--device', choices=('cuda', 'cpu'), default='cuda',
+                        help='cpu: every stage at toy size (CI keeps the command working)')
+    parser.add_argument('--tests', default=None,
+                        help="tests folder for 'pytest -m cuda' (default: the clone's)")
+    parser.add_argument('--workers', type=int, default=None,
+                        help='decoding threads (default: cores less two)')
+    parser.add_argument('--skip', nargs='*', default=[],
+                        choices=('cuda-tests', 'crops', 'training', 'speed'),
+                        help='stages to leave out')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        print("gpu-check: no CUDA device here (torch.cuda.is_available() is False); "
+              "'--device cpu' runs every stage at toy size", file=sys.stderr)
+        return NO_CUDA
+    device = torch.device('cuda', 0) if args.device == 'cuda' else torch.device('cpu')
+    profile = GPU if device.type == 'cuda' else TOY
+    workers = args.workers or default_workers()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report, env = Report(), environment(device)
+    report.add('environment', True, summary=env.get('gpu') or 'CPU', **env)
+    run_stages(report, args, device, profile, workers, out)
+    result = {'environment': env, 'profile': profile.__dict__, 'stages': report.stages,
+              'passed': report.passed}
+    (out / 'gpu_check.json').write_text(json.dumps(result, indent=1, default=str) + '\n')
+    (out / 'gpu_check.md').write_text(format_markdown(report, env))
+    print(f"gpu-check {'passed' if report.passed else 'FAILED'}; report in "
+          f"{out / 'gpu_check.md'} and {out / 'gpu_check.json'}")
+    return 0 if report.passed else 1
+
+
+def run_stages(report: Report, args, device: torch.device, profile: Profile, workers: int,
+               out: Path) -> None:
+    """Stages 2-5 into ``report``; an exception in one is recorded as its failure."""
+    tests = Path(args.tests) if args.tests else Path(__file__).resolve().parents[2] / 'tests'
+    stages = {
+        'cuda-tests': lambda: run_cuda_tests(tests),
+        'crops': lambda: check_crops(betons[0], device, workers, profile.train_resolution,
+                                     profile.train_batch),
+        'training': lambda: _training_stage(betons, out, profile, device, workers),
+        'speed': lambda: _speed_stage(betons[0], device, profile, workers),
+    }
+    betons = make_data(out / 'data', profile, workers)
+    for name, stage in stages.items():
+        if name in args.skip:
+            report.add(name, None, summary='left out (--skip)')
+            continue
+        try:
+            result = stage()
+        except Exception as err:  # a broken stage must not hide the others' results
+            result = {'ok': False, 'summary': f"{type(err).__name__}: {err}"}
+        report.add(name, result.pop('ok'), **result)
+
+
+def _training_stage(betons, out: Path, profile: Profile, device: torch.device,
+                    workers: int) -> dict:
+    # fp16 autocast exists on GPUs only: the CPU runs bf16 both ways
+    runs = [('bf16', False), ('fp16' if device.type == 'cuda' else 'bf16', True)]
+    results = [check_training(betons, out, profile, device, precision, torchrun, workers)
+               for precision, torchrun in runs]
+    names = [f"{p}{' under torchrun' if t else ''}" for p, t in runs]
+    return {'ok': all(r['ok'] for r in results), 'runs': dict(zip(names, results)),
+            'summary': '; '.join(f"{n}: {r['summary']}" for n, r in zip(names, results))}
+
+
+def _speed_stage(beton: Path, device: torch.device, profile: Profile, workers: int) -> dict:
+    rows = measure_speed(beton, device, profile, workers)
+    eager = [row for row in rows if not row['compiled']]
+    return {'ok': True, 'rows': rows,
+            'summary': ', '.join(f"{row['resolution']} px {row['end_to_end']:.0f} images/sec "
+                                 f"end to end ({row['end_to_end_vs_model']:.0%} of model)"
+                                 for row in eager)}
+
+
+if __name__ == '__main__':
+    sys.exit(main())
