@@ -109,7 +109,7 @@ test: install
 test-gpu-image: $(GPU_IMAGE_VENV)/.installed
 	$(GPU_IMAGE_PY) -m pytest -q -ra -m "not slow" tests
 	FFCV_IMAGENET_WHEELHOUSE=$(GPU_IMAGE_WHEELS) $(GPU_IMAGE_PY) -m pytest -q -ra \
-	    tests/test_wheelhouse.py
+	    tests/test_wheelhouse.py tests/test_offline_install.py
 
 clean:
 	rm -rf $(DATA) $(DEMO_RUN)

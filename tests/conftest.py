@@ -29,3 +29,10 @@ def betons(synth, tmp_path_factory):
     write_beton(train_samples, out / 'train.beton', classes, max_resolution=128, num_workers=2)
     write_beton(val_samples, out / 'val.beton', classes, max_resolution=128, num_workers=2)
     return out / 'train.beton', out / 'val.beton'
+
+
+@pytest.fixture(scope='session')
+def wheelhouse(tmp_path_factory):
+    """The offline wheelhouse (see wheelhouse_build.py), built once per session."""
+    from wheelhouse_build import build_or_reuse
+    return build_or_reuse(tmp_path_factory)
