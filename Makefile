@@ -47,6 +47,8 @@ $(VENV)/.installed: $(WHEEL_SOURCES)
 	$(MAKE) system-packages
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	.ci/wheelhouse.sh $(LOCAL_WHEELS) $(VENV_VERSION)
+	@# an older venv may hold opencv-python, whose cv2 the headless one would overwrite
+	$(PY) -m pip uninstall -y -q opencv-python 2>/dev/null || true
 	$(PY) -m pip install -q --disable-pip-version-check --find-links $(LOCAL_WHEELS) \
 	    -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .

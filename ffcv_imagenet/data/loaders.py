@@ -182,7 +182,8 @@ class ImageLoader:
     """Iterable of (images, labels) batches on ``device``.
 
     images: (B, 3, H, W) channels-last, ``dtype``, normalised with ImageNet mean/std;
-    labels: (B,) int64. ``resolution`` (pixels, square) may be set between epochs.
+    labels: (B,) int64. ``resolution`` (pixels, square) may be set between epochs. A
+    batch may live in ffcv's reused buffers: clone it to keep it past the next one.
     ``batches_ahead``: batches decoded ahead of the consumer (one more waits in the
     decoding thread). Building one for an indexed GPU ('cuda:1') allocates nothing
     there: iterating does.

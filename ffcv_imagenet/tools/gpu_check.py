@@ -168,7 +168,9 @@ def check_crops(beton: Path, device: torch.device, workers: int, resolution: int
                               decoder_dtype=decoded)
         with endless_batches(loader) as stream:  # ends the epoch's thread afterwards
             images, labels = next(stream)
-        batches.append((images.float().cpu(), labels.cpu()))
+            # copied before leaving: a batch is a view of ffcv's buffers, which the
+            # decoding thread may still write into while it stops
+            batches.append((images.float().cpu().clone(), labels.cpu().clone()))
         del loader
         _free_loaders()
     (a, a_labels), (b, b_labels) = batches
