@@ -110,6 +110,22 @@ def test_unwritable_output_path(synth, tmp_path):
         write_beton(samples, blocker / 'out.beton', classes)
 
 
+def test_a_write_whose_allocation_table_was_lost_is_refused(synth, tmp_path, monkeypatch):
+    """ffcv's finalize swallows any exception (Ctrl-C too) while it builds the allocation
+    table and then writes the file without one: such a file must not replace the output."""
+    out = tmp_path / 'train.beton'
+    out.write_bytes(b'previous good file')
+    import ffcv.writer
+    finalize = ffcv.writer.DatasetWriter.finalize
+    monkeypatch.setattr(ffcv.writer.DatasetWriter, 'finalize',
+                        lambda self, allocations: finalize(self, []))
+    samples, classes = list_tree(synth / 'train')
+    with pytest.raises(DatasetError, match=r'0 of 48 images were stored'):
+        write_beton(samples, out, classes, num_workers=1)
+    assert out.read_bytes() == b'previous good file'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['train.beton']
+
+
 def _run_cli(*args):
     return subprocess.run([sys.executable, 'write_datasets.py', *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)

@@ -111,6 +111,23 @@ def _claim_temp_file(out: Path) -> Path:
     return Path(name)
 
 
+def _check_written(path: Path, count: int, out: Path) -> None:
+    """Raises DatasetError unless ``path`` holds ``count`` samples, each with its data
+    allocated. ffcv's writer swallows any exception (Ctrl-C included) while it writes
+    its allocation table and then leaves a file without one; this keeps such a file
+    from replacing ``out``."""
+    from ffcv.reader import Reader
+    try:
+        reader = Reader(str(path))
+        stored = len(np.unique(reader.alloc_table['sample_id']))
+    except Exception as err:  # noqa: BLE001 - any unreadable result is the same failure
+        raise DatasetError(f"writing {out} failed: the result does not read back "
+                           f"({type(err).__name__}: {err})") from None
+    if reader.num_samples != count or stored != count:
+        raise DatasetError(f"writing {out} failed: {stored} of {count} images were stored "
+                           f"(interrupted?); nothing was written to {out}")
+
+
 def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
                 classes: list[str], class_names: list[str] | None = None, *,
                 max_resolution: int = 256, write_mode: str = 'jpg',
@@ -146,6 +163,7 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
             raise DatasetError(f"no readable images to write to {out}")
         writer = DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers))
         writer.from_indexed_dataset(_ImageDataset(good, str(failure_log)), chunksize=chunk_size)
+        _check_written(tmp, len(good), out)
         if failure_log.exists():
             path, reason = failure_log.read_text().splitlines()[0].split('\t', 1)
             raise DatasetError(f"unreadable image {path}: {reason}")
