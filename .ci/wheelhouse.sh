@@ -247,6 +247,6 @@ TOTAL=$(cat "$OUT"/*.whl | wc -c)
 awk -v t="$TOTAL" -v n="$(ls "$OUT"/*.whl | wc -l)" \
     'BEGIN {printf "total: %.2f MiB in %d wheels\n", t / 1048576, n}'
 echo "raw (unrepaired) ffcv wheel kept at $RAW"
-echo "on the node: pip install --no-index --find-links $(basename "$OUT") ffcv_imagenet"
+echo "on the node: pip install --no-index --find-links $(basename "$OUT") ffcv_imagenet   (the folder $OUT, copied there)"
 echo "built in $((SECONDS - START)) s"
 (( TOTAL <= MAX_MIB * 1048576 )) || die "the wheelhouse exceeds $MAX_MIB MiB"
