@@ -87,7 +87,7 @@ def node_site(tmp_path_factory) -> Path:
     closure = _requirement_closure(NODE_DISTRIBUTIONS)
     for dist in closure.values():
         for top in sorted({Path(f).parts[0] for f in dist.files or []}):
-            if top in ('..', '__pycache__') or top.endswith('.pth'):
+            if top in ('..', '__pycache__'):
                 continue
             source = Path(dist.locate_file(top))
             if source.exists() and not (node / top).exists():
@@ -245,7 +245,10 @@ def test_installs_offline_then_converts_and_loads_without_system_libraries(
     site_packages = Path(subprocess.run(
         [str(python), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
         capture_output=True, text=True, check=True).stdout.strip())
-    (site_packages / 'gpu_node.pth').write_text(f'{node_site}\n')
+    # a site folder, as a node's site-packages is: its own .pth files run too (on 3.12
+    # setuptools' distutils shim, which ffcv's import of distutils needs)
+    (site_packages / 'gpu_node.pth').write_text(
+        f'import site; site.addsitedir({str(node_site)!r})\n')
     run_env = _minimal_env(tmp_path / 'home')
     # ensurepip of 3.11 and older puts its own old setuptools first on the path, where it
     # would shadow the node's (torch requires setuptools>=77): a node's env has one copy
@@ -307,8 +310,9 @@ def test_the_unrepaired_wheel_does_not_import_without_system_libraries(
     subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index',
                     '--disable-pip-version-check', '--target', str(target), str(raw)],
                    check=True, capture_output=True, timeout=300)
-    env = _minimal_env(tmp_path / 'home', PYTHONPATH=f'{target}:{node_site}')
+    env = _minimal_env(tmp_path / 'home', PYTHONPATH=str(target))
     argv = [os.path.realpath(sys._base_executable), '-S', '-c',
+            f'import site; site.addsitedir({str(node_site)!r}); '
             'import ffcv, ffcv._libffcv; print(ffcv._libffcv.__file__)']
     # outside the namespace it imports (the wheel is fine, the system has the libraries)
     outside = subprocess.run(['env', '-i', *[f'{k}={v}' for k, v in env.items()], *argv],
