@@ -54,7 +54,7 @@ def build_or_reuse(tmp_path_factory) -> Wheelhouse:
         work = os.environ.get('FFCV_IMAGENET_WHEELHOUSE_WORK') or os.path.join(
             os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
             'ffcv_imagenet', f'wheelhouse-{TAG}')
-        return Wheelhouse(Path(given), Path(work))
+        return Wheelhouse(Path(given).resolve(), Path(work).resolve())
     base = tmp_path_factory.mktemp('wheelhouse')
     folder, work = base / 'wheelhouse', base / 'work'
     env = dict(os.environ, FFCV_IMAGENET_WHEELHOUSE_WORK=str(work))
