@@ -29,7 +29,11 @@ def _imported_names(path):
     """Absolute names of everything ``path`` imports (relative imports resolved)."""
     package = ['ffcv_imagenet', path.parent.name]
     names = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    try:
+        tree = ast.parse(path.read_text())
+    except SystemError:  # CPython 3.11.7's spurious 'recursion depth mismatch': retry
+        tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):

@@ -168,7 +168,9 @@ def test_interrupted_conversion_leaves_no_file_at_the_final_path(tmp_path):
                                 f'--cfg.data_dir={data}/train', f'--cfg.write_path={out}',
                                 '--cfg.max_resolution=0', '--cfg.num_workers=1',
                                 '--cfg.chunk_size=5'],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               # a shell's background job starts with SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not list(out.parent.glob('.train.beton.*')) and time.time() < deadline:
         time.sleep(0.05)
