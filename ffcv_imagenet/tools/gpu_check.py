@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.decoders import IMAGENET_STD
 from ..data.folders import list_tree
 from ..data.loaders import endless_batches, train_loader
 from ..data.synthetic import generate
@@ -174,7 +175,7 @@ def check_crops(beton: Path, device: torch.device, workers: int, resolution: int
         del loader
         _free_loaders()
     (a, a_labels), (b, b_labels) = batches
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     worst = ((a - b) * std).abs().max().item()
     same_labels = torch.equal(a_labels, b_labels)
     return {'ok': same_labels and worst < 0.01, 'max_pixel_difference': worst,
