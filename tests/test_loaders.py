@@ -15,6 +15,7 @@ from ffcv.transforms import NormalizeImage, ToDevice
 from PIL import Image
 
 from ffcv_imagenet.data import loaders
+from ffcv_imagenet.data.folders import DatasetError
 from ffcv_imagenet.data.decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
 from ffcv_imagenet.data.loaders import ImageLoader, ShardedOrder, train_loader, val_loader
 from ffcv_imagenet.data.writer import write_beton
@@ -178,7 +179,7 @@ def test_two_train_ranks_are_disjoint_equal_and_reshuffled(indexed_beton):
 
 def test_bad_arguments(betons, tmp_path):
     train, _ = betons
-    with pytest.raises(FileNotFoundError, match='missing.beton'):
+    with pytest.raises(DatasetError, match='missing.beton'):
         train_loader(tmp_path / 'missing.beton', batch_size=4, resolution=32, num_workers=1)
     with pytest.raises(RuntimeError, match='process group'):
         train_loader(train, batch_size=4, resolution=32, num_workers=1, distributed=True)

@@ -137,12 +137,37 @@ def classes_path(beton_path: str | os.PathLike) -> Path:
 
 
 def load_classes(path: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """(wnids, human-readable names) from a ``.classes.json`` file."""
+    """(wnids, human-readable names) from a ``.classes.json`` file, as the writer saves
+    it: ``{"classes": [unique strings], "names": [one string per class]}`` ("names"
+    optional).
+    Raises:
+        DatasetError: the file is missing, not JSON, or not of that shape.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"class list not found: {path}")
-    data = json.loads(path.read_text())
-    return data['classes'], data.get('names', data['classes'])
+    try:
+        data = json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DatasetError(f"class list {path} is not JSON: "
+                           f"{str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise DatasetError(f"cannot read class list {path}: {err.strerror or err}") from None
+    classes = data.get('classes') if isinstance(data, dict) else None
+    if not _strings(classes) or not classes:
+        raise DatasetError(f"class list {path} does not hold a non-empty list of strings "
+                           f"under 'classes'")
+    if len(set(classes)) != len(classes):
+        raise DatasetError(f"class list {path} names a class twice")
+    names = data.get('names', classes)
+    if not _strings(names) or len(names) != len(classes):
+        raise DatasetError(f"class list {path}: 'names' must be {len(classes)} strings, "
+                           f"one per class")
+    return classes, names
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def read_synset_names(path: str | os.PathLike | None, classes: list[str]) -> list[str]:

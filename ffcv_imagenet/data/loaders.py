@@ -45,6 +45,7 @@ from ffcv.pipeline.operation import Operation
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
+from .beton import BetonInfo, check_dataset
 from .decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
 
 
@@ -178,6 +179,13 @@ def build_pipelines(decoder: FusedCropDecoder, device: torch.device
     return {'image': image_ops, 'label': label_ops}
 
 
+def _pipelines(decoder: FusedCropDecoder, device: torch.device, info: BetonInfo
+               ) -> dict[str, list[Operation] | None]:
+    """:func:`build_pipelines`, with any other field of the file switched off (None),
+    since ffcv would otherwise decode it and yield it too."""
+    return {**{name: None for name in info.fields}, **build_pipelines(decoder, device)}
+
+
 class ImageLoader:
     """Iterable of (images, labels) batches on ``device``.
 
@@ -186,26 +194,31 @@ class ImageLoader:
     batch may live in ffcv's reused buffers: clone it to keep it past the next one.
     ``batches_ahead``: batches decoded ahead of the consumer (one more waits in the
     decoding thread). Building one for an indexed GPU ('cuda:1') allocates nothing
-    there: iterating does.
+    there: iterating does. The file is checked first (see :func:`check_dataset`;
+    ``num_classes`` as there), so a bad one raises ``DatasetError``, not an error from
+    inside ffcv; ``info`` holds what the check found.
     """
 
     def __init__(self, path: str | os.PathLike, decoder: FusedCropDecoder, *, batch_size: int,
                  num_workers: int, device: torch.device, order: ShardedOrder, seed: int,
-                 in_memory: bool, drop_last: bool, dtype: torch.dtype, batches_ahead: int):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f".beton file not found: {path}")
+                 in_memory: bool, drop_last: bool, dtype: torch.dtype, batches_ahead: int,
+                 num_classes: int | None = None):
+        self.info = check_dataset(path, num_classes)
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.device, self.dtype, self.decoder = resolve_device(device), dtype, decoder
         self.loader = SetUpLoader(str(path), batch_size=batch_size, num_workers=num_workers,
                                   os_cache=in_memory, order=order, seed=seed,
                                   drop_last=drop_last, batches_ahead=batches_ahead,
-                                  pipelines=build_pipelines(decoder, self.device),
+                                  pipelines=_pipelines(decoder, self.device, self.info),
                                   thread_setup=partial(use_device, self.device))
         self.batch_size, self.batches_ahead = batch_size, batches_ahead
         stats = torch.tensor([IMAGENET_MEAN, IMAGENET_STD]) * 255
         self._stats_cpu = (stats[0].view(1, 3, 1, 1), (1 / stats[1]).view(1, 3, 1, 1))
         self._stats = None  # (mean, 1 / std) on the device, from the first batch on
+        # ffcv yields the fields in the order the file stores them
+        names = [name for name in self.info.fields if name in ('image', 'label')]
+        self._label_first = names == ['label', 'image']
 
     @property
     def resolution(self) -> int:
@@ -241,6 +254,8 @@ class ImageLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.loader:
+            if self._label_first:
+                images, labels = labels, images
             if images.dtype == torch.uint8:
                 if self._stats is None:
                     self._stats = tuple(t.to(self.device) for t in self._stats_cpu)
@@ -257,7 +272,8 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                  rank: int | None = None, world_size: int | None = None, seed: int = 0,
                  dtype: torch.dtype = torch.float32, scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), batches_ahead: int = 3,
-                 decoder_dtype: torch.dtype | None = None) -> ImageLoader:
+                 decoder_dtype: torch.dtype | None = None,
+                 num_classes: int | None = None) -> ImageLoader:
     """Random-resized-crop + flip batches of ``batch_size`` images per rank, in a new
     random order every epoch (RANDOM order: QUASI_RANDOM is not supported distributed).
 
@@ -272,6 +288,11 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
         decoder_dtype: what the decoder emits: ``torch.uint8`` (normalised afterwards,
             in torch on ``device``) or ``torch.float32`` (normalised in the decoder);
             None: uint8 for a GPU, float32 for the CPU.
+        num_classes: every stored label must be below it; None: below the length of
+            the class list ``<path>.classes.json``, when there is one.
+    Raises:
+        DatasetError: ``path`` is missing, not a whole ``.beton`` with ``image`` and
+            ``label`` fields, empty, or its labels or class list do not match.
     """
     rank, world_size = _rank_and_world(distributed, rank, world_size)
     order = ShardedOrder(shuffle=True, rank=rank, world_size=world_size,
@@ -281,7 +302,8 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                                flip=True, **_decoder_normalisation(device, decoder_dtype))
     return ImageLoader(path, decoder, batch_size=batch_size, num_workers=num_workers,
                        device=device, order=order, seed=seed, in_memory=in_memory,
-                       drop_last=True, dtype=dtype, batches_ahead=batches_ahead)
+                       drop_last=True, dtype=dtype, batches_ahead=batches_ahead,
+                       num_classes=num_classes)
 
 
 def val_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
@@ -289,7 +311,8 @@ def val_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                distributed: bool = False, rank: int | None = None,
                world_size: int | None = None, center_ratio: float = 224 / 256,
                dtype: torch.dtype = torch.float32, batches_ahead: int = 3,
-               decoder_dtype: torch.dtype | None = None) -> ImageLoader:
+               decoder_dtype: torch.dtype | None = None,
+               num_classes: int | None = None) -> ImageLoader:
     """Centre-crop batches in file order: a crop of ``center_ratio`` x the shorter side,
     resized to ``resolution`` pixels. Every image is seen exactly once per epoch across
     ranks (no padding, last batch kept), so summed metrics are exact. Arguments as in
@@ -301,7 +324,8 @@ def val_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                                **_decoder_normalisation(device, decoder_dtype))
     return ImageLoader(path, decoder, batch_size=batch_size, num_workers=num_workers,
                        device=device, order=order, seed=0, in_memory=in_memory,
-                       drop_last=False, dtype=dtype, batches_ahead=batches_ahead)
+                       drop_last=False, dtype=dtype, batches_ahead=batches_ahead,
+                       num_classes=num_classes)
 
 
 def _decoder_normalisation(device: torch.device | str, decoder_dtype: torch.dtype | None
