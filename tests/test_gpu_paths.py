@@ -15,6 +15,7 @@ from ffcv_imagenet.cli import recipe
 from ffcv_imagenet.cli.config import parse_config
 from ffcv_imagenet.cli.train_config import SECTIONS
 from ffcv_imagenet.training import ema as ema_module
+from ffcv_imagenet.training import evaluate as evaluation
 from ffcv_imagenet.training import loop
 from ffcv_imagenet.training.checkpoint import checkpoint_names, load_checkpoint
 from ffcv_imagenet.training.distributed import Dist
@@ -56,11 +57,11 @@ def test_validation_decodes_the_split_once_for_raw_and_ema_weights():
             p.add_(0.05 * torch.randn_like(p))
     precision = resolve_precision('off', CPU)
     loader = CountingLoader(_batches())
-    both = loop.validate(model, ema, loader, precision=precision, tta=True, device=CPU)
+    both = evaluation.validate(model, ema, loader, precision=precision, tta=True, device=CPU)
     assert loader.served == len(loader)  # one pass, not one per set of weights
-    alone = loop.evaluate([model], CountingLoader(_batches()), precision=precision,
+    alone = evaluation.evaluate([model], CountingLoader(_batches()), precision=precision,
                           tta=True, device=CPU)[0]
-    averaged = loop.evaluate([ema.module], CountingLoader(_batches()), precision=precision,
+    averaged = evaluation.evaluate([ema.module], CountingLoader(_batches()), precision=precision,
                              tta=True, device=CPU)[0]
     for key in ('loss', 'top1', 'top5'):
         assert both[f'val_{key}'] == pytest.approx(alone[key])
@@ -183,7 +184,7 @@ def test_last_checkpoint_period_is_a_setting(betons, tmp_path, monkeypatch):
                                          '--validation.every=5')) == 0
     assert written == [(2, ['last.pt']), (3, ['last.pt', 'best.pt', 'final.pt'])]
     assert load_checkpoint(folder / 'checkpoints' / 'last.pt')['epoch'] == 3
-    with pytest.raises(Exception, match='checkpoint.last_every must be positive'):
+    with pytest.raises(Exception, match='checkpoint.last_every: expected a positive'):
         train_imagenet.main(tiny_args(betons, tmp_path / 'bad', '--checkpoint.last_every=0'))
 
 

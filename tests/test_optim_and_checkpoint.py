@@ -114,16 +114,81 @@ def test_compatibility_check_names_both_sides(tmp_path):
 
 
 def test_find_latest_takes_the_furthest_checkpoint(tmp_path):
-    assert find_latest(tmp_path) is None
+    assert find_latest(tmp_path) == (None, [])
     folder = ckpt.checkpoint_dir(tmp_path)
     save_checkpoint(_state(30), folder / 'epoch_0003.pt')
     save_checkpoint(_state(20), folder / 'best.pt')
-    assert find_latest(tmp_path).name == 'epoch_0003.pt'
+    assert find_latest(tmp_path)[0].name == 'epoch_0003.pt'
     save_checkpoint(_state(30), folder / 'last.pt')
-    assert find_latest(tmp_path).name == 'last.pt'  # same step: prefer last
+    assert find_latest(tmp_path)[0].name == 'last.pt'  # same step: prefer last
     (folder / 'zz_broken.pt').write_bytes(b'junk')
-    with pytest.warns(UserWarning, match='zz_broken.pt'):
-        assert find_latest(tmp_path).name == 'last.pt'
+    latest, skipped = find_latest(tmp_path)
+    assert latest.name == 'last.pt'
+    assert len(skipped) == 1 and 'zz_broken.pt' in skipped[0]
+
+
+def test_find_latest_refuses_a_folder_of_only_unreadable_checkpoints(tmp_path):
+    folder = ckpt.checkpoint_dir(tmp_path)
+    save_checkpoint(_state(30), folder / 'last.pt')
+    data = (folder / 'last.pt').read_bytes()
+    (folder / 'last.pt').write_bytes(data[:len(data) // 2])  # a torn copy
+    (folder / 'best.pt').write_bytes(b'')
+    with pytest.raises(CheckpointError, match='no readable checkpoint') as err:
+        find_latest(tmp_path)
+    assert '\n' not in str(err.value) and str(folder) in str(err.value)
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A full disk in the middle of a save: one clear line, the old file intact, no
+    temporary file left behind."""
+    import errno
+    path = tmp_path / 'last.pt'
+    save_checkpoint(_state(10), path)
+    before = path.read_bytes()
+
+    def fill_the_disk(obj, handle):
+        handle.write(b'x' * 1000)
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(ckpt.torch, 'save', fill_the_disk)
+    with pytest.raises(CheckpointError, match='No space left on device.*previous last.pt '
+                                              'is intact'):
+        save_checkpoint(_state(20), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pt']
+
+
+def test_kill_9_while_saving_leaves_a_readable_checkpoint(tmp_path):
+    """A process that rewrites last.pt in a loop is killed with SIGKILL at several
+    moments; every time the file that is left loads, and the leftover temporary file
+    is cleared by the next save."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = (
+        "import sys, torch\n"
+        "from ffcv_imagenet.training.checkpoint import save_checkpoint\n"
+        "weights = torch.randn(2_000_000)\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    save_checkpoint({'iteration': i, 'epoch': 0, 'w': weights}, sys.argv[1])\n")
+    path = tmp_path / 'checkpoints' / 'last.pt'
+    seen = []
+    for delay in (0.3, 0.55, 0.8, 1.05):
+        child = subprocess.Popen([sys.executable, '-c', script, str(path)],
+                                 cwd=ckpt.Path(__file__).resolve().parents[1])
+        deadline = time.monotonic() + 60
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        seen.append(load_checkpoint(path)['iteration'])
+        assert find_latest(tmp_path)[0] == path
+    assert all(i >= 1 for i in seen)
+    save_checkpoint(_state(1), path)
+    assert [p.name for p in path.parent.iterdir()] == ['last.pt']
 
 
 def test_rng_states_round_trip_through_a_checkpoint(tmp_path):

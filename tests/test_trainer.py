@@ -123,7 +123,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(betons, f
 
 
 @pytest.mark.parametrize('change, error, message', [
-    ('--training.batch_size=4', ConfigError, 'training.batch_size: .*12 steps in 2 epochs'),
+    ('--training.batch_size=4', ConfigError,
+     'training.batch_size: .*global batch of 1 x 8 = 8 .*1 x 4 = 4.*global_batch_size=8'),
     ('--model.arch=resnet50', CheckpointError, 'resnet18 with 4 classes.*resnet50'),
 ])
 def test_resuming_an_incompatible_checkpoint_is_refused(betons, full_run, tmp_path, change,

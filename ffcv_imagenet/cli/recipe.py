@@ -18,14 +18,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..data.folders import DatasetError, classes_path, load_classes
 from ..data.loaders import ImageLoader, train_loader, val_loader
 from ..training import distributed
-from ..training.checkpoint import (TrainState, check_compatible, checkpoint_dir, find_latest,
-                                   load_checkpoint, restore)
+from ..training.checkpoint import (CheckpointError, TrainState, check_compatible,
+                                   checkpoint_dir, find_latest, load_checkpoint, restore)
 from ..training.distributed import Dist, broadcast_object
 from ..training.ema import ModelEMA
 from ..training.loop import FitOptions, Run
 from ..training.mix import Mixer
 from ..training.models import build_model
 from ..training.optim import Precision, build_sgd, resolve_precision
+from ..training.preempt import CheckpointPeriod
 from ..training.schedules import lr_schedule, resolution_at
 from .config import ConfigError, as_dict
 from .train_config import SECTIONS, check_values, per_gpu_batch
@@ -93,16 +94,19 @@ def _schedules(config, steps_per_epoch: int, global_batch: int):
 
 
 def _resume_source(config, run_dir: Path) -> tuple[Path | None, str]:
-    """(checkpoint to load or None, a note for the user)."""
+    """(checkpoint to load or None, a note for the user).
+    Raises:
+        CheckpointError: ``resume=auto`` finds only unreadable checkpoints.
+    """
     resume = config['checkpoint.resume']
     if resume == 'auto':
-        latest = find_latest(run_dir)
+        latest, skipped = find_latest(run_dir)
         if latest is None and config['training.eval_only']:
             raise ConfigError(f"training.eval_only=1: no checkpoint in "
                               f"{checkpoint_dir(run_dir)} to evaluate")
         if latest is None:
             return None, f"no checkpoint in {checkpoint_dir(run_dir)}; starting fresh"
-        return latest, f"resuming from {latest}"
+        return latest, '\n'.join([*skipped, f"resuming from {latest}"])
     if resume:
         return Path(resume), f"resuming from {resume}"
     if config['training.eval_only']:
@@ -131,7 +135,7 @@ def build_parts(config, dist: Dist) -> Parts:
         precision = resolve_precision(config['training.precision'], dist.device)
     except ValueError as err:
         raise ConfigError(f"training.precision: {err}") from None
-    train, val = _loaders(config, dist, precision, train_path, val_path, batch)
+    train, val = _loaders(config, dist, precision, train_path, val_path, batch, len(classes))
     model, module, optimizer, scaler = _network(config, dist, precision, len(classes))
     return Parts(model, module, optimizer, scaler, precision, train, val, classes, batch,
                  _mixer(config, len(classes)))
@@ -148,16 +152,14 @@ def build_run(config, dist: Dist) -> Run:
     source, note = _agreed_resume_source(config, run_dir, dist)
     saved = load_checkpoint(source) if source else None
     arch, steps = config['model.arch'], len(parts.train_loader)
+    notes = note.splitlines()
     if saved:
         check_compatible(saved, source, arch=arch, classes=parts.classes)
-        if saved['iteration'] != saved['epoch'] * steps:
-            raise ConfigError(
-                f"training.batch_size: {source} took {saved['iteration']} steps in "
-                f"{saved['epoch']} epochs, but this run takes {steps} per epoch; resume "
-                f"with the batch size and number of processes it was trained with")
+        notes += _check_same_global_batch(saved, source, parts.batch, dist.world_size,
+                                          steps)
     lr_at, res_at, peak_lr = _schedules(config, steps, parts.batch * dist.world_size)
     ema = _ema(config, parts.module)
-    state, notes = TrainState(), [note]
+    state = TrainState()
     if saved:
         state = restore(saved, parts.module, parts.optimizer, parts.scaler, ema)
         # the config and this machine win over the saved values
@@ -177,11 +179,41 @@ def build_run(config, dist: Dist) -> Run:
         notes.append("MixUp/CutMix on: train_top1 is measured against the dominant label "
                      "of each mixed pair")
     meta = {'arch': arch, 'num_classes': len(parts.classes), 'classes': parts.classes,
-            'config': as_dict(config, SECTIONS)}
+            'config': as_dict(config, SECTIONS), 'world_size': dist.world_size,
+            'batch': parts.batch}
     return Run(parts.model, parts.module, parts.optimizer, parts.scaler, parts.precision,
                parts.train_loader, parts.val_loader, dist, _fit_options(config), state,
                lr_at, res_at, run_dir, meta, mixer=parts.mixer, ema=ema,
                resumed_from=source, notes=notes)
+
+
+def _check_same_global_batch(saved: dict, source: Path, batch: int, world_size: int,
+                             steps: int) -> list[str]:
+    """Notes about continuing ``saved`` here. The rule for another number of processes:
+    the global batch must stay the same (each process then takes a different share of
+    it); the learning rate, the schedule's position (optimizer steps) and the samples
+    of every step stay as they were, because each step takes the same stretch of the
+    epoch's permutation whatever the number of processes.
+    Raises:
+        ConfigError: the global batch (per-process batch x processes) differs.
+    """
+    old_world, old_batch = saved.get('world_size'), saved.get('batch')  # None: older files
+    old_global = (old_batch * old_world) if old_batch and old_world else None
+    here = batch * world_size
+    if saved['iteration'] != saved['epoch'] * steps + int(saved.get('step', 0)) or (
+            old_global is not None and old_global != here):
+        was = (f"{old_world} x {old_batch} = {old_global}" if old_global else
+               f"{saved['iteration']} steps in {saved['epoch']} epochs")
+        keep = f"={old_global}" if old_global else ""
+        raise ConfigError(
+            f"training.batch_size: {source} was trained with a global batch of {was} "
+            f"(processes x batch), but this run has {world_size} x {batch} = {here}; keep "
+            f"the global batch (--training.global_batch_size{keep}) to continue")
+    if old_world is not None and old_world != world_size:
+        return [f"resuming on {world_size} process(es) where {source} ran on {old_world}: "
+                f"the global batch {here} is kept ({batch} per process); batch-norm "
+                f"statistics and augmentations differ from an unbroken run"]
+    return []
 
 
 def _mixer(config, num_classes: int) -> Mixer | None:
@@ -204,7 +236,7 @@ def _fit_options(config) -> FitOptions:
         epochs=config['training.epochs'], label_smoothing=config['training.label_smoothing'],
         grad_clip=config['training.grad_clip'], eval_every=config['validation.every'],
         tta=bool(config['validation.tta']), checkpoint_every=config['checkpoint.every'],
-        last_every=config['checkpoint.last_every'],
+        last_every=CheckpointPeriod.parse(config['checkpoint.last_every']),
         stop_after=config['training.stop_after'], log_every=config['logging.log_every'],
         seed=config['training.seed'], progress=bool(config['logging.progress']),
         best_metric=config['checkpoint.best_metric'],
@@ -212,15 +244,21 @@ def _fit_options(config) -> FitOptions:
 
 
 def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path: str,
-             batch: int) -> tuple[ImageLoader, ImageLoader]:
+             batch: int, num_classes: int) -> tuple[ImageLoader, ImageLoader]:
     common = dict(num_workers=config['data.num_workers'], device=dist.device,
                   in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
-                  dtype=precision.input_dtype)
-    train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
-                         resolution=config['resolution.min_res'], **common)
-    val = val_loader(val_path, batch_size=config['validation.batch_size'],
-                     resolution=config['validation.resolution'],
-                     center_ratio=config['validation.crop_ratio'], **common)
+                  dtype=precision.input_dtype, num_classes=num_classes)
+    try:
+        train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
+                             resolution=config['resolution.min_res'], **common)
+    except DatasetError as err:
+        raise ConfigError(f"data.train_dataset: {err}") from None
+    try:
+        val = val_loader(val_path, batch_size=config['validation.batch_size'],
+                         resolution=config['validation.resolution'],
+                         center_ratio=config['validation.crop_ratio'], **common)
+    except DatasetError as err:
+        raise ConfigError(f"data.val_dataset: {err}") from None
     if len(train) == 0:
         raise ConfigError(f"training.batch_size: {train_path} gives each of the "
                           f"{dist.world_size} processes {train.num_samples} images, fewer "
@@ -235,12 +273,12 @@ def _agreed_resume_source(config, run_dir: Path, dist: Dist) -> tuple[Path | Non
     decision = None
     if dist.is_main:
         try:
-            decision = (*_resume_source(config, run_dir), None)
-        except ConfigError as err:
-            decision = (None, '', str(err))
-    source, note, error = broadcast_object(decision)
+            decision = (*_resume_source(config, run_dir), None, None)
+        except (ConfigError, CheckpointError) as err:
+            decision = (None, '', type(err).__name__, str(err))
+    source, note, kind, error = broadcast_object(decision)
     if error:
-        raise ConfigError(error)
+        raise (CheckpointError if kind == 'CheckpointError' else ConfigError)(error)
     return (Path(source) if source else None), note
 
 

@@ -17,7 +17,10 @@ import sys
 
 from ..tools.plots import plot_run
 from ..training.logs import RunLog, format_record
-from ..training.loop import NonFiniteLossError, fit, validate
+from ..training.evaluate import validate
+from ..training.loop import NonFiniteLossError, fit
+from ..training.preempt import PREEMPTED_EXIT, Preempted, StopSignals, clear_marker, \
+    write_marker
 from .config import parse_config
 from .recipe import build_run, setup_distributed
 from .runner import exit_code, report
@@ -41,11 +44,23 @@ def main(argv: list[str] | None = None) -> int:
         report(f"eval {run.resumed_from}: " + format_record(metrics))
         return 0
     log.write_config(run.meta['config'])
+    if dist.is_main and (marker := clear_marker(run.run_dir)):
+        report(f"continuing after a stop by {marker.get('signal')} in epoch "
+               f"{marker.get('epoch', 0) + 1}")
     log.event('resume' if run.resumed_from else 'start', epoch=run.state.epoch,
-              checkpoint=str(run.resumed_from) if run.resumed_from else None,
-              world_size=dist.world_size)
+              step=run.state.step, world_size=dist.world_size,
+              checkpoint=str(run.resumed_from) if run.resumed_from else None)
     try:
-        state = fit(run, log)
+        with StopSignals() as run.stop:
+            state = fit(run, log)
+    except Preempted as stop:
+        log.event('preempted', signal=stop.signal_name, epoch=stop.epoch, step=stop.step,
+                  iteration=stop.iteration)
+        if dist.is_main:
+            write_marker(run.run_dir, stop)
+        report(f"preempted: {stop}; continue with --checkpoint.resume=auto "
+               f"(exit code {PREEMPTED_EXIT})")
+        return PREEMPTED_EXIT
     except (NonFiniteLossError, KeyboardInterrupt) as err:
         log.event('stop', reason=str(err) or type(err).__name__)
         raise

@@ -20,6 +20,7 @@ from fastargs import Param, Section
 from .config import ConfigError, Flag, OneOf
 from ..training.models import ARCHS
 from ..training.optim import PRECISIONS
+from ..training.preempt import CheckpointPeriod
 from ..training.schedules import SCHEDULES
 
 Section('data', 'the .beton files and their loaders').params(
@@ -92,8 +93,9 @@ Section('checkpoint', 'checkpoints in <logging.folder>/checkpoints').params(
     resume=Param(str, "'' = fresh run, 'auto' = newest in the run folder, or a path",
                  default=''),
     every=Param(int, 'also keep epoch_NNNN.pt every this many epochs (0 = off)', default=0),
-    last_every=Param(int, 'write last.pt every this many epochs (and at the last epoch of '
-                          'the run or of this invocation)', default=1),
+    last_every=Param(str, "write last.pt every N epochs ('2') or every N minutes or hours "
+                          "of training ('30m', '1h'; at a step boundary), and at the last "
+                          "epoch of the run or of this invocation", default='1'),
     best_metric=Param(OneOf('val_top1', 'ema_val_top1'), 'metric that picks best.pt and '
                       'drives early stopping (ema_val_top1 needs ema.enabled=1)',
                       default='val_top1'),
@@ -133,7 +135,7 @@ SECTIONS = ('data', 'model', 'resolution', 'lr', 'optimizer', 'training', 'valid
 
 _POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
-             'logging.log_every', 'lr.reference_batch', 'ema.every', 'checkpoint.last_every')
+             'logging.log_every', 'lr.reference_batch', 'ema.every')
 _NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.stop_after',
                  'checkpoint.every', 'optimizer.weight_decay', 'optimizer.momentum',
                  'lr.lr', 'lr.min_lr', 'lr.warmup_epochs', 'ema.warmup_steps',
@@ -161,6 +163,10 @@ def check_values(config) -> None:
     for key in _PROBABILITIES:
         if not 0 <= config[key] <= 1:
             raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
+    try:
+        CheckpointPeriod.parse(config['checkpoint.last_every'])
+    except ValueError as err:
+        raise ConfigError(f"checkpoint.last_every: {err}") from None
     if config['checkpoint.best_metric'] == 'ema_val_top1' and not config['ema.enabled']:
         raise ConfigError("checkpoint.best_metric=ema_val_top1 needs ema.enabled=1")
     if not 0 < config['validation.crop_ratio'] <= 1:

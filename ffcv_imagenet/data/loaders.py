@@ -151,12 +151,14 @@ class SetUpLoader(Loader):
     def __init__(self, *args, thread_setup: Callable[[], None] = lambda: None, **kwargs):
         super().__init__(*args, **kwargs)
         self.thread_setup = thread_setup
+        self.start_batch = 0
 
     def __iter__(self) -> _SetUpEpochIterator:
         # ffcv's Loader.__iter__, starting our thread class instead of its own
         Compiler.set_num_threads(self.num_workers)
         order = self.next_traversal_order()
-        selected_order = order[:len(self) * self.batch_size]
+        # a run resumed inside an epoch skips the batches it already trained on
+        selected_order = order[self.start_batch * self.batch_size:len(self) * self.batch_size]
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
@@ -249,8 +251,22 @@ class ImageLoader:
         """Images this rank sees per epoch (before ``drop_last``)."""
         return len(self.loader.first_traversal_order)
 
+    @property
+    def start_batch(self) -> int:
+        """Batches of the next epoch to skip (0 = all of it): a run resumed in the
+        middle of an epoch continues with the batches it had not trained on, the same
+        images in the same order with the same augmentations."""
+        return self.loader.start_batch
+
+    @start_batch.setter
+    def start_batch(self, batches: int) -> None:
+        if not 0 <= batches <= len(self.loader):
+            raise ValueError(f"start_batch must be in [0, {len(self.loader)}], got {batches}")
+        self.loader.start_batch = int(batches)
+
     def __len__(self) -> int:
-        return len(self.loader)
+        """Batches the next iteration yields (``start_batch`` already left out)."""
+        return len(self.loader) - self.loader.start_batch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels in self.loader:

@@ -7,6 +7,9 @@ A checkpoint is a ``torch.save``d dict (loadable with ``weights_only=True``):
     model       plain torchvision-style state_dict (no DDP/compile prefixes)
     optimizer, scaler            state_dicts (scaler: None without fp16)
     epoch       epochs completed; iteration: optimizer steps taken
+    step        batches of epoch ``epoch`` (0-based) already trained: 0 at an epoch
+                boundary; partial: that epoch's running sums (loss sum, correct,
+                images, seconds) over all ranks, or None
     best_top1   best validation top-1 so far (fraction), metrics: the last ones
     config      the full resolved config (flat dict)
     rng         rank 0's torch / CUDA / numpy / python RNG states
@@ -14,15 +17,16 @@ A checkpoint is a ``torch.save``d dict (loadable with ``weights_only=True``):
 The learning-rate schedule is a pure function of ``iteration``, so ``iteration`` is
 the schedule position. :class:`TrainState` is the progress a checkpoint carries;
 :func:`checkpoint_state` and :func:`restore` turn a run into that dict and back.
-Files live in ``<run_dir>/checkpoints/``: ``last.pt`` (every epoch), ``best.pt``,
-``epoch_NNNN.pt`` (every K epochs) and ``final.pt``.
+Files live in ``<run_dir>/checkpoints/``: ``last.pt`` (every epoch, or every N
+minutes, or where a stop signal stopped the run), ``best.pt``, ``epoch_NNNN.pt``
+(every K epochs) and ``final.pt``. Every file is written to a temporary name and
+renamed, so a ``kill -9`` at any moment, or a full disk, leaves the previous file.
 """
 from __future__ import annotations
 
 import os
 import random
 import shutil
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -49,6 +53,8 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]
     file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f'.{path.name}.*.tmp'):  # left by a killed process
+        stale.unlink(missing_ok=True)
     temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
         with open(temporary, 'wb') as handle:
@@ -56,6 +62,10 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as err:  # ENOSPC, EDQUOT, EIO: one line, and the old file stays
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise CheckpointError(f"cannot write checkpoint {path}: "
+                              f"{err.strerror or err}{kept}") from None
     finally:
         temporary.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
@@ -111,34 +121,47 @@ def check_compatible(state: dict, path: str | os.PathLike, *, arch: str,
                               f"run's .beton files")
 
 
-def find_latest(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint in ``run_dir`` that is furthest along (most optimizer steps), or
-    None when there is none. Unreadable files are skipped with a warning."""
-    best, best_key = None, None
+def find_latest(run_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
+    """(the checkpoint in ``run_dir`` that is furthest along (most optimizer steps),
+    one line per unreadable file that was skipped). The path is None when there is
+    no checkpoint at all.
+    Raises:
+        CheckpointError: there are checkpoints, but none can be read (training over
+            them would lose the run).
+    """
+    best, best_key, skipped = None, None, []
     for path in sorted(checkpoint_dir(run_dir).glob('*.pt')):
         try:
             state = load_checkpoint(path, mmap=True)
         except CheckpointError as err:
-            warnings.warn(f"skipping {err}")
+            skipped.append(f"skipping {err}")
             continue
         # 'final' and 'last' win ties with an 'epoch_N' copy of the same step
         key = (state['iteration'], path.stem in ('final', 'last'))
         if best_key is None or key > best_key:
             best, best_key = path, key
-    return best
+    if best is None and skipped:
+        raise CheckpointError(f"no readable checkpoint in {checkpoint_dir(run_dir)} "
+                              f"({len(skipped)} unreadable: {skipped[0][9:]}); move them "
+                              f"away to start afresh")
+    return best, skipped
 
 
 @dataclass
 class TrainState:
     """Progress that a checkpoint must carry: epochs completed, optimizer steps taken,
     the best value of the best metric (a top-1 fraction) and its epoch, whether early
-    stopping ended the run, and the latest metrics."""
+    stopping ended the run, the latest metrics, and, inside an epoch, the batches of
+    epoch ``epoch`` already trained (``step``) with that epoch's running sums over
+    all ranks (``partial``: loss sum, correct, images, seconds)."""
     epoch: int = 0
     iteration: int = 0
     best_top1: float = -1.0
     metrics: dict = field(default_factory=dict)
     best_epoch: int = 0
     stopped_early: bool = False
+    step: int = 0
+    partial: list[float] | None = None
 
 
 def checkpoint_state(model: nn.Module, optimizer, scaler, state: TrainState,
@@ -153,7 +176,7 @@ def checkpoint_state(model: nn.Module, optimizer, scaler, state: TrainState,
             'epoch': state.epoch, 'iteration': state.iteration,
             'best_top1': state.best_top1, 'best_epoch': state.best_epoch,
             'stopped_early': state.stopped_early, 'metrics': state.metrics,
-            'rng': rng_state()}
+            'step': state.step, 'partial': state.partial, 'rng': rng_state()}
 
 
 def restore(saved: dict, model: nn.Module, optimizer, scaler,
@@ -171,7 +194,8 @@ def restore(saved: dict, model: nn.Module, optimizer, scaler,
     return TrainState(saved['epoch'], saved['iteration'], saved['best_top1'],
                       dict(saved.get('metrics') or {}),
                       saved.get('best_epoch', saved['epoch']),  # older checkpoints
-                      bool(saved.get('stopped_early', False)))
+                      bool(saved.get('stopped_early', False)), int(saved.get('step', 0)),
+                      saved.get('partial'))
 
 
 def checkpoint_names(epoch: int, *, improved: bool, keep_every: int, last_due: bool,

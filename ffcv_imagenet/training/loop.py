@@ -1,22 +1,25 @@
-"""The training loop, top to bottom: one step, one epoch, validation, and ``fit``.
+"""The training loop, top to bottom: one step, one epoch, and ``fit``.
 
 Everything arrives built (model, optimizer, loaders, schedules); this module only
 runs them. Per epoch, ``fit``:
 
-1. sets the train loader's epoch (its order) and resolution (``res_at(epoch)``) and
-   reseeds the RNGs from (seed, epoch, rank), so a run resumed at an epoch boundary
-   replays exactly what an unbroken run would have done;
-2. trains, setting the learning rate ``lr_at(iteration)`` before every step,
-   optionally mixing each batch (MixUp/CutMix) and updating an EMA of the weights;
-3. validates every ``eval_every`` epochs and at the end (top-1, top-5, loss;
-   optionally averaging the logits of each image and its mirror), the raw weights
-   and, when kept, the EMA weights;
+1. sets the train loader's epoch (its order) and resolution (``res_at(epoch)``);
+2. trains, setting the learning rate ``lr_at(iteration)`` before every step and
+   seeding the step's random draws from (seed, epoch, step, rank), optionally mixing
+   each batch (MixUp/CutMix) and updating an EMA of the weights;
+3. validates every ``eval_every`` epochs and at the end (see
+   :mod:`~ffcv_imagenet.training.evaluate`), the raw and, when kept, the EMA weights;
 4. logs one JSON line and, on rank 0, writes the checkpoints;
 5. stops early when ``best_metric`` has not improved for ``patience`` epochs.
 
-Running sums stay on the device; they are all-reduced (one small tensor) every
-``log_every`` steps to update the progress bar and to stop on a non-finite loss
-before any checkpoint could store it.
+Running sums stay on the device; every ``log_every`` steps they are all-reduced
+together with each rank's stop flag (one small tensor), to update the progress
+bar, to stop on a non-finite loss before any checkpoint could store it, and to
+stop every rank at the same step when a scheduler's signal arrives (see
+:mod:`~ffcv_imagenet.training.preempt`). A checkpoint written inside an epoch
+records the step and the epoch's running sums, and since the loader's order and
+augmentations and every step's random draws depend only on (seed, epoch, step), a
+resumed run continues exactly as an unbroken one would have.
 """
 from __future__ import annotations
 
@@ -31,14 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import (TrainState, checkpoint_dir, checkpoint_names, checkpoint_state,
-                         save_checkpoints)
-from .distributed import Dist, all_reduce_max, all_reduce_sum, broadcast_buffers
+from .checkpoint import TrainState, checkpoint_dir, checkpoint_names, checkpoint_state, \
+    save_checkpoints
+from .distributed import Dist, all_reduce_max, all_reduce_sum, barrier, broadcast_buffers
 from .ema import ModelEMA
+from .evaluate import validate
 from .logs import Progress, RunLog
 from .mix import Mixer
-from .models import unwrap
 from .optim import Precision, set_lr
+from .preempt import CheckpointPeriod, Preempted, StopSignals
 
 
 class NonFiniteLossError(RuntimeError):
@@ -49,19 +53,21 @@ class NonFiniteLossError(RuntimeError):
 class FitOptions:
     """Loop settings. Epoch counts are whole epochs; ``grad_clip`` is a max L2 norm
     (0 = off); ``checkpoint_every`` keeps ``epoch_NNNN.pt`` every that many epochs
-    (0 = off); ``last_every`` writes ``last.pt`` every that many epochs and at the last
-    epoch of the run or of this invocation (each write costs rank 0 a full save while
-    the other ranks wait, so short epochs want a longer period); ``stop_after`` ends this invocation after that epoch (0 = run to
-    ``epochs``; the schedules still span ``epochs``). ``best_metric`` (``val_top1`` or
-    ``ema_val_top1``) picks ``best.pt``; with ``patience`` > 0 the run ends once it has
-    not improved for that many epochs, but never before ``min_epochs``."""
+    (0 = off); ``last_every`` (epochs or time) is how often ``last.pt`` is written,
+    besides the last epoch of the run or of this invocation (each write costs rank 0
+    a full save, so short epochs want a longer period); ``stop_after`` ends this
+    invocation after that epoch (0 = run to ``epochs``; the schedules still span
+    ``epochs``). ``best_metric`` (``val_top1`` or ``ema_val_top1``) picks
+    ``best.pt``; with ``patience`` > 0 the run ends once it has not improved for that
+    many epochs, but never before ``min_epochs``. ``log_every`` is the number of steps
+    between the ranks' exchanges of running sums and stop flags."""
     epochs: int
     label_smoothing: float = 0.1
     grad_clip: float = 0.0
     eval_every: int = 1
     tta: bool = True
     checkpoint_every: int = 0
-    last_every: int = 1
+    last_every: CheckpointPeriod = field(default_factory=CheckpointPeriod)
     stop_after: int = 0
     log_every: int = 50
     seed: int = 0
@@ -82,7 +88,8 @@ class Run:
     0-based epoch. ``meta`` (arch, num_classes, classes, config) goes into every
     checkpoint. ``mixer`` and ``ema`` are None when off. ``resumed_from`` names the
     checkpoint ``state`` came from, and ``notes`` are lines for the user about how the
-    run was built; the loop reads neither.
+    run was built; the loop reads neither. ``stop`` records scheduler signals (None:
+    signals are not watched).
     """
     model: nn.Module
     module: nn.Module
@@ -102,6 +109,7 @@ class Run:
     ema: ModelEMA | None = None
     resumed_from: Path | None = None
     notes: list[str] = field(default_factory=list)
+    stop: StopSignals | None = None
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -159,125 +167,132 @@ def prepare_batch(images: torch.Tensor, labels: torch.Tensor, mixer: Mixer | Non
     return images, targets, dominant, 0.0
 
 
-def train_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, *, precision: Precision, lr_at,
-                iteration: int, epoch: int, options: FitOptions, dist: Dist,
-                mixer: Mixer | None = None, ema: ModelEMA | None = None) -> dict:
-    """Trains one pass over ``loader`` starting at global step ``iteration``; mixes
-    batches with ``mixer`` and updates ``ema`` after every step when given.
+def seed_step(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> None:
+    """Seeds torch's CPU generator and ``device``'s from (seed, epoch, step, rank).
+    The random draws of a step (MixUp/CutMix, drop path) then depend only on where
+    the step is, so a run resumed in the middle of an epoch replays them exactly."""
+    value = int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0])
+    torch.default_generator.manual_seed(value)
+    if device.type == 'cuda':  # only this rank's GPU: seeding all would touch every one
+        torch.cuda.default_generators[device.index or 0].manual_seed(value)
+
+
+def _sync(totals: torch.Tensor, stop: StopSignals | None) -> tuple[torch.Tensor, bool]:
+    """(totals summed over ranks, whether any rank has received a stop signal), in
+    one small collective."""
+    flag = 1.0 if stop is not None and stop.received else 0.0
+    summed = all_reduce_sum(torch.cat([totals, totals.new_tensor([flag])]))
+    return summed[:3], bool(summed[3].item() > 0)
+
+
+def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint') -> dict:
+    """Trains epoch ``epoch`` (0-based) of ``run`` from batch ``run.state.step`` on
+    (0 unless resuming inside the epoch), advancing ``run.state.iteration`` and
+    ``.step``.
+
+    Every ``log_every`` steps the ranks sum their running totals and stop flags. If
+    any rank has received a stop signal, rank 0 writes ``last.pt`` at that step and
+    every rank raises :class:`Preempted`; with a time period, rank 0 also writes
+    ``last.pt`` there when it is due.
 
     Returns train ``loss`` (mean, with label smoothing), ``top1`` (fraction; against
     the dominant label when mixing), ``images`` (all ranks), ``seconds``, ``lr`` (the
-    last one) and ``iteration``.
+    last one).
     Raises:
         NonFiniteLossError: the loss summed over ranks is NaN or infinite.
+        Preempted: see above.
     """
-    model.train()
-    module, device = unwrap(model), dist.device
-    totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, count
-    progress = Progress(loader, len(loader), dist.is_main and options.progress,
-                        f"epoch {epoch + 1}/{options.epochs}")
-    start, lr = time.perf_counter(), 0.0
-    for step, (images, labels) in enumerate(progress, start=1):
-        lr = lr_at(iteration)
-        set_lr(optimizer, lr)
-        images, targets, labels, smoothing = prepare_batch(images, labels, mixer,
-                                                           options.label_smoothing)
-        loss, logits = train_step(model, images, targets, optimizer, scaler, precision,
-                                  smoothing, options.grad_clip)
-        totals[0] += loss.double() * labels.shape[0]
-        totals[1] += (logits.argmax(dim=1) == labels).sum()
-        totals[2] += labels.shape[0]
-        iteration += 1
-        if ema is not None:
-            ema.update(module, iteration)
-        if step % options.log_every == 0 or step == len(loader):
-            seen = all_reduce_sum(totals.clone())
-            _check_finite(seen, epoch, iteration)
-            elapsed = time.perf_counter() - start
-            progress.show(loss=seen[0].item() / seen[2].item(), lr=lr,
-                          res=images.shape[-1], img_s=f"{seen[2].item() / elapsed:.0f}")
-    progress.close()
-    seen = all_reduce_sum(totals)
-    _check_finite(seen, epoch, iteration)
+    state, options, dist, loader = run.state, run.options, run.dist, run.train_loader
+    run.model.train()
+    loader.start_batch = state.step
+    steps = state.step + len(loader)
+    carried = state.partial or [0.0] * 4  # loss sum, correct, count, seconds
+    # only rank 0 carries the sums of the steps before a mid-epoch resume, so that
+    # adding over ranks counts them once
+    totals = torch.tensor(carried[:3] if dist.is_main else [0.0] * 3, device=dist.device,
+                          dtype=torch.float64)
+    seen = torch.tensor(carried[:3], dtype=torch.float64)
+    start, lr = time.perf_counter() - carried[3], 0.0
+    if state.step < steps:
+        progress = Progress(loader, steps - state.step, dist.is_main and options.progress,
+                            f"epoch {epoch + 1}/{options.epochs}")
+        for step, (images, labels) in enumerate(progress, start=state.step + 1):
+            seed_step(options.seed, epoch, step, dist.rank, dist.device)
+            lr = run.lr_at(state.iteration)
+            set_lr(run.optimizer, lr)
+            images, targets, labels, smoothing = prepare_batch(images, labels, run.mixer,
+                                                               options.label_smoothing)
+            loss, logits = train_step(run.model, images, targets, run.optimizer, run.scaler,
+                                      run.precision, smoothing, options.grad_clip)
+            totals[0] += loss.double() * labels.shape[0]
+            totals[1] += (logits.argmax(dim=1) == labels).sum()
+            totals[2] += labels.shape[0]
+            state.iteration, state.step = state.iteration + 1, step
+            if run.ema is not None:
+                run.ema.update(run.module, state.iteration)
+            if step % options.log_every == 0 or step == steps:
+                seen, stop = _sync(totals.clone(), run.stop)
+                _check_finite(seen, epoch, state.iteration)
+                elapsed = time.perf_counter() - start
+                progress.show(loss=seen[0].item() / seen[2].item(), lr=lr,
+                              res=images.shape[-1], img_s=f"{seen[2].item() / elapsed:.0f}")
+                if stop or saver.time_due():
+                    state.partial = [*seen.tolist(), elapsed]
+                    saver.save(['last.pt'])
+                if stop:
+                    progress.close()
+                    barrier()  # no rank exits before last.pt is complete
+                    raise Preempted(run.stop.received or 'a signal to another rank', epoch,
+                                    step, state.iteration)
+        progress.close()
+    loader.start_batch = 0
     count = max(seen[2].item(), 1.0)
     return {'loss': seen[0].item() / count, 'top1': seen[1].item() / count,
-            'images': int(seen[2].item()), 'seconds': time.perf_counter() - start,
-            'lr': lr, 'iteration': iteration}
+            'images': int(seen[2].item()), 'seconds': time.perf_counter() - start, 'lr': lr}
 
 
-@torch.no_grad()
-def evaluate(models: list[nn.Module], loader, *, precision: Precision, tta: bool,
-             device: torch.device, show_progress: bool = False) -> list[dict]:
-    """Validation of several models over the whole split (all ranks together), each
-    batch decoded once and scored by every model. With ``tta`` the logits of each image
-    and its horizontal mirror are averaged. Returns, per model, ``top1``, ``top5``
-    (fractions), ``loss`` (mean cross-entropy, no smoothing) and ``images``.
-    Pass unwrapped models: ranks see different numbers of batches."""
-    for model in models:
-        model.eval()
-    # per model: loss, top1, top5; then the image count
-    totals = torch.zeros(3 * len(models) + 1, device=device, dtype=torch.float64)
-    progress = Progress(loader, len(loader), show_progress, 'validation')
-    for images, labels in progress:
-        mirrored = torch.flip(images, dims=[3]) if tta else None
-        for index, model in enumerate(models):
-            with precision.autocast():
-                logits = model(images).float()
-                if tta:
-                    logits = (logits + model(mirrored).float()) / 2
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top == labels[:, None]
-            totals[3 * index] += F.cross_entropy(logits, labels, reduction='sum').double()
-            totals[3 * index + 1] += hits[:, 0].sum()
-            totals[3 * index + 2] += hits.any(dim=1).sum()
-        totals[-1] += labels.shape[0]
-    progress.close()
-    summed = all_reduce_sum(totals).tolist()
-    count = max(summed[-1], 1.0)
-    return [{'loss': summed[3 * i] / count, 'top1': summed[3 * i + 1] / count,
-             'top5': summed[3 * i + 2] / count, 'images': int(summed[-1])}
-            for i in range(len(models))]
+class LastCheckpoint:
+    """Writes the run's checkpoints (on rank 0; the other ranks wait for it at a
+    barrier) and remembers when, for a period given in time."""
 
+    def __init__(self, run: Run):
+        self.run, self.saved_at = run, time.monotonic()
 
-def validate(module: nn.Module, ema: ModelEMA | None, loader, *, precision: Precision,
-             tta: bool, device: torch.device, show_progress: bool = False) -> dict:
-    """:func:`evaluate` of the raw weights as ``val_loss``/``val_top1``/``val_top5``
-    and, when ``ema`` is given, of the EMA weights as ``ema_val_*``, in one pass over
-    the split. Call it with the BN statistics already agreed across ranks: the EMA
-    takes its buffers from ``module``."""
-    models, prefixes = [module], ['val_']
-    if ema is not None:
-        ema.copy_buffers(module)
-        models.append(ema.module)
-        prefixes.append('ema_val_')
-    results = evaluate(models, loader, precision=precision, tta=tta, device=device,
-                       show_progress=show_progress)
-    return {f'{prefix}{key}': result[key] for prefix, result in zip(prefixes, results)
-            for key in ('loss', 'top1', 'top5')}
+    def time_due(self) -> bool:
+        return self.run.dist.is_main and self.run.options.last_every.due_by_time(
+            self.saved_at, time.monotonic())
+
+    def save(self, names: list[str]) -> None:
+        run = self.run
+        if run.dist.is_main and names:
+            saved = checkpoint_state(run.module, run.optimizer, run.scaler, run.state,
+                                     run.meta, run.ema)
+            save_checkpoints(checkpoint_dir(run.run_dir), saved, names)
+            self.saved_at = time.monotonic()
 
 
 def fit(run: Run, log: RunLog) -> TrainState:
-    """Trains ``run`` from ``run.state.epoch`` to ``run.options.epochs`` (or
-    ``stop_after``, or an early stop), logging to ``log`` and, on rank 0, writing
-    checkpoints into ``run.run_dir``.
+    """Trains ``run`` from ``run.state`` (an epoch boundary, or a step inside an epoch)
+    to ``run.options.epochs`` (or ``stop_after``, or an early stop), logging to
+    ``log`` and, on rank 0, writing checkpoints into ``run.run_dir``.
 
     Returns the final TrainState (also left in ``run.state``); a state that already
     stopped early is returned untouched, so resuming a finished run trains nothing.
+    Raises:
+        Preempted: a stop signal arrived (``last.pt`` holds the step where all ranks
+            stopped); NonFiniteLossError.
     """
     state, options, dist = run.state, run.options, run.dist
     if state.stopped_early:
         return state
+    saver = LastCheckpoint(run)
     last_epoch = min(options.epochs, options.stop_after or options.epochs)
     for epoch in range(state.epoch, last_epoch):
         run.train_loader.resolution = run.res_at(epoch)
         run.train_loader.epoch = epoch
         seed_epoch(options.seed, epoch, dist.rank)
-        train = train_epoch(run.model, run.train_loader, run.optimizer, run.scaler,
-                            precision=run.precision, lr_at=run.lr_at,
-                            iteration=state.iteration, epoch=epoch, options=options,
-                            dist=dist, mixer=run.mixer, ema=run.ema)
-        state.epoch, state.iteration = epoch + 1, train['iteration']
+        train = train_epoch(run, epoch, saver)
+        state.epoch, state.step, state.partial = epoch + 1, 0, None
         broadcast_buffers(run.module)
         _check_finite_weights(run.module, state.epoch)
         val = {}
@@ -290,20 +305,23 @@ def fit(run: Run, log: RunLog) -> TrainState:
         log.event('epoch', **state.metrics)
         log.scalars(state.epoch, {k: v for k, v in state.metrics.items()
                                   if isinstance(v, float)})
+        # a signal that came during validation is acted on here, at the boundary
+        stop = _sync(torch.zeros(3, device=dist.device, dtype=torch.float64), run.stop)[1]
         names = checkpoint_names(
             state.epoch, improved=improved, keep_every=options.checkpoint_every,
-            last_due=(state.epoch % options.last_every == 0 or state.epoch == last_epoch
-                      or state.stopped_early),
+            last_due=(options.last_every.due_at_epoch_end(state.epoch) or saver.time_due()
+                      or state.epoch == last_epoch or state.stopped_early or stop),
             finished=state.epoch == options.epochs or state.stopped_early)
-        if dist.is_main and names:
-            saved = checkpoint_state(run.module, run.optimizer, run.scaler, state, run.meta,
-                                     run.ema)
-            save_checkpoints(checkpoint_dir(run.run_dir), saved, names)
+        saver.save(names)
         if state.stopped_early:
             log.event('early_stop', epoch=state.epoch, metric=options.best_metric,
                       best=state.best_top1, best_epoch=state.best_epoch,
                       patience=options.patience)
             break
+        if stop and state.epoch < last_epoch:
+            barrier()
+            raise Preempted(run.stop.received or 'a signal to another rank', state.epoch, 0,
+                            state.iteration)
     return state
 
 
