@@ -218,3 +218,39 @@ def test_a_failing_rank_ends_the_job_promptly_and_its_error_shows_once(betons, t
         'torch.distributed.elastic')[0], "the surviving rank printed a second traceback"
     assert took < 120, f"the job took {took:.0f} s to end"
     assert not (checkpoint_dir(tmp_path / 'run') / 'last.pt').exists()
+
+
+@pytest.mark.slow
+def test_after_kill_9_resume_auto_continues_and_skips_what_it_cannot_read(betons, tmp_path):
+    """SIGKILL gives no warning: the run continues from the newest checkpoint on disk;
+    a torn one is skipped with a note; if none can be read the run stops (exit 2)."""
+    killed = tmp_path / 'killed'
+    args = lambda folder: tiny_args(betons, folder, '--training.epochs=3',  # noqa: E731
+                                    '--training.batch_size=4', '--checkpoint.every=1')
+    child = _launch([*args(killed), '--checkpoint.last_every=0.3s'], 1)
+    deadline = time.monotonic() + 300
+    while not (checkpoint_dir(killed) / 'epoch_0001.pt').exists():
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.5)
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+
+    for case in ('as left', 'torn last.pt', 'all torn'):
+        folder = tmp_path / f"case{('as left', 'torn last.pt', 'all torn').index(case)}"
+        shutil.copytree(killed, folder)
+        if case != 'as left':
+            for path in checkpoint_dir(folder).glob('*.pt'):
+                if case == 'all torn' or path.name == 'last.pt':
+                    path.write_bytes(path.read_bytes()[:1000])
+        code, _, err = _run([*args(folder), '--checkpoint.resume=auto'], 1)
+        if case == 'all torn':
+            assert code == 2 and err.strip().startswith('error: no readable checkpoint in'), err
+            assert len(err.strip().splitlines()) == 1
+            continue
+        assert code == 0, err[-3000:]
+        assert load_checkpoint(checkpoint_dir(folder) / 'final.pt')['iteration'] == 36
+        if case == 'torn last.pt':
+            assert 'skipping cannot read checkpoint' in err and 'last.pt' in err
+            resumed_from = [line for line in err.splitlines() if 'resuming from' in line]
+            assert resumed_from and not resumed_from[0].endswith('last.pt')
