@@ -1,5 +1,6 @@
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,61 @@ def test_subset_sizes_stratification_and_seed():
     assert len(odd) == 7 and np.bincount(labels[odd], minlength=5).max() <= 2
     assert len(stratified_subset(labels, 0, seed=0)) == len(labels)
     assert len(stratified_subset(labels, 10_000, seed=0)) == len(labels)
+
+
+def test_nested_class_folders_are_listed_and_labelled_as_imagefolder_does(tmp_path):
+    """Images in sub-folders (any depth) belong to the class folder above them, in
+    ImageFolder's order; other files are left out."""
+    from PIL import Image
+    layout = ['b/top.jpg', 'b/images/x_2.JPEG', 'b/images/x_10.JPEG', 'b/images/deep/z.png',
+              'a/one.JPEG', 'a/sub/two.jpeg', 'a/sub/notes.txt', 'a/a_boxes.txt',
+              'c/images/only.webp']
+    for name in layout:
+        path = tmp_path / 'train' / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith('.txt'):
+            path.write_text('not an image')
+        else:
+            Image.new('RGB', (4, 4)).save(path, format='PNG')
+    samples, classes = list_tree(tmp_path / 'train')
+    reference = ImageFolder(str(tmp_path / 'train'))
+    assert classes == reference.classes == ['a', 'b', 'c']
+    assert samples == [(p, l) for p, l in reference.samples]
+    assert len(samples) == 7
+
+
+def test_the_tiny_imagenet_layout_reads_with_its_annotations_and_names(tmp_path):
+    from ffcv_imagenet.data.folders import list_annotated, read_synset_names
+    from ffcv_imagenet.data.synthetic import class_name, class_wnid, generate
+    root = generate(tmp_path / 'tiny', classes=3, train_per_class=4, val_per_class=2,
+                    layout='tiny')
+    samples, classes = list_tree(root / 'train')
+    assert samples == [(p, l) for p, l in ImageFolder(str(root / 'train')).samples]
+    assert classes == [class_wnid(c) for c in range(3)]
+    assert all('/images/' in path for path, _ in samples) and len(samples) == 12
+    val = list_annotated(root / 'val', root / 'val' / 'val_annotations.txt', classes)
+    annotated = dict(line.split('\t')[:2] for line in
+                     (root / 'val' / 'val_annotations.txt').read_text().splitlines())
+    assert len(val) == 6
+    assert all(classes[label] == annotated[Path(path).name] for path, label in val)
+    assert read_synset_names(root / 'words.txt', classes) == [class_name(c) for c in range(3)]
+    # a shuffled annotation file labels the same files the same way
+    lines = (root / 'val' / 'val_annotations.txt').read_text().splitlines()
+    (tmp_path / 'shuffled.txt').write_text('\n'.join(reversed(lines)) + '\n')
+    assert list_annotated(root / 'val', tmp_path / 'shuffled.txt', classes) == val
+
+
+@pytest.mark.parametrize('content, message', [
+    ('val_0.JPEG\n', "expected 'file<TAB>wnid'"),
+    ('val_0.JPEG\tn99999999\n', 'not in the train class list'),
+    ('', 'has no row in'),
+])
+def test_bad_tiny_annotations_name_the_file(tmp_path, content, message):
+    from ffcv_imagenet.data.folders import list_annotated
+    from ffcv_imagenet.data.synthetic import generate
+    root = generate(tmp_path / 'tiny', classes=2, train_per_class=0, val_per_class=1,
+                    layout='tiny')
+    bad = tmp_path / 'val_annotations.txt'
+    bad.write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        list_annotated(root / 'val', bad, ['n01000000', 'n01000001'])

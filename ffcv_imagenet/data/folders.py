@@ -1,13 +1,17 @@
 """Listing an ImageNet-style split: which files, which labels, which subset.
 
-Two layouts give the same (path, label) list:
+Three layouts give the same (path, label) list:
 
-* a class tree ``split/<wnid>/<file>`` (the train split, and val after the usual
-  re-foldering script), labelled as ``torchvision.datasets.ImageFolder`` does:
-  the class index is the position of the folder name in the sorted list;
+* a class tree ``split/<wnid>/.../<file>`` (the train split, and val after the usual
+  re-foldering script), found and labelled as ``torchvision.datasets.ImageFolder``
+  does: the class index is the position of the folder name in the sorted list, and
+  images in sub-folders of a class folder (Tiny ImageNet's ``<wnid>/images/``) belong
+  to it;
 * a flat folder ``val/ILSVRC2012_val_00000001.JPEG ...`` plus a label file
   ``LOC_val_solution.csv`` (``ImageId,PredictionString``, where the first token of
-  PredictionString is the wnid).
+  PredictionString is the wnid);
+* Tiny ImageNet's val split: ``val/images/*.JPEG`` plus ``val/val_annotations.txt``
+  (tab-separated: file name, wnid, then a box that is ignored).
 """
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ import numpy as np
 
 # ImageNet's wnid -> name file; the synthetic data writes one too.
 SYNSET_FILE = 'LOC_synset_mapping.txt'
+# Tiny ImageNet's: 'wnid<TAB>name, name' lines, for all 82k wnids
+WORDS_FILE = 'words.txt'
+ANNOTATIONS_FILE = 'val_annotations.txt'
 # The extensions torchvision's ImageFolder accepts, so that the same files are found.
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
@@ -45,7 +52,8 @@ def find_classes(root: str | os.PathLike) -> list[str]:
 
 def list_tree(root: str | os.PathLike, classes: list[str] | None = None
               ) -> tuple[list[tuple[str, int]], list[str]]:
-    """(path, label) pairs of a class tree, sorted by class then file name.
+    """(path, label) pairs of a class tree in ImageFolder's order: by class, then by
+    sub-folder (walked, links followed), then by file name.
 
     Args:
         root: the split folder holding one folder per class.
@@ -63,11 +71,58 @@ def list_tree(root: str | os.PathLike, classes: list[str] | None = None
         if name not in index:
             raise DatasetError(f"class folder {Path(root) / name} is not in the train class list")
         folder = Path(root) / name
-        files = sorted(f for f in os.listdir(folder) if _is_image(f))
+        files = [os.path.join(here, f) for here, _, names in sorted(os.walk(folder,
+                                                                          followlinks=True))
+                 for f in sorted(names) if _is_image(f)]
         if not files:
             raise DatasetError(f"class folder has no images: {folder}")
-        samples.extend((str(folder / f), index[name]) for f in files)
+        samples.extend((path, index[name]) for path in files)
     return samples, list(classes)
+
+
+def list_annotated(root: str | os.PathLike, annotations: str | os.PathLike,
+                   classes: list[str]) -> list[tuple[str, int]]:
+    """(path, label) pairs of Tiny ImageNet's val split: the images in ``root`` (or
+    ``root/images``) labelled by ``annotations`` ('file<TAB>wnid[<TAB>box]' lines),
+    sorted by class then file name.
+    Raises:
+        DatasetError: naming the file or line that is missing or wrong.
+    """
+    root, annotations = Path(root), Path(annotations)
+    if (root / 'images').is_dir():
+        root = root / 'images'
+    if not annotations.is_file():
+        raise DatasetError(f"annotation file not found: {annotations}")
+    labels = {}
+    for line_no, line in enumerate(annotations.read_text().splitlines(), start=1):
+        fields = line.split('\t')
+        if line.strip() and (len(fields) < 2 or not fields[1].strip()):
+            raise DatasetError(f"{annotations}:{line_no}: expected 'file<TAB>wnid', "
+                               f"got {line!r}")
+        if line.strip():
+            labels[fields[0].strip()] = fields[1].strip()
+    return _label_files(root, lambda name: labels.get(name), annotations, classes)
+
+
+def _label_files(root: Path, wnid_of, label_file: Path,
+                 classes: list[str]) -> list[tuple[str, int]]:
+    """The images of the flat folder ``root`` labelled by ``wnid_of(file name)``,
+    sorted as :func:`list_tree` sorts the same images laid out as a tree."""
+    if not root.is_dir():
+        raise DatasetError(f"data dir not found: {root}")
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for name in sorted(f for f in os.listdir(root) if _is_image(f)):
+        wnid = wnid_of(name)
+        if wnid is None:
+            raise DatasetError(f"{root / name} has no row in {label_file}")
+        if wnid not in index:
+            raise DatasetError(f"{root / name}: class {wnid} is not in the train class list")
+        samples.append((str(root / name), index[wnid]))
+    if not samples:
+        raise DatasetError(f"no images in {root}")
+    samples.sort(key=lambda s: (s[1], os.path.basename(s[0])))
+    return samples
 
 
 def read_label_file(path: str | os.PathLike) -> dict[str, str]:
@@ -98,20 +153,8 @@ def list_flat(root: str | os.PathLike, label_file: str | os.PathLike,
     if not root.is_dir():
         raise DatasetError(f"data dir not found: {root}")
     labels = read_label_file(label_file)
-    index = {name: i for i, name in enumerate(classes)}
-    samples = []
-    for name in sorted(f for f in os.listdir(root) if _is_image(f)):
-        image_id = os.path.splitext(name)[0]
-        if image_id not in labels:
-            raise DatasetError(f"{root / name} has no row in {label_file}")
-        wnid = labels[image_id]
-        if wnid not in index:
-            raise DatasetError(f"{root / name}: class {wnid} is not in the train class list")
-        samples.append((str(root / name), index[wnid]))
-    if not samples:
-        raise DatasetError(f"no images in {root}")
-    samples.sort(key=lambda s: (s[1], os.path.basename(s[0])))
-    return samples
+    return _label_files(root, lambda name: labels.get(os.path.splitext(name)[0]),
+                        Path(label_file), classes)
 
 
 def stratified_subset(labels: np.ndarray | list[int], size: int, seed: int) -> np.ndarray:
@@ -171,11 +214,12 @@ def _strings(value) -> bool:
 
 
 def read_synset_names(path: str | os.PathLike | None, classes: list[str]) -> list[str]:
-    """Names of ``classes`` from a ``LOC_synset_mapping.txt`` ('wnid name, ...' lines);
-    a class without a line, or no file, keeps its wnid as its name."""
+    """Names of ``classes`` from ImageNet's ``LOC_synset_mapping.txt`` ('wnid name,
+    ...' lines) or Tiny ImageNet's ``words.txt`` ('wnid<TAB>name, ...'); the first
+    name is kept. A class without a line, or no file, keeps its wnid as its name."""
     names = {}
     if path is not None and Path(path).is_file():
         for line in Path(path).read_text().splitlines():
-            wnid, _, name = line.partition(' ')
+            wnid, _, name = line.replace('\t', ' ', 1).partition(' ')
             names[wnid] = name.split(',')[0].strip() or wnid
     return [names.get(c, c) for c in classes]

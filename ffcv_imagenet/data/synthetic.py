@@ -16,6 +16,11 @@ The output is deterministic: the same arguments give the same bytes.
 
     python -m ffcv_imagenet synthetic --out data/synthetic --classes 10 \
         --train-per-class 100 --val-per-class 20 --seed 0
+
+``--layout tiny`` writes Tiny ImageNet's layout instead, at its 64 x 64 pixels:
+``train/<wnid>/images/<wnid>_<i>.JPEG``, ``val/images/val_<k>.JPEG`` with
+``val/val_annotations.txt`` (file, wnid, box; tab-separated), ``wnids.txt`` and
+``words.txt``.
 """
 from __future__ import annotations
 
@@ -29,13 +34,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .folders import SYNSET_FILE
+from .folders import ANNOTATIONS_FILE, SYNSET_FILE, WORDS_FILE
 
 HUES = 10
 TEXTURES = ("stripes", "checker", "rings", "dots")
 COLOUR_WORDS = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "blue",
                 "violet", "magenta")
 SPLIT_IDS = {"train": 0, "val": 1}
+LAYOUTS = ("imagenet", "tiny")
+TINY_SIDE = 64  # pixels: Tiny ImageNet's image size
 
 
 def class_wnid(index: int) -> str:
@@ -128,22 +135,50 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_class(task: tuple[Path, str, int, int, int, int]) -> None:
-    root, split, index, count, seed, quality = task
-    folder = root / split / class_wnid(index)
-    folder.mkdir(parents=True, exist_ok=True)
+def _image_path(root: Path, layout: str, split: str, index: int, i: int, count: int) -> Path:
+    wnid = class_wnid(index)
+    if layout == "imagenet":
+        return root / split / wnid / f"{wnid}_{split}_{i:05d}.JPEG"
+    if split == "train":
+        return root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG"
+    return root / "val" / "images" / f"val_{index * count + i}.JPEG"
+
+
+def _write_class(task: tuple[Path, str, int, int, int, int, str]) -> None:
+    root, split, index, count, seed, quality, layout = task
     for i in range(count):
         rng = np.random.default_rng([seed, SPLIT_IDS[split], index, i])
-        path = folder / f"{class_wnid(index)}_{split}_{i:05d}.JPEG"
+        image = render_image(index, rng)
+        if layout == "tiny":
+            image = np.asarray(Image.fromarray(image).resize((TINY_SIDE, TINY_SIDE),
+                                                             Image.BILINEAR))
+        path = _image_path(root, layout, split, index, i, count)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(encode_jpeg(render_image(index, rng), quality))
+        tmp.write_bytes(encode_jpeg(image, quality))
         os.replace(tmp, path)
+
+
+def _write_tiny_lists(root: Path, classes: int, val_per_class: int) -> None:
+    """Tiny ImageNet's label files: wnids.txt, words.txt, val/val_annotations.txt."""
+    wnids = [class_wnid(c) for c in range(classes)]
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
+    (root / WORDS_FILE).write_text("".join(f"{w}\t{class_name(c)}\n"
+                                           for c, w in enumerate(wnids)))
+    if val_per_class > 0:
+        last = TINY_SIDE - 1
+        rows = [f"{_image_path(root, 'tiny', 'val', c, i, val_per_class).name}\t{wnids[c]}"
+                f"\t0\t0\t{last}\t{last}\n"
+                for c in range(classes) for i in range(val_per_class)]
+        (root / "val" / ANNOTATIONS_FILE).write_text("".join(rows))
 
 
 def generate(out: str | os.PathLike, classes: int = 10, train_per_class: int = 100,
              val_per_class: int = 20, seed: int = 0, quality: int = 90,
-             workers: int = 1) -> Path:
-    """Writes ``out/{train,val}/<wnid>/<wnid>_<split>_<i>.JPEG`` and ``out/LOC_synset_mapping.txt``.
+             workers: int = 1, layout: str = "imagenet") -> Path:
+    """Writes ``out/{train,val}/<wnid>/<wnid>_<split>_<i>.JPEG`` and
+    ``out/LOC_synset_mapping.txt`` (``layout='imagenet'``), or Tiny ImageNet's layout
+    at 64 x 64 pixels (``layout='tiny'``, see the module docstring).
 
     Every image is seeded from (seed, split, class, index), so the bytes do not
     depend on ``workers`` and an interrupted run can simply be repeated.
@@ -151,9 +186,11 @@ def generate(out: str | os.PathLike, classes: int = 10, train_per_class: int = 1
     """
     if not 1 <= classes <= 1000:
         raise ValueError(f"--classes must be between 1 and 1000, got {classes}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {LAYOUTS}, got {layout!r}")
     root = Path(out)
     counts = {"train": train_per_class, "val": val_per_class}
-    tasks = [(root, split, c, n, seed, quality)
+    tasks = [(root, split, c, n, seed, quality, layout)
              for split, n in counts.items() if n > 0 for c in range(classes)]
     if workers > 1:
         with Pool(workers) as pool:
@@ -161,8 +198,11 @@ def generate(out: str | os.PathLike, classes: int = 10, train_per_class: int = 1
     else:
         for task in tasks:
             _write_class(task)
-    lines = [f"{class_wnid(c)} {class_name(c)}\n" for c in range(classes)]
-    (root / SYNSET_FILE).write_text("".join(lines))
+    if layout == "tiny":
+        _write_tiny_lists(root, classes, val_per_class)
+    else:
+        lines = [f"{class_wnid(c)} {class_name(c)}\n" for c in range(classes)]
+        (root / SYNSET_FILE).write_text("".join(lines))
     return root
 
 
@@ -175,9 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the files")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes")
+    parser.add_argument("--layout", choices=LAYOUTS, default="imagenet",
+                        help="folder layout: ImageNet's, or Tiny ImageNet's at 64 px")
     args = parser.parse_args(argv)
     root = generate(args.out, args.classes, args.train_per_class, args.val_per_class,
-                    args.seed, args.quality, args.workers)
+                    args.seed, args.quality, args.workers, args.layout)
     total = args.classes * (args.train_per_class + args.val_per_class)
     print(f"wrote {total} images in {args.classes} classes to {root}")
 
