@@ -25,7 +25,7 @@ from ..training.ema import ModelEMA
 from ..training.loop import FitOptions, Run
 from ..training.mix import Mixer
 from ..training.models import build_model
-from ..training.optim import Precision, build_sgd, resolve_precision
+from ..training.optim import Precision, build_optimizer, resolve_precision
 from ..training.preempt import CheckpointPeriod
 from ..training.schedules import lr_schedule, resolution_at
 from .config import ConfigError, as_dict
@@ -155,6 +155,11 @@ def build_run(config, dist: Dist) -> Run:
     notes = note.splitlines()
     if saved:
         check_compatible(saved, source, arch=arch, classes=parts.classes)
+        trained_with = saved.get('optimizer_name', 'sgd')  # older checkpoints: SGD only
+        if trained_with != config['optimizer.name']:
+            raise ConfigError(f"optimizer.name: {source} was trained with {trained_with}; "
+                              f"its optimizer state cannot continue as "
+                              f"{config['optimizer.name']}")
         notes += _check_same_global_batch(saved, source, parts.batch, dist.world_size,
                                           steps)
     lr_at, res_at, peak_lr = _schedules(config, steps, parts.batch * dist.world_size)
@@ -180,7 +185,7 @@ def build_run(config, dist: Dist) -> Run:
                      "of each mixed pair")
     meta = {'arch': arch, 'num_classes': len(parts.classes), 'classes': parts.classes,
             'config': as_dict(config, SECTIONS), 'world_size': dist.world_size,
-            'batch': parts.batch}
+            'batch': parts.batch, 'optimizer_name': config['optimizer.name']}
     return Run(parts.model, parts.module, parts.optimizer, parts.scaler, parts.precision,
                parts.train_loader, parts.val_loader, dist, _fit_options(config), state,
                lr_at, res_at, run_dir, meta, mixer=parts.mixer, ema=ema,
@@ -284,10 +289,16 @@ def _agreed_resume_source(config, run_dir: Path, dist: Dist) -> tuple[Path | Non
 
 def _apply_optimizer_config(optimizer: torch.optim.Optimizer, config,
                             device: torch.device) -> None:
+    """The config's optimizer settings over a restored optimizer's (each optimizer
+    keeps only the keys it knows)."""
+    values = {'momentum': config['optimizer.momentum'],
+              'nesterov': bool(config['optimizer.nesterov']),
+              'betas': (config['optimizer.beta1'], config['optimizer.beta2']),
+              'eps': config['optimizer.eps'],
+              'trust_coefficient': config['optimizer.trust_coefficient'],
+              'fused': True if device.type == 'cuda' else None}  # where it now runs
     for group in optimizer.param_groups:
-        group['momentum'] = config['optimizer.momentum']
-        group['nesterov'] = bool(config['optimizer.nesterov'])
-        group['fused'] = True if device.type == 'cuda' else None  # where it now runs
+        group.update({key: value for key, value in values.items() if key in group})
         if group.get('name') == 'decay':
             group['weight_decay'] = config['optimizer.weight_decay']
 
@@ -310,10 +321,13 @@ def _network(config, dist: Dist, precision: Precision, num_classes: int):
                          channels_last=bool(config['model.channels_last']),
                          drop_path_rate=config['model.drop_path_rate'])
     module = module.to(dist.device)
-    optimizer = build_sgd(module, lr=0.0, momentum=config['optimizer.momentum'],
-                          weight_decay=config['optimizer.weight_decay'],
-                          nesterov=bool(config['optimizer.nesterov']),
-                          fused=dist.device.type == 'cuda')
+    optimizer = build_optimizer(
+        config['optimizer.name'], module, lr=0.0, momentum=config['optimizer.momentum'],
+        weight_decay=config['optimizer.weight_decay'],
+        nesterov=bool(config['optimizer.nesterov']),
+        betas=(config['optimizer.beta1'], config['optimizer.beta2']),
+        eps=config['optimizer.eps'], trust_coefficient=config['optimizer.trust_coefficient'],
+        fused=dist.device.type == 'cuda')
     scaler = precision.scaler()
     model = module
     if dist.enabled:

@@ -19,7 +19,7 @@ from fastargs import Param, Section
 
 from .config import ConfigError, Flag, OneOf
 from ..training.models import ARCHS
-from ..training.optim import PRECISIONS
+from ..training.optim import OPTIMIZERS, PRECISIONS
 from ..training.preempt import CheckpointPeriod
 from ..training.schedules import SCHEDULES
 
@@ -60,11 +60,18 @@ Section('lr', 'learning-rate schedule (updated every iteration)').params(
     div_factor=Param(float, 'onecycle: start at peak / div_factor', default=25.0),
     final_div_factor=Param(float, 'onecycle: end at start / final_div_factor', default=1e4),
 )
-Section('optimizer', 'SGD').params(
-    momentum=Param(float, 'momentum', default=0.9),
-    nesterov=Param(Flag(), 'Nesterov momentum', default=0),
-    weight_decay=Param(float, 'L2 weight decay (never on norm parameters or biases)',
-                       default=5e-5),
+Section('optimizer', 'SGD, AdamW or LARS').params(
+    name=Param(OneOf(*OPTIMIZERS), 'sgd, adamw (decoupled weight decay) or lars (SGD '
+               'with a layer-wise trust ratio, for global batches of thousands)',
+               default='sgd'),
+    momentum=Param(float, 'momentum (sgd, lars)', default=0.9),
+    nesterov=Param(Flag(), 'Nesterov momentum (sgd)', default=0),
+    weight_decay=Param(float, 'weight decay (never on norm parameters or biases; '
+                       'decoupled for adamw)', default=5e-5),
+    beta1=Param(float, 'adamw: first-moment decay', default=0.9),
+    beta2=Param(float, 'adamw: second-moment decay', default=0.999),
+    eps=Param(float, 'adamw: denominator epsilon', default=1e-8),
+    trust_coefficient=Param(float, 'lars: trust coefficient (eta)', default=0.001),
 )
 Section('training', 'the run').params(
     epochs=Param(int, 'epochs', default=16),
@@ -138,10 +145,11 @@ _POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
              'logging.log_every', 'lr.reference_batch', 'ema.every')
 _NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.stop_after',
                  'checkpoint.every', 'optimizer.weight_decay', 'optimizer.momentum',
-                 'lr.lr', 'lr.min_lr', 'lr.warmup_epochs', 'ema.warmup_steps',
+                 'optimizer.eps', 'optimizer.trust_coefficient', 'lr.lr', 'lr.min_lr', 'lr.warmup_epochs', 'ema.warmup_steps',
                  'mix.mixup_alpha', 'mix.cutmix_alpha', 'early_stop.patience',
                  'early_stop.min_epochs')
-_FRACTIONS = ('training.label_smoothing', 'model.drop_path_rate', 'ema.decay')  # [0, 1)
+_FRACTIONS = ('training.label_smoothing', 'model.drop_path_rate', 'ema.decay',
+              'optimizer.beta1', 'optimizer.beta2')  # [0, 1)
 _PROBABILITIES = ('mix.prob', 'mix.switch_prob')  # [0, 1]
 
 
