@@ -115,10 +115,30 @@ def bn_buffers(module):
     return {name: b.clone() for name, b in module[1].named_buffers()}
 
 
-def test_buffers_are_copied_not_averaged():
+def test_buffers_are_averaged_with_the_weights_by_default():
+    """running_mean/var follow ema_b = d * ema_b + (1 - d) * b after every update,
+    computed here by hand; the step count is copied."""
     model = toy_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ema = ModelEMA(model, 0.9)
+    ema = ModelEMA(model, 0.9, warmup_steps=3)
+    expected = {k: v for k, v in bn_buffers(model).items() if v.is_floating_point()}
+    for step in range(1, 5):
+        train(model, opt, 1, ema, first_step=step)
+        d = ema.decay_at(step)
+        for name, value in bn_buffers(model).items():
+            if name in expected:
+                expected[name] = d * expected[name] + (1 - d) * value
+        got = bn_buffers(ema.module)
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-6, atol=1e-7)
+            assert not torch.equal(got[name], bn_buffers(model)[name]), name
+        assert got['num_batches_tracked'].item() == step
+
+
+def test_buffers_are_copied_not_averaged_on_request():
+    model = toy_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema = ModelEMA(model, 0.9, buffers='copy')
     train(model, opt, 4, ema)
     got, want = bn_buffers(ema.module), bn_buffers(model)
     assert set(got) == {'running_mean', 'running_var', 'num_batches_tracked'}
@@ -130,7 +150,7 @@ def test_buffers_are_copied_not_averaged():
 
 def test_copy_buffers_copies_now():
     model = toy_model()
-    ema = ModelEMA(model, 0.9, every=100)
+    ema = ModelEMA(model, 0.9, every=100, buffers='copy')
     model.train()
     with torch.no_grad():
         model(torch.randn(8, 4))  # changes BN statistics only
@@ -168,7 +188,8 @@ def test_bf16_model_gets_an_fp32_ema():
         expected[name] = 0.5 * expected[name] + 0.5 * p.detach().float()
     assert_close(ema, expected)
     assert ema.module[1].running_mean.dtype == torch.float32
-    assert torch.equal(ema.module[1].running_mean, torch.full((3,), 0.25))
+    # averaged from 0 with d = 0.5
+    assert torch.equal(ema.module[1].running_mean, torch.full((3,), 0.125))
 
 
 def test_resume_is_exact(tmp_path):

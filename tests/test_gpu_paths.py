@@ -71,7 +71,7 @@ def test_validation_decodes_the_split_once_for_raw_and_ema_weights():
 
 def test_ema_pairs_parameters_once_and_updates_with_foreach_ops(monkeypatch):
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
-    ema = ModelEMA(model, 0.5)
+    ema = ModelEMA(model, 0.5, buffers="copy")
     calls = []
     real = ema_module._matched
     monkeypatch.setattr(ema_module, '_matched', lambda *a: calls.append(a[-1]) or real(*a))

@@ -233,7 +233,7 @@ def _ema(config, module: nn.Module) -> ModelEMA | None:
     if not config['ema.enabled']:
         return None
     return ModelEMA(module, config['ema.decay'], warmup_steps=config['ema.warmup_steps'],
-                    every=config['ema.every'])
+                    every=config['ema.every'], buffers=config['ema.buffers'])
 
 
 def _fit_options(config) -> FitOptions:

@@ -124,6 +124,8 @@ Section('ema', 'exponential moving average of the weights (fp32, validated besid
                               '(0 = off)', default=0.0),
     every=Param(int, 'update every this many optimizer steps (decay ** every per update)',
                 default=1),
+    buffers=Param(OneOf('copy', 'average'), "BatchNorm statistics of the EMA: 'average' "
+                  "them with the weights, or 'copy' the raw model's", default='average'),
 )
 Section('mix', 'MixUp / CutMix of training batches (off while both alphas are 0)').params(
     mixup_alpha=Param(float, 'MixUp Beta(alpha, alpha) (0 = off)', default=0.0),
@@ -145,7 +147,8 @@ _POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
              'logging.log_every', 'lr.reference_batch', 'ema.every')
 _NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.stop_after',
                  'checkpoint.every', 'optimizer.weight_decay', 'optimizer.momentum',
-                 'optimizer.eps', 'optimizer.trust_coefficient', 'lr.lr', 'lr.min_lr', 'lr.warmup_epochs', 'ema.warmup_steps',
+                 'optimizer.eps', 'optimizer.trust_coefficient', 'lr.lr', 'lr.min_lr',
+                 'lr.warmup_epochs', 'ema.warmup_steps',
                  'mix.mixup_alpha', 'mix.cutmix_alpha', 'early_stop.patience',
                  'early_stop.min_epochs')
 _FRACTIONS = ('training.label_smoothing', 'model.drop_path_rate', 'ema.decay',

@@ -3,7 +3,8 @@
 After every optimizer step the trainer calls ``ModelEMA.update(model, step)``:
 
     ema_p = d * ema_p + (1 - d) * p        for every parameter p
-    ema_b = b                              for every buffer b (copied, not averaged)
+    ema_b = d * ema_b + (1 - d) * b        for every floating-point buffer b
+                                           (buffers='average'; 'copy': ema_b = b)
 
 Choices and why:
 
@@ -11,11 +12,15 @@ Choices and why:
   of 0.9998 each update moves a weight by 2e-4 of the difference, which bf16's
   8-bit mantissa would round away. It is a ``deepcopy``, so a channels-last model
   gives a channels-last EMA and the two can run the same kernels.
-* Buffers (BatchNorm ``running_mean``/``running_var``/``num_batches_tracked``) are
-  copied rather than averaged: they are already running averages, and copying
-  keeps them consistent with the statistics the model itself would validate with.
-  ``copy_buffers`` re-copies them on demand (the trainer does so right before
-  validating the EMA, after rank 0's BN statistics were broadcast to every rank).
+* Buffers (BatchNorm ``running_mean``/``running_var``) are averaged with the same
+  decay by default, as torchvision's reference (``use_buffers=True``) and timm do:
+  the raw model's statistics describe the activations of the raw weights, which the
+  averaged weights, lagging behind, do not produce; validating the EMA with them made
+  it trail the raw weights far more than its half-life explains (BENCHMARKS.md has
+  the measurement). ``buffers='copy'`` copies them instead, and ``copy_buffers``
+  re-copies them on demand (the trainer does so right before validating the EMA,
+  after rank 0's statistics were broadcast to every rank). Integer buffers
+  (``num_batches_tracked``) are always copied.
 * ``decay`` is per optimizer step. With ``every`` > 1 the average is updated only
   every ``every`` steps with ``decay ** every``, so the averaging horizon, in
   optimizer steps, does not depend on ``every``; ``every`` only trades accuracy of
@@ -53,13 +58,16 @@ class ModelEMA:
     """
 
     def __init__(self, model: nn.Module, decay: float, *, warmup_steps: float = 0.0,
-                 every: int = 1):
+                 every: int = 1, buffers: str = 'average'):
         if not 0.0 <= decay < 1.0:  # also refuses NaN
             raise ValueError(f'decay must be in [0, 1), got {decay!r}')
         if not (warmup_steps >= 0.0 and math.isfinite(warmup_steps)):
             raise ValueError(f'warmup_steps must be finite and >= 0, got {warmup_steps!r}')
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f'every must be an integer >= 1, got {every!r}')
+        if buffers not in ('average', 'copy'):
+            raise ValueError(f"buffers must be 'average' or 'copy', got {buffers!r}")
+        self.averages_buffers = buffers == 'average'
         self.decay = float(decay)
         self.warmup_steps = float(warmup_steps)
         self.every = every
@@ -103,8 +111,20 @@ class ModelEMA:
                     params = [p.float() for p in params]
                 torch._foreach_lerp_(ema_params, params, 1.0 - d)
             if ema_buffers:
-                torch._foreach_copy_(ema_buffers, buffers)  # casts to the EMA's dtypes
+                self._update_buffers(ema_buffers, buffers, d)
         return True
+
+    def _update_buffers(self, ema_buffers: list, buffers: list, d: float) -> None:
+        if not self.averages_buffers:
+            torch._foreach_copy_(ema_buffers, buffers)  # casts to the EMA's dtypes
+            return
+        floats = [(e, b) for e, b in zip(ema_buffers, buffers) if e.is_floating_point()]
+        counts = [(e, b) for e, b in zip(ema_buffers, buffers) if not e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [b.float() for _, b in floats],
+                                 1.0 - d)
+        if counts:
+            torch._foreach_copy_([e for e, _ in counts], [b for _, b in counts])
 
     def copy_buffers(self, model: nn.Module) -> None:
         """Copy every buffer (BatchNorm statistics etc.) of ``model`` into the EMA now.

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, broadcast_buffers
 from .ema import ModelEMA
 from .logs import Progress
 from .optim import Precision
@@ -50,11 +50,15 @@ def validate(module: nn.Module, ema: ModelEMA | None, loader, *, precision: Prec
              tta: bool, device: torch.device, show_progress: bool = False) -> dict:
     """:func:`evaluate` of the raw weights as ``val_loss``/``val_top1``/``val_top5``
     and, when ``ema`` is given, of the EMA weights as ``ema_val_*``, in one pass over
-    the split. Call it with the BN statistics already agreed across ranks: the EMA
-    takes its buffers from ``module``."""
+    the split. Call it with the BN statistics already agreed across ranks: an EMA
+    that copies its buffers takes them from ``module``; one that averages them takes
+    rank 0's."""
     models, prefixes = [module], ['val_']
     if ema is not None:
-        ema.copy_buffers(module)
+        if ema.averages_buffers:
+            broadcast_buffers(ema.module)  # each rank averaged its own BN statistics
+        else:
+            ema.copy_buffers(module)
         models.append(ema.module)
         prefixes.append('ema_val_')
     results = evaluate(models, loader, precision=precision, tta=tta, device=device,
