@@ -262,3 +262,49 @@ def test_drop_path_preserves_expectation():
     torch.testing.assert_close(values, torch.tensor([0.0, 1 / 0.7]))
     assert out.mean().item() == pytest.approx(1.0, abs=0.03)
     assert (out[:, 0, 0][:, None, None] == out).all()  # whole samples, not elements
+
+
+def test_describe_model_counts_what_a_step_costs_and_leaves_the_model_alone():
+    import torchvision
+    from ffcv_imagenet.training.models import describe_model
+    model = build_model('resnet18', 10)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    full, half = describe_model(model, 256), describe_model(model, 128)
+    assert full['params'] == sum(p.numel() for p in
+                                 torchvision.models.resnet18(num_classes=10).parameters())
+    assert 1.7 < describe_model(model, 224)['gmacs'] < 1.9  # ResNet-18's published 1.8 G
+    # convolutions and activations grow with the pixel count (the head does not)
+    assert full['gmacs'] / half['gmacs'] == pytest.approx(4, rel=0.01)
+    assert full['activation_mib'] / half['activation_mib'] == pytest.approx(4, rel=0.01)
+    assert describe_model(model, 256, bytes_per_value=2)['activation_mib'] == \
+        pytest.approx(full['activation_mib'] / 2)
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_the_1x1_conv_head_classifies_every_position_and_is_off_by_default():
+    from ffcv_imagenet.training.models import ConvHeadResNet
+    plain = build_model('resnet18', 7)
+    assert 'fc.weight' in plain.state_dict() and not any(
+        k.startswith('head.') for k in plain.state_dict())
+    model = build_model('resnet18', 7, head='conv1x1', blurpool=True, channels_last=True)
+    assert isinstance(model, ConvHeadResNet)
+    keys = model.state_dict()
+    assert keys['head.weight'].shape == (7, 512, 1, 1) and keys['head.bias'].shape == (7,)
+    assert not any(k.startswith('fc.') for k in keys)
+    assert [k for k in keys if not k.startswith('head.')] == \
+        [k for k in plain.state_dict() if not k.startswith('fc.')]
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    logits = model(x)
+    assert logits.shape == (2, 7)
+    # the same function as pooling first and applying the head as a linear layer
+    features = model.layer4(model.layer3(model.layer2(model.layer1(
+        model.maxpool(model.relu(model.bn1(model.conv1(x))))))))
+    pooled = features.mean(dim=(2, 3))
+    expected = pooled @ model.head.weight.flatten(1).T + model.head.bias
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown head 'mlp'"):
+        build_model('resnet18', 7, head='mlp')

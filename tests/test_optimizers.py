@@ -121,7 +121,7 @@ def test_training_with_each_optimizer_and_refusing_to_switch_on_resume(betons, t
     assert train_imagenet.main(tiny_args(betons, folder, f'--optimizer.name={name}', lr,
                                          '--training.stop_after=1')) == 0
     saved = load_checkpoint(checkpoint_dir(folder) / 'last.pt')
-    assert saved['optimizer_name'] == name
+    assert saved['config']['optimizer.name'] == name
     assert math.isfinite(saved['metrics']['train_loss'])
     with pytest.raises(ConfigError, match=f'optimizer.name: .*trained with {name}'):
         train_imagenet.main(tiny_args(betons, folder, '--checkpoint.resume=auto'))

@@ -24,7 +24,7 @@ from ..training.distributed import Dist, broadcast_object
 from ..training.ema import ModelEMA
 from ..training.loop import FitOptions, Run
 from ..training.mix import Mixer
-from ..training.models import build_model
+from ..training.models import build_model, describe_model
 from ..training.optim import Precision, build_optimizer, resolve_precision
 from ..training.preempt import CheckpointPeriod
 from ..training.schedules import lr_schedule, resolution_at
@@ -155,11 +155,12 @@ def build_run(config, dist: Dist) -> Run:
     notes = note.splitlines()
     if saved:
         check_compatible(saved, source, arch=arch, classes=parts.classes)
-        trained_with = saved.get('optimizer_name', 'sgd')  # older checkpoints: SGD only
-        if trained_with != config['optimizer.name']:
-            raise ConfigError(f"optimizer.name: {source} was trained with {trained_with}; "
-                              f"its optimizer state cannot continue as "
-                              f"{config['optimizer.name']}")
+        # settings that change what the saved state holds; older checkpoints predate them
+        for key, before in (('optimizer.name', 'sgd'), ('model.head', 'fc')):
+            trained_with = (saved.get('config') or {}).get(key, before)
+            if trained_with != config[key]:
+                raise ConfigError(f"{key}: {source} was trained with {trained_with}; its "
+                                  f"state cannot continue as {config[key]}")
         notes += _check_same_global_batch(saved, source, parts.batch, dist.world_size,
                                           steps)
     lr_at, res_at, peak_lr = _schedules(config, steps, parts.batch * dist.world_size)
@@ -180,12 +181,19 @@ def build_run(config, dist: Dist) -> Run:
     notes.append(f"{dist.world_size} process(es) on {dist.device.type}, batch {parts.batch} "
                  f"per process, peak lr {peak_lr:.4g}, precision {parts.precision.name}, "
                  f"{steps} steps per epoch")
+    if dist.is_main:  # a forward pass on a CPU copy: only the rank that prints pays
+        start_res = res_at(state.epoch)
+        cost = describe_model(parts.module, start_res,
+                              bytes_per_value=2 if parts.precision.dtype else 4)
+        notes.append(f"model {arch}: {cost['params'] / 1e6:.1f} M parameters; per image at "
+                     f"{start_res} px {cost['gmacs']:.2f} GMACs and about "
+                     f"{cost['activation_mib']:.0f} MiB of activations in training")
     if parts.mixer is not None:
         notes.append("MixUp/CutMix on: train_top1 is measured against the dominant label "
                      "of each mixed pair")
     meta = {'arch': arch, 'num_classes': len(parts.classes), 'classes': parts.classes,
             'config': as_dict(config, SECTIONS), 'world_size': dist.world_size,
-            'batch': parts.batch, 'optimizer_name': config['optimizer.name']}
+            'batch': parts.batch}
     return Run(parts.model, parts.module, parts.optimizer, parts.scaler, parts.precision,
                parts.train_loader, parts.val_loader, dist, _fit_options(config), state,
                lr_at, res_at, run_dir, meta, mixer=parts.mixer, ema=ema,
@@ -319,7 +327,8 @@ def _network(config, dist: Dist, precision: Precision, num_classes: int):
                          blurpool=bool(config['model.blurpool']),
                          zero_init_residual=bool(config['model.zero_init_residual']),
                          channels_last=bool(config['model.channels_last']),
-                         drop_path_rate=config['model.drop_path_rate'])
+                         drop_path_rate=config['model.drop_path_rate'],
+                         head=config['model.head'])
     module = module.to(dist.device)
     optimizer = build_optimizer(
         config['optimizer.name'], module, lr=0.0, momentum=config['optimizer.momentum'],

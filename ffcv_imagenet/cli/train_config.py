@@ -18,7 +18,7 @@ from __future__ import annotations
 from fastargs import Param, Section
 
 from .config import ConfigError, Flag, OneOf
-from ..training.models import ARCHS
+from ..training.models import ARCHS, HEADS
 from ..training.optim import OPTIMIZERS, PRECISIONS
 from ..training.preempt import CheckpointPeriod
 from ..training.schedules import SCHEDULES
@@ -39,6 +39,8 @@ Section('model', 'the network').params(
     compile=Param(Flag(), 'torch.compile the model', default=0),
     drop_path_rate=Param(float, 'stochastic depth: drop rate of the last residual block, '
                                 'rising linearly from 0 at the first (0 = off)', default=0.0),
+    head=Param(OneOf(*HEADS), "classifier: 'fc' (torchvision's keys) or 'conv1x1' (a 1x1 "
+               "convolution before the average pool)", default='fc'),
 )
 Section('resolution', 'progressive resizing of training images (pixels, epochs)').params(
     min_res=Param(int, 'resolution up to start_ramp', default=160),

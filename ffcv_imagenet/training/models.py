@@ -108,6 +108,27 @@ class _Bottleneck(_DropPathBlock, Bottleneck):
 
 
 _LAYOUTS = {'resnet18': (_BasicBlock, [2, 2, 2, 2]), 'resnet50': (_Bottleneck, [3, 4, 6, 3])}
+HEADS = ('fc', 'conv1x1')
+
+
+class ConvHeadResNet(ResNet):
+    """A ResNet whose classifier is a 1x1 convolution over the last feature map,
+    averaged over positions afterwards: ``head`` (num_classes, C, 1, 1) replaces
+    ``fc``. Averaging and a linear map commute, so it computes the same function
+    class as the FC head; what it adds is a per-position class map (``features``
+    -> ``head``) for localisation, at H x W times the head's multiply-adds."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head = nn.Conv2d(self.fc.in_features, self.fc.out_features, 1)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+        del self.fc
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.head(x).mean(dim=(2, 3))
 
 
 def _apply_blurpool(module: nn.Module) -> None:
@@ -123,7 +144,7 @@ def _apply_blurpool(module: nn.Module) -> None:
 
 def build_model(arch: str, num_classes: int = 1000, *, blurpool: bool = False,
                 zero_init_residual: bool = False, channels_last: bool = False,
-                drop_path_rate: float = 0.0) -> nn.Module:
+                drop_path_rate: float = 0.0, head: str = 'fc') -> nn.Module:
     """A torchvision-compatible ResNet: (B, 3, H, W) float -> (B, num_classes) logits.
 
     blurpool: replace every Conv2d with stride > 1 and in_channels >= 16 (the strided
@@ -133,14 +154,20 @@ def build_model(arch: str, num_classes: int = 1000, *, blurpool: bool = False,
     channels_last: convert parameters to ``torch.channels_last``.
     drop_path_rate: stochastic depth in [0, 1); block i of n drops its residual
         branch with probability ``drop_path_rate * i / (n - 1)``.
+    head: 'fc' (torchvision's keys) or 'conv1x1' (:class:`ConvHeadResNet`: ``head.*``
+        keys instead of ``fc.*``).
     Initialisation otherwise as torchvision (kaiming fan_out convs, BN 1 / 0).
     """
     if arch not in _LAYOUTS:
         raise ValueError(f'unknown arch {arch!r}; choose one of {", ".join(ARCHS)}')
     if not 0.0 <= drop_path_rate < 1.0:  # also rejects NaN
         raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
+    if head not in HEADS:
+        raise ValueError(f'unknown head {head!r}; choose one of {", ".join(HEADS)}')
     block, layers = _LAYOUTS[arch]
-    model = ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    network = ConvHeadResNet if head == 'conv1x1' else ResNet
+    model = network(block, layers, num_classes=num_classes,
+                    zero_init_residual=zero_init_residual)
     blocks = [m for m in model.modules() if isinstance(m, _DropPathBlock)]
     for i, blk in enumerate(blocks):
         blk.drop_path.p = drop_path_rate * i / max(len(blocks) - 1, 1)
@@ -209,3 +236,32 @@ def load_torchvision_state_dict(model: nn.Module, state_dict: dict[str, torch.Te
     if problem:
         raise ValueError(f'state_dict does not fit {type(target).__name__}: {problem}')
     target.load_state_dict(given, strict=True)
+
+
+def describe_model(model: nn.Module, resolution: int,
+                   bytes_per_value: int = 4) -> dict[str, float]:
+    """What training ``model`` costs per image at ``resolution`` pixels (square), from
+    one forward pass of a CPU copy in eval mode (the model itself is untouched):
+    ``params`` (count), ``gmacs`` (multiply-adds, 1e9; FLOPs are twice that), and
+    ``activation_mib`` (MiB per image: the outputs of every leaf module, which
+    backward keeps, at ``bytes_per_value`` bytes each; an estimate, as autograd keeps
+    some inputs instead and frees some outputs).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    import copy
+    plain = copy.deepcopy(unwrap(model)).cpu().float().eval()
+    values = [0]
+
+    def count(module, inputs, output):
+        if isinstance(output, torch.Tensor) and not list(module.children()):
+            values[0] += output.numel()
+    hooks = [m.register_forward_hook(count) for m in plain.modules()]
+    try:
+        with FlopCounterMode(display=False) as flops, torch.no_grad():
+            plain(torch.zeros(1, 3, resolution, resolution))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {'params': float(sum(p.numel() for p in plain.parameters())),
+            'gmacs': flops.get_total_flops() / 2e9,
+            'activation_mib': values[0] * bytes_per_value / 2 ** 20}
