@@ -1,4 +1,5 @@
 import io
+import time
 
 import numpy as np
 import pytest
@@ -70,3 +71,42 @@ def test_bad_files_are_reported(tmp_path, name):
 
 def test_missing_file_is_reported(tmp_path):
     assert 'No such file' in check_image(str(tmp_path / 'gone.JPEG'))
+
+
+def test_any_exception_of_a_plugin_is_a_reason(tmp_path):
+    """Pillow's DDS plugin raises NotImplementedError for DXGI format 93 (what crashed
+    the checking pool of a real conversion)."""
+    from odd_files import dds_dx10
+    path = tmp_path / 'texture.JPEG'
+    path.write_bytes(dds_dx10(93))
+    assert check_image(str(path)) == 'NotImplementedError: Unimplemented DXGI format 93'
+    with pytest.raises(ImageError, match='^NotImplementedError: Unimplemented DXGI'):
+        load_rgb(path)
+
+
+def test_a_huge_declared_size_is_refused_from_the_header(tmp_path):
+    """100000 x 100000 pixels: refused before any pixel memory exists, so even under a
+    64 MiB memory limit the reason is the size, not a MemoryError, and it is quick."""
+    from odd_files import png_declaring
+    from ffcv_imagenet.data.sandbox import Limits, run_each
+    path = tmp_path / 'bomb.JPEG'
+    path.write_bytes(png_declaring(100_000, 100_000))
+    start = time.monotonic()
+    [(_, outcome)] = run_each(check_image, [str(path)], Limits(seconds=10, memory_mb=64), 1)
+    assert outcome.error is None and outcome.value.startswith('DecompressionBombError')
+    assert time.monotonic() - start < 5
+    with pytest.raises(ImageError, match='DecompressionBombError'):
+        load_rgb(path)
+
+
+def test_memory_error_is_left_to_the_caller(tmp_path, monkeypatch):
+    """The sandbox turns it into a reason that names the memory limit."""
+    path = bad_files(tmp_path)['text']
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(Image, 'open', no_memory)
+    with pytest.raises(MemoryError):
+        check_image(str(path))
+    with pytest.raises(MemoryError):
+        load_rgb(path)

@@ -8,6 +8,10 @@
 
 ``python -m ffcv_imagenet convert`` is the same command. A flat val folder
 (ILSVRC2012_val_*.JPEG) takes --cfg.labels=LOC_val_solution.csv.
+
+A file that cannot be read, or that takes more than --cfg.max_seconds_per_image or
+--cfg.max_memory_mb_per_image to read, is skipped and listed with its reason in
+<write_path>.skipped.txt (--cfg.strict=1 stops instead).
 """
 from __future__ import annotations
 
@@ -49,6 +53,12 @@ Section('cfg', 'dataset conversion').params(
     seed=Param(int, 'seed of the subset choice', default=0),
     strict=Param(Flag(), 'stop at the first unreadable image instead of skipping it',
                  default=0),
+    max_seconds_per_image=Param(And(float, InRange(min=0)), 'a file that takes longer to '
+                                'read is skipped, its worker replaced (0: no limit)',
+                                default=60.0),
+    max_memory_mb_per_image=Param(And(int, InRange(min=0)), 'MiB of memory a worker may '
+                                  'add while reading one file; above it the file is '
+                                  'skipped (0: no limit)', default=4096),
 )
 
 
@@ -88,7 +98,9 @@ def main(argv=None) -> int:
         max_resolution=cfg('max_resolution'), write_mode=cfg('write_mode'),
         jpeg_quality=cfg('jpeg_quality'), compress_probability=cfg('compress_probability'),
         smart_threshold=cfg('smart_threshold') or None, num_workers=cfg('num_workers'),
-        chunk_size=cfg('chunk_size'), strict=bool(cfg('strict')))
+        chunk_size=cfg('chunk_size'), strict=bool(cfg('strict')),
+        max_seconds_per_image=cfg('max_seconds_per_image'),
+        max_memory_mb_per_image=cfg('max_memory_mb_per_image'))
     print(report.summary())
     return 0
 

@@ -5,6 +5,10 @@ some files could not be read, ``out.beton.skipped.txt`` (one ``path<TAB>reason``
 line each). Everything is written to a temporary file in the same folder and
 renamed into place at the end, so a run that fails or is interrupted leaves
 whatever was at the final paths before untouched.
+
+Files are only ever decoded in :mod:`.sandbox` processes, in the check and in the
+write, so no file can stop a conversion: whatever it does (raise, hang, exhaust
+memory, crash, print from C code) makes it a skipped file with a reason.
 """
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ import json
 import os
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ from tqdm import tqdm
 
 from .folders import DatasetError, classes_path
 from .images import ImageError, check_image, load_rgb
+from .sandbox import Limits, Outcome, Sandbox, one_line, run_each
 
 WRITE_MODES = ('raw', 'jpg', 'proportion', 'smart')
 
@@ -53,37 +58,82 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _reason(outcome: Outcome) -> str | None:
+    """Why a file failed (None: it did not), with the first line its decoder printed."""
+    reason = outcome.error
+    if reason is None and isinstance(outcome.value, str):
+        reason = outcome.value
+    if reason and outcome.stderr:
+        reason = f"{reason} [stderr: {outcome.stderr}]"
+    return one_line(reason) if reason else None
+
+
+def _pixels_or_reason(path: str) -> np.ndarray | str:
+    """What a writer worker's sandbox runs: the pixels, or why there are none."""
+    try:
+        return load_rgb(path)
+    except ImageError as err:
+        return str(err)
+
+
 class _ImageDataset:
     """Indexable (pixels, label) source for ffcv's DatasetWriter workers.
 
-    ffcv's writer waits forever if a worker raises, so a file that fails here
-    (it passed the check, so this is rare) is recorded in ``failure_log`` and
-    replaced by a 1-pixel placeholder; the caller then discards the output.
+    Each writer worker decodes through its own :class:`Sandbox`, so a file cannot hang,
+    crash or flood the terminal here either. To keep that cheap, a request for image
+    ``i`` decodes up to ``prefetch`` images from ``i`` on, up to the end of ``i``'s
+    chunk (ffcv hands each worker whole chunks of consecutive indices), in one trip.
+
+    ffcv's writer waits forever if a worker raises, so a file that fails here (it
+    passed the check, so this is rare) is recorded in ``failure_log``
+    (``index<TAB>reason`` lines) and stored as a 1-pixel placeholder; the caller then
+    writes again without it.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], failure_log: str):
+    def __init__(self, samples: list[tuple[str, int]], failure_log: str, limits: Limits,
+                 chunk_size: int, prefetch: int = 16):
         self.samples = samples
         self.failure_log = failure_log
+        self.chunk_size = chunk_size
+        self.prefetch = prefetch
+        self.sandbox = Sandbox(_pixels_or_reason, limits)
+        self._ready: dict[int, Outcome] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _decode_from(self, index: int) -> None:
+        chunk_end = (index // self.chunk_size + 1) * self.chunk_size
+        indices = range(index, min(len(self.samples), chunk_end, index + self.prefetch))
+        # the views of the previous batch end here; ffcv is done with them
+        self._ready = dict(zip(indices, self.sandbox.map([self.samples[i][0]
+                                                          for i in indices])))
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        if index not in self._ready:
+            self._decode_from(index)
+        outcome = self._ready.pop(index)
         path, label = self.samples[index]
-        try:
-            return load_rgb(path), label
-        except Exception as err:  # noqa: BLE001 - any failure must not hang the writer
-            with open(self.failure_log, 'a') as log:
-                log.write(f"{path}\t{type(err).__name__}: {err}\n")
-            return np.zeros((1, 1, 3), np.uint8), label
+        reason = _reason(outcome)
+        if reason is None:
+            return outcome.value, label
+        with open(self.failure_log, 'a') as log:  # one short O_APPEND write per line
+            log.write(f"{index}\t{reason}\n")
+        return np.zeros((1, 1, 3), np.uint8), label
 
 
-def find_bad_files(paths: list[str], num_workers: int) -> list[tuple[str, str]]:
-    """(path, reason) for every file in ``paths`` that cannot be read as an image."""
-    with Pool(max(1, num_workers)) as pool:
-        reasons = list(tqdm(pool.imap(check_image, paths, chunksize=64), total=len(paths),
-                            desc='checking', unit='img'))
-    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+def find_bad_files(paths: list[str], num_workers: int,
+                   limits: Limits = Limits()) -> list[tuple[str, str]]:
+    """(path, reason) for every file in ``paths`` that cannot be read as an image within
+    ``limits`` (seconds and MiB per file), in the order of ``paths``. Whatever a file
+    does to its worker process, it is only a reason here."""
+    reasons = {}
+    with closing(run_each(check_image, paths, limits, num_workers)) as results:
+        for index, outcome in tqdm(results, total=len(paths), desc='checking', unit='img'):
+            reason = _reason(outcome)
+            if reason:
+                reasons[index] = reason
+    return [(paths[i], reasons[i]) for i in sorted(reasons)]
 
 
 def _fields(write_mode: str, max_resolution: int, jpeg_quality: int,
@@ -128,13 +178,61 @@ def _check_written(path: Path, count: int, out: Path) -> None:
                            f"(interrupted?); nothing was written to {out}")
 
 
+def _write_once(samples: list[tuple[str, int]], tmp: Path, out: Path, fields: dict,
+                num_workers: int, chunk_size: int, limits: Limits) -> list[tuple[str, str]]:
+    """Writes ``samples`` to ``tmp``; returns (path, reason) of those that failed to
+    decode there, in order. Those were stored as placeholders: if any, ``tmp`` must be
+    written again without them."""
+    from ffcv.writer import DatasetWriter
+    failure_log = Path(str(tmp) + '.failures')
+    failure_log.unlink(missing_ok=True)
+    try:
+        writer = DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers))
+        dataset = _ImageDataset(samples, str(failure_log), limits, chunk_size)
+        writer.from_indexed_dataset(dataset, chunksize=chunk_size)
+        _check_written(tmp, len(samples), out)
+        lines = failure_log.read_text().splitlines() if failure_log.exists() else []
+    finally:
+        failure_log.unlink(missing_ok=True)
+    failed = dict(line.split('\t', 1) for line in lines)
+    return [(samples[int(i)][0], failed[i]) for i in sorted(failed, key=int)]
+
+
+def _write_readable(samples: list[tuple[str, int]], skipped: list[tuple[str, str]],
+                    tmp: Path, out: Path, fields: dict, num_workers: int, chunk_size: int,
+                    limits: Limits, strict: bool) -> list[tuple[str, int]]:
+    """Writes the samples not in ``skipped`` to ``tmp``, and again without any that fail
+    while being written (those are added to ``skipped``); returns the samples stored."""
+    while True:
+        if skipped and strict:
+            path, reason = skipped[0]
+            raise DatasetError(f"unreadable image {path}: {reason}")
+        dropped = {path for path, _ in skipped}
+        good = [sample for sample in samples if sample[0] not in dropped]
+        if not good:
+            raise DatasetError(f"no readable images to write to {out}")
+        failed = _write_once(good, tmp, out, fields, num_workers, chunk_size, limits)
+        if not failed:
+            return good
+        skipped.extend(failed)  # rare: each pass drops at least one file, so this ends
+
+
 def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
                 classes: list[str], class_names: list[str] | None = None, *,
                 max_resolution: int = 256, write_mode: str = 'jpg',
                 jpeg_quality: int = 90, compress_probability: float = 0.5,
                 smart_threshold: int | None = None, num_workers: int = 2,
-                chunk_size: int = 100, strict: bool = False) -> WriteReport:
+                chunk_size: int = 100, strict: bool = False,
+                max_seconds_per_image: float = 60.0,
+                max_memory_mb_per_image: int = 4096) -> WriteReport:
     """Converts ``samples`` to ``out_path`` (fields ``image``: RGB, ``label``: int).
+
+    Every file is read in a worker process that it cannot take down: one that raises,
+    runs past ``max_seconds_per_image`` seconds, needs more than
+    ``max_memory_mb_per_image`` MiB (address space beyond the worker's start) or kills
+    its worker is skipped and listed, with the reason, in ``<out_path>.skipped.txt``.
+    What the image libraries print to stderr never reaches the terminal: the first
+    line of it is added to the reason of a file that failed.
 
     Args:
         samples: (image path, class index) pairs, in the order they are stored.
@@ -143,42 +241,30 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
         write_mode: 'jpg', 'raw' (uint8 pixels), 'proportion' (JPEG with probability
             ``compress_probability``) or 'smart' (JPEG above ``smart_threshold`` bytes).
         strict: stop with an error naming the first unreadable file, writing nothing.
+        max_seconds_per_image, max_memory_mb_per_image: the per-file limits (0: none).
     Returns:
-        A :class:`WriteReport`.
+        A :class:`WriteReport`; its ``skipped`` lists the files not stored.
     """
-    from ffcv.writer import DatasetWriter
     out = Path(out_path)
     fields = _fields(write_mode, max_resolution, jpeg_quality, compress_probability,
                      smart_threshold)
+    limits = Limits(max_seconds_per_image, max_memory_mb_per_image)
     start = time.perf_counter()
     tmp = _claim_temp_file(out)
-    failure_log = Path(str(tmp) + '.failures')
     try:
-        bad = find_bad_files([p for p, _ in samples], num_workers)
-        if bad and strict:
-            raise DatasetError(f"unreadable image {bad[0][0]}: {bad[0][1]}")
-        bad_paths = {p for p, _ in bad}
-        good = [s for s in samples if s[0] not in bad_paths]
-        if not good:
-            raise DatasetError(f"no readable images to write to {out}")
-        writer = DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers))
-        writer.from_indexed_dataset(_ImageDataset(good, str(failure_log)), chunksize=chunk_size)
-        _check_written(tmp, len(good), out)
-        if failure_log.exists():
-            path, reason = failure_log.read_text().splitlines()[0].split('\t', 1)
-            raise DatasetError(f"unreadable image {path}: {reason}")
+        skipped = find_bad_files([p for p, _ in samples], num_workers, limits)
+        good = _write_readable(samples, skipped, tmp, out, fields, num_workers, chunk_size,
+                               limits, strict)
         names = class_names or classes
         _atomic_write_text(classes_path(out), json.dumps({'classes': classes, 'names': names},
                                                          indent=1))
         report_file = skipped_path(out)
-        if bad:
-            _atomic_write_text(report_file, ''.join(f"{p}\t{r}\n" for p, r in bad))
+        if skipped:
+            _atomic_write_text(report_file, ''.join(f"{p}\t{r}\n" for p, r in skipped))
         elif report_file.exists():
             report_file.unlink()  # a report from an earlier run would now be wrong
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-        failure_log.unlink(missing_ok=True)
-    return WriteReport(out, len(good), bad, time.perf_counter() - start, out.stat().st_size)
-
-
+    return WriteReport(out, len(good), skipped, time.perf_counter() - start,
+                       out.stat().st_size)
