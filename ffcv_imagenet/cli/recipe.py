@@ -22,6 +22,7 @@ from ..training.checkpoint import (CheckpointError, TrainState, check_compatible
                                    checkpoint_dir, find_latest, load_checkpoint, restore)
 from ..training.distributed import Dist, broadcast_object
 from ..training.ema import ModelEMA
+from ..training.erasing import RandomErasing
 from ..training.loop import FitOptions, Run
 from ..training.mix import Mixer
 from ..training.models import build_model, describe_model
@@ -36,7 +37,8 @@ from .train_config import SECTIONS, check_values, per_gpu_batch
 class Parts:
     """The objects both training and the LR finder build from a config. ``model`` is
     wrapped (DDP, compile) as configured; ``module`` is the plain network inside it;
-    ``mixer`` is None when MixUp/CutMix is off; ``batch`` is images per process."""
+    ``mixer`` and ``eraser`` are None when MixUp/CutMix and random erasing are off;
+    ``batch`` is images per process."""
     model: nn.Module
     module: nn.Module
     optimizer: torch.optim.Optimizer
@@ -47,6 +49,7 @@ class Parts:
     classes: list[str]
     batch: int
     mixer: Mixer | None
+    eraser: RandomErasing | None = None
 
 
 def setup_distributed(config) -> Dist:
@@ -138,7 +141,7 @@ def build_parts(config, dist: Dist) -> Parts:
     train, val = _loaders(config, dist, precision, train_path, val_path, batch, len(classes))
     model, module, optimizer, scaler = _network(config, dist, precision, len(classes))
     return Parts(model, module, optimizer, scaler, precision, train, val, classes, batch,
-                 _mixer(config, len(classes)))
+                 _mixer(config, len(classes)), _eraser(config))
 
 
 def build_run(config, dist: Dist) -> Run:
@@ -196,7 +199,7 @@ def build_run(config, dist: Dist) -> Run:
             'batch': parts.batch}
     return Run(parts.model, parts.module, parts.optimizer, parts.scaler, parts.precision,
                parts.train_loader, parts.val_loader, dist, _fit_options(config), state,
-               lr_at, res_at, run_dir, meta, mixer=parts.mixer, ema=ema,
+               lr_at, res_at, run_dir, meta, mixer=parts.mixer, ema=ema, eraser=parts.eraser,
                resumed_from=source, notes=notes)
 
 
@@ -235,6 +238,17 @@ def _mixer(config, num_classes: int) -> Mixer | None:
                   switch_prob=config['mix.switch_prob'],
                   label_smoothing=config['training.label_smoothing'])
     return mixer if mixer.enabled else None
+
+
+def _eraser(config) -> RandomErasing | None:
+    if config['erase.prob'] == 0:
+        return None
+    try:
+        return RandomErasing(config['erase.prob'], min_area=config['erase.min_area'],
+                             max_area=config['erase.max_area'],
+                             min_aspect=config['erase.min_aspect'], mode=config['erase.mode'])
+    except ValueError as err:
+        raise ConfigError(f"erase: {err}") from None
 
 
 def _ema(config, module: nn.Module) -> ModelEMA | None:

@@ -24,7 +24,7 @@ from ..training.preempt import PREEMPTED_EXIT, Preempted, StopSignals, clear_mar
 from .config import parse_config
 from .recipe import build_run, setup_distributed
 from .runner import exit_code, report
-from .train_config import SECTIONS
+from .train_config import SECTIONS, parse_resolutions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     for note in run.notes:
         report(note)
     if config['training.eval_only']:
-        metrics = validate(run.module, run.ema, run.val_loader, precision=run.precision,
-                           tta=run.options.tta, device=dist.device, show_progress=dist.is_main)
-        log.event('eval', checkpoint=str(run.resumed_from), **metrics)
-        report(f"eval {run.resumed_from}: " + format_record(metrics))
+        resolutions = parse_resolutions(config['validation.resolutions'])
+        rows = []
+        for resolution in resolutions or [run.val_loader.resolution]:
+            run.val_loader.resolution = resolution
+            metrics = validate(run.module, run.ema, run.val_loader, precision=run.precision,
+                               tta=run.options.tta, device=dist.device,
+                               show_progress=dist.is_main)
+            log.event('eval', checkpoint=str(run.resumed_from), resolution=resolution,
+                      **metrics)
+            report(f"eval {run.resumed_from} at {resolution} px: " + format_record(metrics))
+            rows.append({'resolution': resolution, **metrics})
+        if resolutions:
+            report(resolution_table(rows))
         return 0
     log.write_config(run.meta['config'])
     if dist.is_main and (marker := clear_marker(run.run_dir)):
@@ -77,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
            f"{run.options.best_metric} {state.best_top1:.4f}, logs and checkpoints in "
            f"{run.run_dir}")
     return 0
+
+
+def resolution_table(rows: list[dict]) -> str:
+    """A markdown table of validation metrics per resolution (top-1/top-5 as %)."""
+    columns = [key for key in ('val_top1', 'val_top5', 'ema_val_top1', 'ema_val_top5')
+               if key in rows[0]]
+    lines = ['| resolution (px) | ' + ' | '.join(columns) + ' |',
+             '|---|' + '---|' * len(columns)]
+    for row in rows:
+        lines.append(f"| {row['resolution']} | " +
+                     ' | '.join(f"{100 * row[key]:.2f}" for key in columns) + ' |')
+    return '\n'.join(lines)
 
 
 def run(argv: list[str] | None = None) -> int:

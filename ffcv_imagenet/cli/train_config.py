@@ -18,6 +18,7 @@ from __future__ import annotations
 from fastargs import Param, Section
 
 from .config import ConfigError, Flag, OneOf
+from ..training.erasing import MODES as ERASE_MODES
 from ..training.models import ARCHS, HEADS
 from ..training.optim import OPTIMIZERS, PRECISIONS
 from ..training.preempt import CheckpointPeriod
@@ -97,6 +98,8 @@ Section('validation', 'validation').params(
     crop_ratio=Param(float, 'centre crop side / shorter image side', default=224 / 256),
     tta=Param(Flag(), 'average the logits of each image and its mirror', default=1),
     every=Param(int, 'validate every this many epochs (and after the last)', default=1),
+    resolutions=Param(str, "eval_only: validate at each of these resolutions ('160,192,224') "
+                      "and print a table", default=''),
 )
 Section('checkpoint', 'checkpoints in <logging.folder>/checkpoints').params(
     resume=Param(str, "'' = fresh run, 'auto' = newest in the run folder, or a path",
@@ -129,6 +132,15 @@ Section('ema', 'exponential moving average of the weights (fp32, validated besid
     buffers=Param(OneOf('copy', 'average'), "BatchNorm statistics of the EMA: 'average' "
                   "them with the weights, or 'copy' the raw model's", default='average'),
 )
+Section('erase', 'random erasing (coarse dropout) of training images (off at prob 0)').params(
+    prob=Param(float, 'probability that an image gets one erased rectangle', default=0.0),
+    min_area=Param(float, 'smallest rectangle, as a fraction of the image', default=0.02),
+    max_area=Param(float, 'largest rectangle, as a fraction of the image', default=1 / 3),
+    min_aspect=Param(float, 'aspect ratios log-uniform in [min_aspect, 1 / min_aspect]',
+                     default=0.3),
+    mode=Param(OneOf(*ERASE_MODES), "fill: 'const' (the mean) or 'pixel' (normal noise)",
+               default='const'),
+)
 Section('mix', 'MixUp / CutMix of training batches (off while both alphas are 0)').params(
     mixup_alpha=Param(float, 'MixUp Beta(alpha, alpha) (0 = off)', default=0.0),
     cutmix_alpha=Param(float, 'CutMix Beta(alpha, alpha) (0 = off)', default=0.0),
@@ -142,7 +154,7 @@ Section('early_stop', 'stop when the best metric has not improved for a while').
 )
 
 SECTIONS = ('data', 'model', 'resolution', 'lr', 'optimizer', 'training', 'validation',
-            'checkpoint', 'logging', 'ema', 'mix', 'early_stop')
+            'checkpoint', 'logging', 'ema', 'mix', 'erase', 'early_stop')
 
 _POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
@@ -180,6 +192,12 @@ def check_values(config) -> None:
         CheckpointPeriod.parse(config['checkpoint.last_every'])
     except ValueError as err:
         raise ConfigError(f"checkpoint.last_every: {err}") from None
+    try:
+        resolutions = parse_resolutions(config['validation.resolutions'])
+    except ValueError as err:
+        raise ConfigError(f"validation.resolutions: {err}") from None
+    if resolutions and not config['training.eval_only']:
+        raise ConfigError("validation.resolutions needs training.eval_only=1")
     if config['checkpoint.best_metric'] == 'ema_val_top1' and not config['ema.enabled']:
         raise ConfigError("checkpoint.best_metric=ema_val_top1 needs ema.enabled=1")
     if not 0 < config['validation.crop_ratio'] <= 1:
@@ -208,3 +226,15 @@ def per_gpu_batch(config, world_size: int) -> int:
         raise ConfigError(f"training.global_batch_size={total} is not divisible by the "
                           f"{world_size} processes")
     return total // world_size
+
+
+def parse_resolutions(text: str) -> list[int]:
+    """'160, 192,224' -> [160, 192, 224] (pixels); '' -> [].
+    Raises:
+        ValueError: not a comma-separated list of whole numbers of at least 8.
+    """
+    values = [part.strip() for part in text.split(',') if part.strip()]
+    if not all(v.isdigit() and int(v) >= 8 for v in values):
+        raise ValueError(f"expected pixel sizes of at least 8 separated by commas, got "
+                         f"{text!r}")
+    return [int(v) for v in values]

@@ -38,6 +38,7 @@ from .checkpoint import TrainState, checkpoint_dir, checkpoint_names, checkpoint
     save_checkpoints
 from .distributed import Dist, all_reduce_max, all_reduce_sum, barrier, broadcast_buffers
 from .ema import ModelEMA
+from .erasing import RandomErasing
 from .evaluate import validate
 from .logs import Progress, RunLog
 from .mix import Mixer
@@ -89,7 +90,7 @@ class Run:
     checkpoint. ``mixer`` and ``ema`` are None when off. ``resumed_from`` names the
     checkpoint ``state`` came from, and ``notes`` are lines for the user about how the
     run was built; the loop reads neither. ``stop`` records scheduler signals (None:
-    signals are not watched).
+    signals are not watched); ``eraser`` is random erasing (None when off).
     """
     model: nn.Module
     module: nn.Module
@@ -110,6 +111,7 @@ class Run:
     resumed_from: Path | None = None
     notes: list[str] = field(default_factory=list)
     stop: StopSignals | None = None
+    eraser: RandomErasing | None = None
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -157,10 +159,13 @@ def _check_finite_weights(module: nn.Module, epoch: int) -> None:
 
 
 def prepare_batch(images: torch.Tensor, labels: torch.Tensor, mixer: Mixer | None,
-                  label_smoothing: float):
+                  label_smoothing: float, eraser: RandomErasing | None = None):
     """(images, targets, labels to score top-1 against, label smoothing still to apply
-    in the loss). A mixer returns soft targets that already include the smoothing, and
-    top-1 is then scored against the dominant label of each mixed pair."""
+    in the loss). ``eraser`` erases rectangles first (in place). A mixer returns soft
+    targets that already include the smoothing, and top-1 is then scored against the
+    dominant label of each mixed pair."""
+    if eraser is not None:
+        images = eraser(images)
     if mixer is None:
         return images, labels, labels, label_smoothing
     images, targets, dominant = mixer(images, labels)
@@ -220,8 +225,8 @@ def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint') -> dict:
             seed_step(options.seed, epoch, step, dist.rank, dist.device)
             lr = run.lr_at(state.iteration)
             set_lr(run.optimizer, lr)
-            images, targets, labels, smoothing = prepare_batch(images, labels, run.mixer,
-                                                               options.label_smoothing)
+            images, targets, labels, smoothing = prepare_batch(
+                images, labels, run.mixer, options.label_smoothing, run.eraser)
             loss, logits = train_step(run.model, images, targets, run.optimizer, run.scaler,
                                       run.precision, smoothing, options.grad_clip)
             totals[0] += loss.double() * labels.shape[0]
