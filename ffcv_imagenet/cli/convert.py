@@ -7,7 +7,8 @@
         --cfg.classes=data/betons/train.beton.classes.json
 
 ``python -m ffcv_imagenet convert`` is the same command. A flat val folder
-(ILSVRC2012_val_*.JPEG) takes --cfg.labels=LOC_val_solution.csv.
+(ILSVRC2012_val_*.JPEG) takes --cfg.labels=LOC_val_solution.csv; Tiny ImageNet's val
+folder is recognised by its val_annotations.txt.
 
 A file that cannot be read, or that takes more than --cfg.max_seconds_per_image or
 --cfg.max_memory_mb_per_image to read, is skipped and listed with its reason in
@@ -21,7 +22,8 @@ from pathlib import Path
 from fastargs import Param, Section
 from fastargs.validation import And, InRange
 
-from ..data.folders import (SYNSET_FILE, list_flat, list_tree, load_classes,
+from ..data.folders import (ANNOTATIONS_FILE, SYNSET_FILE, WORDS_FILE, list_annotated,
+                            list_flat, list_tree, load_classes,
                             read_synset_names, stratified_subset)
 from ..data.writer import WRITE_MODES, write_beton
 from .config import ConfigError, Flag, OneOf, parse_config
@@ -33,7 +35,8 @@ Section('cfg', 'dataset conversion').params(
     data_dir=Param(str, 'folder of the split: one folder per class, or flat images '
                    'with --cfg.labels', required=True),
     write_path=Param(str, 'output .beton path', required=True),
-    labels=Param(str, 'label file of a flat folder (LOC_val_solution.csv form)', default=''),
+    labels=Param(str, 'label file of a flat folder: LOC_val_solution.csv, or Tiny '
+                 "ImageNet's val_annotations.txt (found by itself in data_dir)", default=''),
     classes=Param(str, 'class list of the train split (<train.beton>.classes.json); '
                   'required for val', default=''),
     synset_mapping=Param(str, 'wnid -> name file; default: LOC_synset_mapping.txt '
@@ -65,10 +68,25 @@ Section('cfg', 'dataset conversion').params(
 def _synset_file(cfg_value: str, data_dir: Path) -> Path | None:
     if cfg_value:
         return Path(cfg_value)
-    for candidate in (data_dir / SYNSET_FILE, data_dir.parent / SYNSET_FILE):
+    for candidate in (data_dir / name for data_dir in (data_dir, data_dir.parent)
+                      for name in (SYNSET_FILE, WORDS_FILE)):
         if candidate.is_file():
             return candidate
     return None
+
+
+def _listing(data_dir: Path, labels: str, classes: list[str] | None):
+    """(samples, classes) of a class tree, a flat folder with a CSV label file, or
+    Tiny ImageNet's val folder (its val_annotations.txt is found by itself)."""
+    if not labels and (data_dir / ANNOTATIONS_FILE).is_file():
+        labels = str(data_dir / ANNOTATIONS_FILE)
+    if not labels:
+        return list_tree(data_dir, classes)
+    if classes is None:
+        raise ConfigError("--cfg.labels (a flat folder) needs --cfg.classes")
+    if Path(labels).name == ANNOTATIONS_FILE or labels.endswith('.txt'):
+        return list_annotated(data_dir, labels, classes), classes
+    return list_flat(data_dir, labels, classes), classes
 
 
 def main(argv=None) -> int:
@@ -83,12 +101,7 @@ def main(argv=None) -> int:
         classes, names = load_classes(cfg('classes'))
     else:
         classes = None
-    if cfg('labels'):
-        if classes is None:
-            raise ConfigError("--cfg.labels (a flat folder) needs --cfg.classes")
-        samples = list_flat(data_dir, cfg('labels'), classes)
-    else:
-        samples, classes = list_tree(data_dir, classes)
+    samples, classes = _listing(data_dir, cfg('labels'), classes)
     if names is None:
         names = read_synset_names(_synset_file(cfg('synset_mapping'), data_dir), classes)
     keep = stratified_subset([label for _, label in samples], cfg('subset'), cfg('seed'))
