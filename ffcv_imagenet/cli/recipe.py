@@ -138,7 +138,7 @@ def build_parts(config, dist: Dist) -> Parts:
         precision = resolve_precision(config['training.precision'], dist.device)
     except ValueError as err:
         raise ConfigError(f"training.precision: {err}") from None
-    train, val = _loaders(config, dist, precision, train_path, val_path, batch, len(classes))
+    train, val = _loaders(config, dist, precision, train_path, val_path, batch)
     model, module, optimizer, scaler = _network(config, dist, precision, len(classes))
     return Parts(model, module, optimizer, scaler, precision, train, val, classes, batch,
                  _mixer(config, len(classes)), _eraser(config))
@@ -271,10 +271,12 @@ def _fit_options(config) -> FitOptions:
 
 
 def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path: str,
-             batch: int, num_classes: int) -> tuple[ImageLoader, ImageLoader]:
+             batch: int) -> tuple[ImageLoader, ImageLoader]:
+    # the loaders check each .beton's labels against its .classes.json (so that an
+    # error names that file)
     common = dict(num_workers=config['data.num_workers'], device=dist.device,
                   in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
-                  dtype=precision.input_dtype, num_classes=num_classes)
+                  dtype=precision.input_dtype)
     try:
         train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
                              resolution=config['resolution.min_res'], **common)
