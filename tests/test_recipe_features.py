@@ -46,7 +46,9 @@ def test_ema_is_validated_beside_the_raw_weights_and_checkpointed(featured):
     assert ema.keys() == raw.keys()
     assert all(ema[k].dtype == torch.float32 for k in ema if ema[k].is_floating_point())
     assert not torch.equal(ema['fc.weight'], raw['fc.weight'])  # an average, not a copy
-    assert torch.equal(ema['bn1.running_mean'], raw['bn1.running_mean'])  # buffers copied
+    # BatchNorm statistics are averaged too (ema.buffers=average), the step count copied
+    assert not torch.equal(ema['bn1.running_mean'], raw['bn1.running_mean'])
+    assert torch.equal(ema['bn1.num_batches_tracked'], raw['bn1.num_batches_tracked'])
 
 
 def test_best_checkpoint_is_chosen_on_the_ema_metric(featured):

@@ -95,6 +95,14 @@ def _isolate(memory_mb: int, capture_fd: int) -> None:
     os.dup2(capture_fd, 2)
     if faulthandler.is_enabled():  # its crash dump would go to the parent's stderr
         faulthandler.enable(file=2)
+    # glibc serves large allocations from free heap space the fork inherited once its
+    # mmap threshold has grown (it grows when big blocks are freed): such memory is not
+    # new address space and would slip past the cap. A fixed threshold sends every
+    # allocation of 128 KiB or more to a fresh mapping, which the cap counts.
+    try:
+        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
     # Relative to what the fork inherited: a parent that imported torch already maps
     # gigabytes that the decoder never touches.
     start = _address_space()
