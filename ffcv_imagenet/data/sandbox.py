@@ -14,7 +14,10 @@ without a message per item; array results can come back through a shared mapping
 Both keep the isolation nearly free: an image's trip through a pipe and pickle cost
 as much as a third of its decode.
 
-Linux semantics (fork, /proc, prctl); elsewhere the memory cap is not applied.
+Linux semantics (fork, /proc, prctl); elsewhere the memory cap is not applied. The
+cap counts the address space a child adds to what its fork inherited: forked from a
+process that has allocated and freed gigabytes (a long test session), a decoder can
+reuse inherited free heap uncounted. The converter's own process stays small.
 """
 from __future__ import annotations
 
