@@ -63,8 +63,8 @@ def test_bad_settings_are_refused(kwargs):
         RandomErasing(**kwargs)
 
 
-def test_training_with_erasing_and_evaluating_at_several_resolutions(betons, tmp_path,
-                                                                     capsys):
+def test_training_with_erasing_and_evaluating_at_several_resolutions_and_crops(
+        betons, tmp_path, capsys):
     folder = tmp_path / 'run'
     assert train_imagenet.main(tiny_args(betons, folder, '--erase.prob=0.5',
                                          '--training.stop_after=1')) == 0
@@ -72,15 +72,29 @@ def test_training_with_erasing_and_evaluating_at_several_resolutions(betons, tmp
     last = checkpoint_dir(folder) / 'last.pt'
     assert train_imagenet.main(tiny_args(
         betons, folder, f'--checkpoint.resume={last}', '--training.eval_only=1',
-        '--validation.resolutions=32, 48,64')) == 0
+        '--validation.resolutions=32, 48,64', '--validation.crop_ratios=0.5,1')) == 0
     err = capsys.readouterr().err
     table = [line for line in err.splitlines() if line.startswith('| ')]
-    assert table[0].startswith('| resolution (px) | val_top1 | val_top5')
-    assert [row.split('|')[1].strip() for row in table[1:]] == ['32', '48', '64']
-    assert [e['resolution'] for e in read_log(folder, 'eval')] == [32, 48, 64]
+    assert table[0].startswith('| resolution (px) | crop ratio | val_top1 | val_top5')
+    assert [row.split('|')[1].strip() for row in table[1:]] == ['32', '32', '48', '48',
+                                                                '64', '64']
+    assert [row.split('|')[2].strip() for row in table[1:]] == ['0.5', '1'] * 3
+    swept = read_log(folder, 'eval')
+    assert [(e['resolution'], e['crop_ratio']) for e in swept] == [
+        (r, c) for r in (32, 48, 64) for c in (0.5, 1.0)]
+    assert swept[0]['val_loss'] != swept[1]['val_loss']  # the crop did change
+    # each ratio evaluated alone gives the numbers of the sweep, which changed it back
+    # and forth: the decoder was compiled again for each
+    for ratio, row in ((1.0, swept[5]), (0.5, swept[4])):
+        assert train_imagenet.main(tiny_args(
+            betons, folder, f'--checkpoint.resume={last}', '--training.eval_only=1',
+            '--validation.resolution=64', f'--validation.crop_ratio={ratio}')) == 0
+        assert read_log(folder, 'eval')[-1]['val_loss'] == pytest.approx(row['val_loss'])
     with pytest.raises(Exception, match='validation.resolutions needs training.eval_only'):
         train_imagenet.main(tiny_args(betons, tmp_path / 'x', '--validation.resolutions=32'))
-    with pytest.raises(Exception, match='validation.resolutions: expected pixel sizes'):
-        train_imagenet.main(tiny_args(betons, tmp_path / 'y', '--training.eval_only=1',
-                                      f'--checkpoint.resume={last}',
-                                      '--validation.resolutions=32,big'))
+    for key, value, message in (('resolutions', '32,big', 'expected pixel sizes'),
+                                ('crop_ratios', '0.5,1.5', r'expected centre-crop ratios in \(0, 1\]')):
+        with pytest.raises(Exception, match=f'validation.{key}: {message}'):
+            train_imagenet.main(tiny_args(betons, tmp_path / 'y', '--training.eval_only=1',
+                                          f'--checkpoint.resume={last}',
+                                          f'--validation.{key}={value}'))

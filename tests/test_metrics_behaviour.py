@@ -488,10 +488,10 @@ VAL = {'val_loss': 1.5, 'val_top1': 0.5, 'val_top5': 0.875, 'ema_val_loss': 1.25
 def test_the_epoch_record_holds_every_metric():
     state = TrainState(epoch=3, iteration=30, best_top1=0.625)
     options = loop.FitOptions(epochs=5, best_metric='ema_val_top1')
-    record = loop._epoch_record(state, TRAIN, VAL, 160, Dist(0, 0, 1, CPU), options,
+    record = loop._epoch_record(state, TRAIN, VAL, 160, 32, Dist(0, 0, 2, CPU), options,
                                 mixed=False)
     assert record == {'epoch': 3, 'iteration': 30, 'lr': 0.125, 'resolution': 160,
-                      'train_loss': 2.5, 'train_top1': 0.25, 'val_loss': 1.5,
+                      'batch_size': 32, 'global_batch_size': 64, 'train_loss': 2.5, 'train_top1': 0.25, 'val_loss': 1.5,
                       'val_top1': 0.5, 'val_top5': 0.875, 'ema_val_loss': 1.25,
                       'ema_val_top1': 0.625, 'ema_val_top5': 0.9375,
                       'best_ema_val_top1': 0.625, 'images_per_sec': 150.0,
@@ -499,13 +499,13 @@ def test_the_epoch_record_holds_every_metric():
 
 
 def test_an_epoch_without_validation_records_no_val_metrics_and_no_best_yet():
-    record = loop._epoch_record(TrainState(epoch=1, iteration=10), TRAIN, {}, 128,
+    record = loop._epoch_record(TrainState(epoch=1, iteration=10), TRAIN, {}, 128, None,
                                 Dist(0, 0, 1, CPU), loop.FitOptions(epochs=5), mixed=True)
     assert record['val_loss'] is None and record['val_top1'] is None
     assert record['val_top5'] is None and record['best_val_top1'] is None
     assert not any(key.startswith('ema_') for key in record)
     assert record['train_top1_label'] == 'dominant label'
-    zero = loop._epoch_record(TrainState(epoch=1, best_top1=0.0), TRAIN, {}, 128,
+    zero = loop._epoch_record(TrainState(epoch=1, best_top1=0.0), TRAIN, {}, 128, None,
                               Dist(0, 0, 1, CPU), loop.FitOptions(epochs=5), mixed=False)
     assert zero['best_val_top1'] == 0.0  # a best of 0 is a best, not "none yet"
     assert 'train_top1_label' not in zero
@@ -544,3 +544,13 @@ def test_early_stopping_bounds(epoch, best_epoch, stops):
     state = TrainState(epoch=epoch, best_top1=0.5, best_epoch=best_epoch)
     loop._update_best(state, {'val_top1': 0.5}, options)
     assert state.stopped_early is stops
+
+
+def test_best_after_leaves_the_earlier_epochs_out_of_the_best_and_of_early_stopping():
+    options = loop.FitOptions(epochs=10, patience=1, best_after=3)
+    state = TrainState(epoch=3)
+    assert loop._update_best(state, {'val_top1': 0.9}, options) is False
+    assert (state.best_top1, state.best_epoch, state.stopped_early) == (-1.0, 0, False)
+    state.epoch = 4
+    assert loop._update_best(state, {'val_top1': 0.5}, options) is True
+    assert (state.best_top1, state.best_epoch, state.stopped_early) == (0.5, 4, False)

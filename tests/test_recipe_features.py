@@ -179,3 +179,27 @@ def test_the_cpu_advanced_recipe_trains_one_epoch(betons, tmp_path):
     assert 0 <= record['ema_val_top1'] <= 1 and record['best_ema_val_top1'] is not None
     saved = load_checkpoint(checkpoint_dir(folder) / 'last.pt')
     assert saved['arch'] == 'resnet50' and saved['ema'] is not None
+
+
+@pytest.mark.parametrize('name, extra', [
+    # the test split has 48 images: smaller batches than the demo data's
+    ('rn50_cpu_reference_advanced.yaml', '--resolution.stages=0:48:16,1:64:8'),
+    ('rn50_cpu_reference_plain.yaml', '--training.batch_size=16'),
+])
+def test_the_cpu_reference_recipes_train_one_epoch(betons, tmp_path, name, extra):
+    train_path, val_path = betons
+    folder = tmp_path / 'reference'
+    assert train_imagenet.main([
+        '-C', str(ROOT / 'rn50_configs' / name), f'--data.train_dataset={train_path}',
+        f'--data.val_dataset={val_path}', extra, '--validation.batch_size=10',
+        '--training.stop_after=1', '--logging.progress=0', f'--logging.folder={folder}']) == 0
+    (record,) = read_log(folder, 'epoch')
+    assert record['batch_size'] == 16 and 0 <= record['val_top1'] <= 1
+    saved = load_checkpoint(checkpoint_dir(folder) / 'last.pt')
+    names = {p.name for p in checkpoint_dir(folder).glob('*.pt')}
+    if 'advanced' in name:
+        assert saved['ema'] is not None and 'fc.weight' not in saved['model']  # 1x1 head
+        assert record['best_val_top1'] is None and 'best.pt' not in names  # best_after: 4
+    else:
+        assert saved['ema'] is None and 'fc.weight' in saved['model']
+        assert 'best.pt' in names

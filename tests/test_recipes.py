@@ -8,7 +8,7 @@ import pytest
 
 from ffcv_imagenet.cli.config import ConfigError, parse_config
 from ffcv_imagenet.cli.train_config import SECTIONS
-from ffcv_imagenet.training.schedules import lr_schedule, resolution_at
+from ffcv_imagenet.training.schedules import Stages, lr_schedule, resolution_at
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / 'rn50_configs').glob('*.yaml'))
@@ -27,12 +27,16 @@ def test_recipe_parses_and_is_consistent(path):
     config = parse_config('test', ['-C', str(path)], SECTIONS)
     epochs = config['training.epochs']
     assert 0 < config['lr.peak_epoch'] < epochs
+    assert 'per GPU' in path.read_text() or 'per process' in path.read_text()
+    if config['resolution.stages']:
+        stages = Stages.parse(config['resolution.stages'], epochs)
+        assert stages.stages[-1].epoch < epochs  # every stage is reached
+        return
     ramp = {k: config[f'resolution.{k}'] for k in ('min_res', 'max_res', 'start_ramp',
                                                   'end_ramp')}
     assert config['resolution.end_ramp'] < epochs  # the last epochs run at max_res
     assert resolution_at(epochs - 1, **ramp) == config['resolution.max_res']
     assert resolution_at(0, **ramp) == config['resolution.min_res']
-    assert 'per GPU' in path.read_text() or 'per process' in path.read_text()
     if path.name.endswith('_epochs.yaml'):
         assert config['training.label_smoothing'] == 0.1
         assert config['model.blurpool'] == 1
@@ -95,3 +99,31 @@ def test_train_command_takes_a_bare_recipe_name(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == ('error: data.train_dataset: .beton file not found: '
                                    'missing.beton')
+
+
+REFERENCE_TABLE = {  # issue 13's table of the two reference trainers' settings
+    'rn50_reference_advanced.yaml': {
+        'training.epochs': 90, 'resolution.stages': '0:64:256, 30:128:128, 50:224:64',
+        'optimizer.name': 'adamw', 'lr.lr': 3e-4, 'optimizer.weight_decay': 1e-4,
+        'lr.schedule': 'onecycle', 'model.drop_path_rate': 0.2, 'model.head': 'conv1x1',
+        'model.blurpool': 0, 'ema.enabled': 1, 'training.precision': 'fp16',
+        'checkpoint.best_metric': 'val_top1', 'checkpoint.best_after': 60},
+    'rn50_reference_plain.yaml': {
+        'training.epochs': 90, 'resolution.min_res': 224, 'resolution.max_res': 224,
+        'training.batch_size': 256, 'optimizer.name': 'sgd', 'lr.lr': 0.1,
+        'lr.reference_batch': 256, 'optimizer.momentum': 0.9,
+        'optimizer.weight_decay': 1e-4, 'lr.schedule': 'cosine', 'lr.warmup_epochs': 5,
+        'model.head': 'fc', 'model.drop_path_rate': 0.0, 'ema.enabled': 0,
+        'mix.mixup_alpha': 0.0, 'mix.cutmix_alpha': 0.0, 'erase.prob': 0.0,
+        'training.label_smoothing': 0.0, 'training.precision': 'fp16',
+        'checkpoint.every': 10},
+}
+
+
+@pytest.mark.parametrize('name', sorted(REFERENCE_TABLE))
+def test_the_reference_recipes_hold_the_references_settings(name):
+    config = parse_config('test', ['-C', str(ROOT / 'rn50_configs' / name)], SECTIONS)
+    for key, value in REFERENCE_TABLE[name].items():
+        assert config[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+    text = (ROOT / 'rn50_configs' / name).read_text()
+    assert 'NOT a result measured on ImageNet' in text

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -28,9 +29,10 @@ from ..training.mix import Mixer
 from ..training.models import build_model, describe_model
 from ..training.optim import Precision, build_optimizer, resolve_precision
 from ..training.preempt import CheckpointPeriod
-from ..training.schedules import lr_schedule, resolution_at
+from ..training.schedules import Stages, epoch_schedule, lr_schedule, resolution_at, \
+    staged_lr
 from .config import ConfigError, as_dict
-from .train_config import SECTIONS, check_values, per_gpu_batch
+from .train_config import SECTIONS, check_values, per_gpu_batch, resolution_stages
 
 
 @dataclass
@@ -75,25 +77,59 @@ def _dataset(config, key: str) -> tuple[str, list[str]]:
     return path, classes
 
 
-def _schedules(config, steps_per_epoch: int, global_batch: int):
-    peak_lr = config['lr.lr'] * global_batch / config['lr.reference_batch']
+class Schedules(NamedTuple):
+    """What the loop needs per iteration and per epoch: ``lr_at(iteration)``,
+    ``res_at(epoch)`` (pixels), ``batch_at(epoch)`` (images per process), and
+    ``first_iteration(epoch)`` (optimizer steps before a 0-based epoch); ``summary``
+    is a line for the user."""
+    lr_at: Callable[[int], float]
+    res_at: Callable[[int], int]
+    batch_at: Callable[[int], int]
+    first_iteration: Callable[[int], int]
+    summary: str
+
+
+def _schedules(config, train: ImageLoader, world_size: int) -> Schedules:
+    """The learning rate follows the global batch linearly (``lr.lr`` per
+    ``lr.reference_batch`` images); with stages, the schedule's shape is a function
+    of progress (fractional epochs) and its scale changes with each stage's batch."""
+    def peak_for(batch: int) -> float:
+        return config['lr.lr'] * batch * world_size / config['lr.reference_batch']
+
+    shape = {key: config[f'lr.{key}'] for key in (
+        'peak_epoch', 'warmup_epochs', 'step_length', 'step_ratio', 'min_lr', 'pct_start',
+        'div_factor', 'final_div_factor')}
+    name, epochs, stages = config['lr.schedule'], config['training.epochs'], \
+        resolution_stages(config)
     try:
-        lr_at = lr_schedule(
-            config['lr.schedule'], peak_lr=peak_lr, epochs=config['training.epochs'],
-            steps_per_epoch=steps_per_epoch, peak_epoch=config['lr.peak_epoch'],
-            warmup_epochs=config['lr.warmup_epochs'], step_length=config['lr.step_length'],
-            step_ratio=config['lr.step_ratio'], min_lr=config['lr.min_lr'],
-            pct_start=config['lr.pct_start'], div_factor=config['lr.div_factor'],
-            final_div_factor=config['lr.final_div_factor'])
+        if stages is None:
+            batch = per_gpu_batch(config, world_size)
+            lr_at = lr_schedule(name, peak_lr=peak_for(batch), epochs=epochs,
+                                steps_per_epoch=len(train), **shape)
+        else:
+            by_epoch = epoch_schedule(name, peak_lr=1.0, epochs=epochs, **shape)
+            stages.bind(lambda batch: train.num_samples // batch)
+            lr_at = staged_lr(by_epoch, stages, peak_for)
     except ValueError as err:  # the messages start with the key's name
         raise ConfigError(f"lr.{err}") from None
+    if stages is not None:
+        used = sorted({stages.at(epoch) for epoch in range(epochs)}, key=lambda s: s.epoch)
+        summary = 'stages: ' + ', '.join(
+            f"{s.resolution} px x {s.batch} from epoch {s.epoch + 1} (peak lr "
+            f"{peak_for(s.batch):.4g})" for s in used)
+        return Schedules(lr_at, lambda epoch: stages.at(epoch).resolution,
+                         lambda epoch: stages.at(epoch).batch, stages.first_iteration,
+                         summary)
     ramp = {key: config[f'resolution.{key}']
             for key in ('min_res', 'max_res', 'start_ramp', 'end_ramp')}
     try:
         resolution_at(0, **ramp)  # checks the ramp now rather than at epoch 60
     except ValueError as err:
         raise ConfigError(f"resolution: {err}") from None
-    return lr_at, partial(resolution_at, **ramp), peak_lr
+    steps = len(train)
+    return Schedules(lr_at, partial(resolution_at, **ramp), lambda epoch: batch,
+                     lambda epoch: epoch * steps,
+                     f"batch {batch} per process, peak lr {peak_for(batch):.4g}")
 
 
 def _resume_source(config, run_dir: Path) -> tuple[Path | None, str]:
@@ -154,7 +190,8 @@ def build_run(config, dist: Dist) -> Run:
     run_dir = Path(config['logging.folder'])
     source, note = _agreed_resume_source(config, run_dir, dist)
     saved = load_checkpoint(source) if source else None
-    arch, steps = config['model.arch'], len(parts.train_loader)
+    arch = config['model.arch']
+    schedules = _schedules(config, parts.train_loader, dist.world_size)
     notes = note.splitlines()
     if saved:
         check_compatible(saved, source, arch=arch, classes=parts.classes)
@@ -164,9 +201,7 @@ def build_run(config, dist: Dist) -> Run:
             if trained_with != config[key]:
                 raise ConfigError(f"{key}: {source} was trained with {trained_with}; its "
                                   f"state cannot continue as {config[key]}")
-        notes += _check_same_global_batch(saved, source, parts.batch, dist.world_size,
-                                          steps)
-    lr_at, res_at, peak_lr = _schedules(config, steps, parts.batch * dist.world_size)
+        notes += _check_same_global_batch(saved, source, schedules, dist.world_size)
     ema = _ema(config, parts.module)
     state = TrainState()
     if saved:
@@ -181,11 +216,12 @@ def build_run(config, dist: Dist) -> Run:
             state.best_top1, state.best_epoch = -1.0, state.epoch
             notes.append(f"checkpoint.best_metric changed from {saved_metric}; the best "
                          f"is tracked afresh from epoch {state.epoch}")
-    notes.append(f"{dist.world_size} process(es) on {dist.device.type}, batch {parts.batch} "
-                 f"per process, peak lr {peak_lr:.4g}, precision {parts.precision.name}, "
-                 f"{steps} steps per epoch")
+    epoch = min(state.epoch, config['training.epochs'] - 1)
+    steps = schedules.first_iteration(epoch + 1) - schedules.first_iteration(epoch)
+    notes.append(f"{dist.world_size} process(es) on {dist.device.type}, {schedules.summary}, "
+                 f"precision {parts.precision.name}, {steps} steps per epoch")
     if dist.is_main:  # a forward pass on a CPU copy: only the rank that prints pays
-        start_res = res_at(state.epoch)
+        start_res = schedules.res_at(state.epoch)
         cost = describe_model(parts.module, start_res,
                               bytes_per_value=2 if parts.precision.dtype else 4)
         notes.append(f"model {arch}: {cost['params'] / 1e6:.1f} M parameters; per image at "
@@ -199,32 +235,41 @@ def build_run(config, dist: Dist) -> Run:
             'batch': parts.batch}
     return Run(parts.model, parts.module, parts.optimizer, parts.scaler, parts.precision,
                parts.train_loader, parts.val_loader, dist, _fit_options(config), state,
-               lr_at, res_at, run_dir, meta, mixer=parts.mixer, ema=ema, eraser=parts.eraser,
-               resumed_from=source, notes=notes)
+               schedules.lr_at, schedules.res_at, run_dir, meta, mixer=parts.mixer, ema=ema,
+               eraser=parts.eraser, resumed_from=source, notes=notes,
+               batch_at=schedules.batch_at)
 
 
-def _check_same_global_batch(saved: dict, source: Path, batch: int, world_size: int,
-                             steps: int) -> list[str]:
+def _check_same_global_batch(saved: dict, source: Path, schedules: Schedules,
+                             world_size: int) -> list[str]:
     """Notes about continuing ``saved`` here. The rule for another number of processes:
     the global batch must stay the same (each process then takes a different share of
     it); the learning rate, the schedule's position (optimizer steps) and the samples
     of every step stay as they were, because each step takes the same stretch of the
-    epoch's permutation whatever the number of processes.
+    epoch's permutation whatever the number of processes. With stages, the batch is
+    the one of the epoch the checkpoint continues with, and the steps taken so far
+    must be those of this run's stages.
     Raises:
         ConfigError: the global batch (per-process batch x processes) differs.
     """
+    epoch = saved['epoch']
     old_world, old_batch = saved.get('world_size'), saved.get('batch')  # None: older files
+    old_stages = (saved.get('config') or {}).get('resolution.stages', '')
+    if old_stages and old_batch:
+        old_batch = Stages.parse(old_stages, epoch + 1).at(epoch).batch
     old_global = (old_batch * old_world) if old_batch and old_world else None
+    batch = schedules.batch_at(epoch)
     here = batch * world_size
-    if saved['iteration'] != saved['epoch'] * steps + int(saved.get('step', 0)) or (
-            old_global is not None and old_global != here):
+    if saved['iteration'] != schedules.first_iteration(epoch) + int(saved.get('step', 0)) \
+            or (old_global is not None and old_global != here):
         was = (f"{old_world} x {old_batch} = {old_global}" if old_global else
-               f"{saved['iteration']} steps in {saved['epoch']} epochs")
+               f"{saved['iteration']} steps in {epoch} epochs")
         keep = f"={old_global}" if old_global else ""
         raise ConfigError(
             f"training.batch_size: {source} was trained with a global batch of {was} "
             f"(processes x batch), but this run has {world_size} x {batch} = {here}; keep "
-            f"the global batch (--training.global_batch_size{keep}) to continue")
+            f"the global batch (--training.global_batch_size{keep}, or the same "
+            f"resolution.stages) to continue")
     if old_world is not None and old_world != world_size:
         return [f"resuming on {world_size} process(es) where {source} ran on {old_world}: "
                 f"the global batch {here} is kept ({batch} per process); batch-norm "
@@ -267,6 +312,7 @@ def _fit_options(config) -> FitOptions:
         stop_after=config['training.stop_after'], log_every=config['logging.log_every'],
         seed=config['training.seed'], progress=bool(config['logging.progress']),
         best_metric=config['checkpoint.best_metric'],
+        best_after=config['checkpoint.best_after'],
         patience=config['early_stop.patience'], min_epochs=config['early_stop.min_epochs'])
 
 
@@ -277,9 +323,11 @@ def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path
     common = dict(num_workers=config['data.num_workers'], device=dist.device,
                   in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
                   dtype=precision.input_dtype)
+    stages = resolution_stages(config)
+    resolution = config['resolution.min_res'] if stages is None else stages.at(0).resolution
     try:
         train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
-                             resolution=config['resolution.min_res'], **common)
+                             resolution=resolution, **common)
     except DatasetError as err:
         raise ConfigError(f"data.train_dataset: {err}") from None
     try:
@@ -288,10 +336,14 @@ def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path
                          center_ratio=config['validation.crop_ratio'], **common)
     except DatasetError as err:
         raise ConfigError(f"data.val_dataset: {err}") from None
-    if len(train) == 0:
-        raise ConfigError(f"training.batch_size: {train_path} gives each of the "
-                          f"{dist.world_size} processes {train.num_samples} images, fewer "
-                          f"than one batch of {batch}")
+    largest, key = batch, 'training.batch_size'
+    if stages is not None:
+        largest = max(stages.at(epoch).batch for epoch in range(config['training.epochs']))
+        key = 'resolution.stages'
+    if train.num_samples < largest:
+        raise ConfigError(f"{key}: {train_path} gives each of the {dist.world_size} "
+                          f"processes {train.num_samples} images, fewer than one batch "
+                          f"of {largest}")
     return train, val
 
 

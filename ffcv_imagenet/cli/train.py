@@ -24,7 +24,7 @@ from ..training.preempt import PREEMPTED_EXIT, Preempted, StopSignals, clear_mar
 from .config import parse_config
 from .recipe import build_run, setup_distributed
 from .runner import exit_code, report
-from .train_config import SECTIONS, parse_resolutions
+from .train_config import SECTIONS, parse_crop_ratios, parse_resolutions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,19 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in run.notes:
         report(note)
     if config['training.eval_only']:
-        resolutions = parse_resolutions(config['validation.resolutions'])
-        rows = []
-        for resolution in resolutions or [run.val_loader.resolution]:
-            run.val_loader.resolution = resolution
-            metrics = validate(run.module, run.ema, run.val_loader, precision=run.precision,
-                               tta=run.options.tta, device=dist.device,
-                               show_progress=dist.is_main)
-            log.event('eval', checkpoint=str(run.resumed_from), resolution=resolution,
-                      **metrics)
-            report(f"eval {run.resumed_from} at {resolution} px: " + format_record(metrics))
-            rows.append({'resolution': resolution, **metrics})
-        if resolutions:
-            report(resolution_table(rows))
+        evaluate_checkpoint(run, log, dist, parse_resolutions(config['validation.resolutions']),
+                            parse_crop_ratios(config['validation.crop_ratios']))
         return 0
     log.write_config(run.meta['config'])
     if dist.is_main and (marker := clear_marker(run.run_dir)):
@@ -88,14 +77,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def evaluate_checkpoint(run, log: RunLog, dist, resolutions: list[int],
+                        crop_ratios: list[float]) -> None:
+    """Validates the resumed checkpoint at each resolution (pixels) and centre-crop
+    ratio asked for (the config's own when none are), logging an ``eval`` event for
+    each and printing a table when there are several."""
+    loader = run.val_loader
+    rows = []
+    for resolution in resolutions or [loader.resolution]:
+        for ratio in crop_ratios or [loader.center_ratio]:
+            loader.resolution, loader.center_ratio = resolution, ratio
+            metrics = validate(run.module, run.ema, loader, precision=run.precision,
+                               tta=run.options.tta, device=dist.device,
+                               show_progress=dist.is_main)
+            log.event('eval', checkpoint=str(run.resumed_from), resolution=resolution,
+                      crop_ratio=ratio, **metrics)
+            report(f"eval {run.resumed_from} at {resolution} px, crop ratio {ratio:g}: "
+                   + format_record(metrics))
+            rows.append({'resolution': resolution, 'crop_ratio': ratio, **metrics})
+    if len(rows) > 1 or resolutions or crop_ratios:
+        report(resolution_table(rows))
+
+
 def resolution_table(rows: list[dict]) -> str:
-    """A markdown table of validation metrics per resolution (top-1/top-5 as %)."""
+    """A markdown table of validation metrics per resolution and crop ratio (top-1/top-5
+    as %)."""
     columns = [key for key in ('val_top1', 'val_top5', 'ema_val_top1', 'ema_val_top5')
                if key in rows[0]]
-    lines = ['| resolution (px) | ' + ' | '.join(columns) + ' |',
-             '|---|' + '---|' * len(columns)]
+    lines = ['| resolution (px) | crop ratio | ' + ' | '.join(columns) + ' |',
+             '|---|---|' + '---|' * len(columns)]
     for row in rows:
-        lines.append(f"| {row['resolution']} | " +
+        lines.append(f"| {row['resolution']} | {row['crop_ratio']:g} | " +
                      ' | '.join(f"{100 * row[key]:.2f}" for key in columns) + ' |')
     return '\n'.join(lines)
 

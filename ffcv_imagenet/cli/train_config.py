@@ -22,7 +22,7 @@ from ..training.erasing import MODES as ERASE_MODES
 from ..training.models import ARCHS, HEADS
 from ..training.optim import OPTIMIZERS, PRECISIONS
 from ..training.preempt import CheckpointPeriod
-from ..training.schedules import SCHEDULES
+from ..training.schedules import SCHEDULES, Stages
 
 Section('data', 'the .beton files and their loaders').params(
     train_dataset=Param(str, 'train .beton', required=True),
@@ -44,6 +44,9 @@ Section('model', 'the network').params(
                "convolution before the average pool)", default='fc'),
 )
 Section('resolution', 'progressive resizing of training images (pixels, epochs)').params(
+    stages=Param(str, "staged resizing with batch size, replacing the ramp below: "
+                 "'epoch:pixels:batch' per stage, epochs 0-based, batch per GPU "
+                 "('0:64:256,30:128:128,50:224:64'; '' = the linear ramp)", default=''),
     min_res=Param(int, 'resolution up to start_ramp', default=160),
     max_res=Param(int, 'resolution from end_ramp on', default=192),
     start_ramp=Param(int, 'epoch (0-based) where the ramp starts', default=0),
@@ -100,6 +103,8 @@ Section('validation', 'validation').params(
     every=Param(int, 'validate every this many epochs (and after the last)', default=1),
     resolutions=Param(str, "eval_only: validate at each of these resolutions ('160,192,224') "
                       "and print a table", default=''),
+    crop_ratios=Param(str, "eval_only: validate at each of these centre-crop ratios "
+                      "('0.75,0.875,1') and print a table", default=''),
 )
 Section('checkpoint', 'checkpoints in <logging.folder>/checkpoints').params(
     resume=Param(str, "'' = fresh run, 'auto' = newest in the run folder, or a path",
@@ -111,6 +116,8 @@ Section('checkpoint', 'checkpoints in <logging.folder>/checkpoints').params(
     best_metric=Param(OneOf('val_top1', 'ema_val_top1'), 'metric that picks best.pt and '
                       'drives early stopping (ema_val_top1 needs ema.enabled=1)',
                       default='val_top1'),
+    best_after=Param(int, 'choose best.pt (and judge early stopping) only among the '
+                     'epochs after this one (0 = all)', default=0),
 )
 Section('logging', 'logs').params(
     folder=Param(str, 'run folder: config.json, log.jsonl, checkpoints/', required=True),
@@ -160,7 +167,8 @@ _POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
              'logging.log_every', 'lr.reference_batch', 'ema.every')
 _NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.stop_after',
-                 'checkpoint.every', 'optimizer.weight_decay', 'optimizer.momentum',
+                 'checkpoint.every', 'checkpoint.best_after', 'optimizer.weight_decay',
+                 'optimizer.momentum',
                  'optimizer.eps', 'optimizer.trust_coefficient', 'lr.lr', 'lr.min_lr',
                  'lr.warmup_epochs', 'ema.warmup_steps',
                  'mix.mixup_alpha', 'mix.cutmix_alpha', 'early_stop.patience',
@@ -198,6 +206,12 @@ def check_values(config) -> None:
         raise ConfigError(f"validation.resolutions: {err}") from None
     if resolutions and not config['training.eval_only']:
         raise ConfigError("validation.resolutions needs training.eval_only=1")
+    try:
+        ratios = parse_crop_ratios(config['validation.crop_ratios'])
+    except ValueError as err:
+        raise ConfigError(f"validation.crop_ratios: {err}") from None
+    if ratios and not config['training.eval_only']:
+        raise ConfigError("validation.crop_ratios needs training.eval_only=1")
     if config['checkpoint.best_metric'] == 'ema_val_top1' and not config['ema.enabled']:
         raise ConfigError("checkpoint.best_metric=ema_val_top1 needs ema.enabled=1")
     if not 0 < config['validation.crop_ratio'] <= 1:
@@ -213,12 +227,32 @@ def check_values(config) -> None:
                               "(pip install tensorboard)") from None
 
 
+def resolution_stages(config) -> Stages | None:
+    """The ``resolution.stages`` of the config (None: the linear ramp instead).
+    Raises:
+        ConfigError: a malformed list, or one combined with a global batch size.
+    """
+    if not config['resolution.stages'].strip():
+        return None
+    try:
+        stages = Stages.parse(config['resolution.stages'], config['training.epochs'])
+    except ValueError as err:
+        raise ConfigError(f"resolution.stages: {err}") from None
+    if config['training.global_batch_size']:
+        raise ConfigError("training.global_batch_size cannot be combined with "
+                          "resolution.stages, whose batch sizes are per GPU")
+    return stages
+
+
 def per_gpu_batch(config, world_size: int) -> int:
-    """Images per step per process.
+    """Images per step per process (with ``resolution.stages``: the first stage's).
 
     Raises:
         ConfigError: ``training.global_batch_size`` does not divide by the world size.
     """
+    stages = resolution_stages(config)
+    if stages is not None:
+        return stages.at(0).batch
     total = config['training.global_batch_size']
     if not total:
         return config['training.batch_size']
@@ -238,3 +272,18 @@ def parse_resolutions(text: str) -> list[int]:
         raise ValueError(f"expected pixel sizes of at least 8 separated by commas, got "
                          f"{text!r}")
     return [int(v) for v in values]
+
+
+def parse_crop_ratios(text: str) -> list[float]:
+    """'0.75, 0.875,1' -> [0.75, 0.875, 1.0]; '' -> [].
+    Raises:
+        ValueError: not a comma-separated list of numbers in (0, 1].
+    """
+    try:
+        values = [float(part) for part in text.split(',') if part.strip()]
+    except ValueError:
+        values = [-1.0]
+    if not all(0 < v <= 1 for v in values):
+        raise ValueError(f"expected centre-crop ratios in (0, 1] separated by commas, got "
+                         f"{text!r}")
+    return values

@@ -209,12 +209,16 @@ class ImageLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.device, self.dtype, self.decoder = resolve_device(device), dtype, decoder
-        self.loader = SetUpLoader(str(path), batch_size=batch_size, num_workers=num_workers,
-                                  os_cache=in_memory, order=order, seed=seed,
-                                  drop_last=drop_last, batches_ahead=batches_ahead,
-                                  pipelines=_pipelines(decoder, self.device, self.info),
-                                  thread_setup=partial(use_device, self.device))
-        self.batch_size, self.batches_ahead = batch_size, batches_ahead
+        # everything but the batch size, to build ffcv's loader again when it changes
+        # (with new pipeline lists: ffcv's loader takes its decoder out of them)
+        common = partial(SetUpLoader, str(path), num_workers=num_workers,
+                         os_cache=in_memory, order=order, seed=seed, drop_last=drop_last,
+                         batches_ahead=batches_ahead,
+                         thread_setup=partial(use_device, self.device))
+        self._make_loader = lambda batch: common(
+            batch_size=batch, pipelines=_pipelines(decoder, self.device, self.info))
+        self.loader = self._make_loader(batch_size)
+        self.batches_ahead = batches_ahead
         stats = torch.tensor([IMAGENET_MEAN, IMAGENET_STD]) * 255
         self._stats_cpu = (stats[0].view(1, 3, 1, 1), (1 / stats[1]).view(1, 3, 1, 1))
         self._stats = None  # (mean, 1 / std) on the device, from the first batch on
@@ -233,6 +237,42 @@ class ImageLoader:
         if pixels < 8:
             raise ValueError(f"resolution must be at least 8 pixels, got {pixels}")
         self.decoder.output_size = (pixels, pixels)
+
+    @property
+    def center_ratio(self) -> float:
+        """Centre-crop side / shorter image side of a val loader."""
+        if self.decoder.random_crop:
+            raise AttributeError("a random-resized-crop loader has no centre-crop ratio")
+        return self.decoder.ratio
+
+    @center_ratio.setter
+    def center_ratio(self, ratio: float) -> None:
+        if self.decoder.random_crop:
+            raise AttributeError("a random-resized-crop loader has no centre-crop ratio")
+        if not 0 < ratio <= 1:
+            raise ValueError(f"center_ratio must be in (0, 1], got {ratio}")
+        if float(ratio) != self.decoder.ratio:
+            self.decoder.ratio = float(ratio)
+            # the decoder compiles the ratio in as a constant: have ffcv generate (and
+            # numba compile, a few seconds) its code again at the next iteration
+            self.loader.code = None
+
+    @property
+    def batch_size(self) -> int:
+        """Images per batch (per rank). It may be set between epochs (staged resizing):
+        ffcv's loader is then built again for it, its order and epoch kept, and
+        compiles its pipeline once more on its first epoch."""
+        return self.loader.batch_size
+
+    @batch_size.setter
+    def batch_size(self, images: int) -> None:
+        images = int(images)
+        if images < 1:
+            raise ValueError(f"batch_size must be positive, got {images}")
+        if images != self.loader.batch_size:
+            epoch = self.loader.next_epoch
+            self.loader = self._make_loader(images)
+            self.loader.next_epoch = epoch
 
     @property
     def epoch(self) -> int:

@@ -3,7 +3,8 @@
 Everything arrives built (model, optimizer, loaders, schedules); this module only
 runs them. Per epoch, ``fit``:
 
-1. sets the train loader's epoch (its order) and resolution (``res_at(epoch)``);
+1. sets the train loader's epoch (its order), resolution (``res_at(epoch)``) and,
+   with staged resizing, batch size (``batch_at(epoch)``);
 2. trains, setting the learning rate ``lr_at(iteration)`` before every step and
    seeding the step's random draws from (seed, epoch, step, rank), optionally mixing
    each batch (MixUp/CutMix) and updating an EMA of the weights;
@@ -60,8 +61,10 @@ class FitOptions:
     invocation after that epoch (0 = run to ``epochs``; the schedules still span
     ``epochs``). ``best_metric`` (``val_top1`` or ``ema_val_top1``) picks
     ``best.pt``; with ``patience`` > 0 the run ends once it has not improved for that
-    many epochs, but never before ``min_epochs``. ``log_every`` is the number of steps
-    between the ranks' exchanges of running sums and stop flags."""
+    many epochs, but never before ``min_epochs``; ``best_after`` > 0 considers only
+    the epochs after that one (1-based) for ``best.pt`` and early stopping.
+    ``log_every`` is the number of steps between the ranks' exchanges of running sums
+    and stop flags."""
     epochs: int
     label_smoothing: float = 0.1
     grad_clip: float = 0.0
@@ -76,6 +79,7 @@ class FitOptions:
     best_metric: str = 'val_top1'
     patience: int = 0
     min_epochs: int = 0
+    best_after: int = 0
 
 
 @dataclass
@@ -91,6 +95,8 @@ class Run:
     checkpoint ``state`` came from, and ``notes`` are lines for the user about how the
     run was built; the loop reads neither. ``stop`` records scheduler signals (None:
     signals are not watched); ``eraser`` is random erasing (None when off).
+    ``batch_at(epoch)`` is the per-process batch size of a 0-based epoch, set on the
+    train loader before the epoch (None: the loader's own, never changed).
     """
     model: nn.Module
     module: nn.Module
@@ -112,6 +118,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     stop: StopSignals | None = None
     eraser: RandomErasing | None = None
+    batch_at: Callable[[int], int] | None = None
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -294,6 +301,9 @@ def fit(run: Run, log: RunLog) -> TrainState:
     last_epoch = min(options.epochs, options.stop_after or options.epochs)
     for epoch in range(state.epoch, last_epoch):
         run.train_loader.resolution = run.res_at(epoch)
+        batch = run.batch_at(epoch) if run.batch_at is not None else None
+        if batch is not None:
+            run.train_loader.batch_size = batch
         run.train_loader.epoch = epoch
         seed_epoch(options.seed, epoch, dist.rank)
         train = train_epoch(run, epoch, saver)
@@ -305,8 +315,8 @@ def fit(run: Run, log: RunLog) -> TrainState:
             val = validate(run.module, run.ema, run.val_loader, precision=run.precision,
                            tta=options.tta, device=dist.device)
         improved = _update_best(state, val, options)
-        state.metrics = _epoch_record(state, train, val, run.train_loader.resolution, dist,
-                                      options, mixed=run.mixer is not None)
+        state.metrics = _epoch_record(state, train, val, run.train_loader.resolution, batch,
+                                      dist, options, mixed=run.mixer is not None)
         log.event('epoch', **state.metrics)
         log.scalars(state.epoch, {k: v for k, v in state.metrics.items()
                                   if isinstance(v, float)})
@@ -333,7 +343,7 @@ def fit(run: Run, log: RunLog) -> TrainState:
 def _update_best(state: TrainState, val: dict, options: FitOptions) -> bool:
     """Records a new best of ``options.best_metric`` and decides early stopping;
     returns whether this epoch improved on the best."""
-    if not val:
+    if not val or state.epoch <= options.best_after:
         return False
     improved = val[options.best_metric] > state.best_top1
     if improved:
@@ -345,9 +355,11 @@ def _update_best(state: TrainState, val: dict, options: FitOptions) -> bool:
 
 
 def _epoch_record(state: TrainState, train: dict, val: dict, resolution: int,
-                  dist: Dist, options: FitOptions, mixed: bool) -> dict:
+                  batch: int | None, dist: Dist, options: FitOptions, mixed: bool) -> dict:
     record = {'epoch': state.epoch, 'iteration': state.iteration, 'lr': train['lr'],
-              'resolution': resolution, 'train_loss': train['loss'],
+              'resolution': resolution, 'batch_size': batch,
+              'global_batch_size': batch * dist.world_size if batch else None,
+              'train_loss': train['loss'],
               'train_top1': train['top1'], 'val_loss': val.get('val_loss'),
               'val_top1': val.get('val_top1'), 'val_top5': val.get('val_top5'),
               **{key: value for key, value in val.items() if key.startswith('ema_')},

@@ -8,11 +8,17 @@ and the trainer sets the rate on every step rather than once per epoch:
                         peak_epoch=2)
     lr_at(0), lr_at(626), lr_at(88 * 313)   # 0.0, 1.7, 0.0
 
-Resolution is a function of the epoch: :func:`resolution_at`.
+Resolution is a function of the epoch: :func:`resolution_at` (a linear ramp), or
+:class:`Stages` (a list of stages, each with its own resolution and batch size).
+With stages, epochs have different numbers of steps, so the schedules are written as
+functions of progress (fractional epochs) and :class:`Stages` maps an iteration to
+its progress (see :func:`staged_lr`).
 """
 from __future__ import annotations
 
+import bisect
 import math
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
@@ -77,15 +83,29 @@ def onecycle_lr(epoch: float, *, peak_lr: float, epochs: float, pct_start: float
 
 
 def lr_schedule(name: str, *, peak_lr: float, epochs: int, steps_per_epoch: int,
-                peak_epoch: float = 2.0, warmup_epochs: float = 0.0,
+                **shape) -> Callable[[int], float]:
+    """Returns ``lr_at(iteration) -> learning rate`` for schedule ``name`` when every
+    epoch has ``steps_per_epoch`` optimizer steps; the other arguments as in
+    :func:`epoch_schedule`.
+    Raises:
+        ValueError: see :func:`epoch_schedule`; or steps_per_epoch < 1.
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+    by_epoch = epoch_schedule(name, peak_lr=peak_lr, epochs=epochs, **shape)
+    return lambda iteration: by_epoch(iteration / steps_per_epoch)
+
+
+def epoch_schedule(name: str, *, peak_lr: float, epochs: int, peak_epoch: float = 2.0, warmup_epochs: float = 0.0,
                 step_length: float = 30.0, step_ratio: float = 0.1,
                 min_lr: float = 0.0, pct_start: float = 0.25, div_factor: float = 25.0,
-                final_div_factor: float = 1e4) -> Callable[[int], float]:
-    """Returns ``lr_at(iteration) -> learning rate`` for schedule ``name``.
+                final_div_factor: float = 1e4) -> Callable[[float], float]:
+    """Returns ``lr_by_epoch(progress) -> learning rate`` for schedule ``name``, where
+    progress is in epochs and may be fractional (3.5: half-way through the fourth).
 
     Args:
         name: one of :data:`SCHEDULES`.
-        epochs: length of the whole run; steps_per_epoch: optimizer steps per epoch.
+        epochs: length of the whole run.
         peak_epoch: (cyclic) epoch of the peak; warmup_epochs: (step, cosine) linear
             warm-up length; step_length, step_ratio: (step) decay period in epochs and
             factor; min_lr: (cosine) final value; pct_start, div_factor,
@@ -94,8 +114,6 @@ def lr_schedule(name: str, *, peak_lr: float, epochs: int, steps_per_epoch: int,
     Raises:
         ValueError: an unknown name or inconsistent lengths, naming the value.
     """
-    if steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if name == 'step':
@@ -124,7 +142,7 @@ def lr_schedule(name: str, *, peak_lr: float, epochs: int, steps_per_epoch: int,
                            div_factor=div_factor, final_div_factor=final_div_factor)
     else:
         raise ValueError(f"unknown lr schedule '{name}' (choose from {', '.join(SCHEDULES)})")
-    return lambda iteration: by_epoch(iteration / steps_per_epoch)
+    return by_epoch
 
 
 def resolution_at(epoch: int, *, min_res: int, max_res: int, start_ramp: int,
@@ -143,3 +161,89 @@ def resolution_at(epoch: int, *, min_res: int, max_res: int, start_ramp: int,
     exact = min_res + (max_res - min_res) * (epoch - start_ramp) / (end_ramp - start_ramp)
     rounded = int(math.floor(exact / multiple + 0.5)) * multiple
     return min(max_res, max(min_res, rounded))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """From 0-based epoch ``epoch`` on: square training images of ``resolution``
+    pixels, ``batch`` images per step per process."""
+    epoch: int
+    resolution: int
+    batch: int
+
+
+class Stages:
+    """Staged progressive resizing: each stage sets the resolution and the per-process
+    batch size from its first epoch on (bigger batches of small images keep the memory
+    flat while the image grows). Stages that start after a run of ``epochs`` are
+    allowed (a shortened run never reaches them). Epochs then differ in their number of optimizer steps;
+    this class maps iterations to progress (fractional epochs) and back.
+
+        stages = Stages.parse('0:64:256, 30:128:128, 50:224:64', epochs=90)
+        stages.at(45)                              # Stage(epoch=30, resolution=128, batch=128)
+        stages.bind(lambda batch: 1_281_167 // (8 * batch))   # steps per epoch, 8 GPUs
+        stages.progress(stages.first_iteration(30) + 10)       # 30 + 10 / steps(30)
+    """
+
+    def __init__(self, stages: list[Stage], epochs: int):
+        if not stages or stages[0].epoch != 0:
+            raise ValueError("the first stage must start at epoch 0")
+        for before, stage in zip(stages, stages[1:]):
+            if stage.epoch <= before.epoch:
+                raise ValueError(f"stage epochs must increase, got {before.epoch} then "
+                                 f"{stage.epoch}")
+        for stage in stages:
+            if stage.resolution < 8 or stage.batch < 1:
+                raise ValueError(f"stage at epoch {stage.epoch}: need a resolution of at "
+                                 f"least 8 pixels and a batch of at least 1")
+        self.stages, self.epochs = list(stages), epochs
+        self._starts: list[int] = []  # first iteration of each epoch, then the end
+
+    @classmethod
+    def parse(cls, text: str, epochs: int) -> 'Stages':
+        """'epoch:pixels:batch' stages separated by commas, epochs 0-based.
+        Raises:
+            ValueError: a malformed or inconsistent list, naming the part."""
+        stages = []
+        for part in filter(None, (p.strip() for p in text.split(','))):
+            fields = part.split(':')
+            if len(fields) != 3 or not all(f.strip().isdigit() for f in fields):
+                raise ValueError(f"expected 'epoch:pixels:batch' stages separated by "
+                                 f"commas, got {part!r}")
+            stages.append(Stage(*(int(f) for f in fields)))
+        return cls(stages, epochs)
+
+    def at(self, epoch: int) -> Stage:
+        """The stage in force in 0-based ``epoch``."""
+        index = bisect.bisect_right([s.epoch for s in self.stages], epoch) - 1
+        return self.stages[max(index, 0)]
+
+    def bind(self, steps_for_batch: Callable[[int], int]) -> 'Stages':
+        """Fixes the number of optimizer steps of an epoch at each batch size (it
+        depends on the dataset and the number of processes); returns self."""
+        self._starts = [0]
+        for epoch in range(self.epochs):
+            self._starts.append(self._starts[-1] + steps_for_batch(self.at(epoch).batch))
+        return self
+
+    def first_iteration(self, epoch: int) -> int:
+        """Optimizer steps taken before 0-based ``epoch`` (needs :meth:`bind`)."""
+        return self._starts[min(epoch, self.epochs)]
+
+    def progress(self, iteration: int) -> float:
+        """Epochs done (fractional) after ``iteration`` steps (needs :meth:`bind`)."""
+        epoch = min(bisect.bisect_right(self._starts, iteration) - 1, self.epochs - 1)
+        steps = self._starts[epoch + 1] - self._starts[epoch]
+        return epoch + (iteration - self._starts[epoch]) / steps
+
+
+def staged_lr(by_epoch: Callable[[float], float], stages: Stages,
+              scale_for_batch: Callable[[int], float]) -> Callable[[int], float]:
+    """``lr_at(iteration)`` for a staged run: the schedule's value at the iteration's
+    progress, times ``scale_for_batch(batch)`` of the stage in force (the recipe's
+    scaling rule, e.g. linear in the global batch). ``stages`` must be bound."""
+    def lr_at(iteration: int) -> float:
+        progress = stages.progress(iteration)
+        batch = stages.at(min(int(progress), stages.epochs - 1)).batch
+        return by_epoch(progress) * scale_for_batch(batch)
+    return lr_at
