@@ -18,9 +18,10 @@ from ffcv_imagenet.tools import sweep
 from ffcv_imagenet.tools.sweep import (NAME_LIMIT, make_plan, name_variants,
                                        outcome, parse_grid, read_variants, variant_name)
 from ffcv_imagenet.tools.sweep_runner import Job, Runner, gpu_slots
-from ffcv_imagenet.tools.sweep_summary import (COLUMNS, format_markdown, read_manifest, run_metrics,
-                                               summarise, summary_rows, sweep_figure,
-                                               wall_seconds, write_manifest)
+from ffcv_imagenet.tools.sweep_summary import (COLUMNS, format_markdown, lock_sweep,
+                                               read_manifest, run_metrics, summarise,
+                                               summary_rows, sweep_figure, wall_seconds,
+                                               write_manifest)
 from ffcv_imagenet.tools.plots import epoch_series
 from ffcv_imagenet.training.logs import read_log
 from train_args import tiny_args
@@ -310,7 +311,7 @@ def test_summary_tables_and_plot(sweep_dir, capsys):
         in markdown
     assert '| lr=0.3 | 0.3 | pending | 0 | - |' in markdown
     assert (sweep_dir / 'val_top1.png').read_bytes()[:8] == PNG
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.name.startswith('.')) == []
+    assert not [path for path in sweep_dir.iterdir() if path.suffix == '.tmp']
 
 
 def test_the_plot_has_a_line_per_validated_variant_in_percent(sweep_dir):
@@ -328,6 +329,22 @@ def test_a_markdown_table_without_title():
     rows = [{'variant': 'a', 'k': '1', **dict.fromkeys(
         [name for name, _, _ in COLUMNS], None), 'status': 'pending'}]
     assert format_markdown(rows, ['k']).splitlines()[0].startswith('| variant | k | status |')
+
+
+def test_a_running_variant_of_a_killed_sweep_is_interrupted(sweep_dir, betons, capsys):
+    manifest = read_manifest(sweep_dir)
+    manifest['outcomes']['lr=0.3'] = {'status': 'running'}
+    write_manifest(sweep_dir, manifest)
+    assert summary_rows(sweep_dir, manifest)[2]['status'] == 'interrupted'
+    lock = lock_sweep(sweep_dir)  # as a live sweep holds it
+    try:
+        assert summary_rows(sweep_dir, manifest)[2]['status'] == 'running'
+        # and a second sweep in the same folder is refused
+        assert sweep.run(_sweep_args(betons, sweep_dir, '--grid', 'lr.lr=0.1,0.2')) == 2
+        assert capsys.readouterr().err.strip() == \
+            f'error: {sweep_dir} is in use by another sweep'
+    finally:
+        lock.close()
 
 
 def test_summarise_only_needs_a_sweep_folder(tmp_path, capsys):

@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import itertools
 import os
-import fcntl
 import re
 import signal
 import sys
@@ -46,7 +45,8 @@ from ..cli.train_config import SECTIONS, check_values
 from ..training.checkpoint import checkpoint_dir
 from ..training.preempt import PREEMPTED_EXIT
 from .sweep_runner import Job, Runner, gpu_slots, visible_gpus
-from .sweep_summary import FINAL, MANIFEST, read_manifest, summarise, write_manifest
+from .sweep_summary import FINAL, MANIFEST, lock_sweep, read_manifest, summarise, \
+    write_manifest
 
 OUTPUT = 'train_output.log'  # a variant's stdout and stderr, in its run folder
 RESERVED = ('logging.folder', 'checkpoint.resume')  # the sweep sets these per variant
@@ -279,24 +279,14 @@ class Bookkeeper:
             return []
 
 
-def _lock(sweep_dir: Path):
-    """An open file holding an exclusive lock on the sweep folder (released when the
-    process ends), so that two sweeps never train in the same run folders."""
-    handle = open(sweep_dir / '.lock', 'w')
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ConfigError(f"{sweep_dir} is in use by another sweep") from None
-    return handle
-
-
 def run_sweep(plan: Plan, slots: list[str | None], python: str = sys.executable) -> int:
     """Trains every variant of ``plan`` that has not finished, at most one per slot at a
     time, then writes the summary. Returns the exit code: 0, 1 when a variant failed,
     75 when the sweep was stopped or preempted (130 for Ctrl-C)."""
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock = _lock(plan.sweep_dir)
+    lock = lock_sweep(plan.sweep_dir)
+    if lock is None:  # two sweeps would train in the same run folders
+        raise ConfigError(f"{plan.sweep_dir} is in use by another sweep")
     try:
         old = read_manifest(plan.sweep_dir).get('outcomes', {}) \
             if (plan.sweep_dir / MANIFEST).is_file() else {}

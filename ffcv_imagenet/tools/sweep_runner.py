@@ -60,8 +60,8 @@ def gpu_slots(spec: str | None, parallel: int, visible: list[str]) -> list[str |
         chosen = visible[:int(spec)]
     else:
         parts = [part.strip() for part in spec.split(',') if part.strip()]
-        if not parts or not all(part.isdigit() and int(part) < len(visible) for part in parts) \
-                or len(set(parts)) < len(parts):
+        valid = all(part.isdigit() and int(part) < len(visible) for part in parts)
+        if not parts or not valid or len(set(parts)) < len(parts):
             raise ConfigError(f"--gpus {spec}: expected auto, a count or distinct GPU "
                               f"positions below {len(visible)} (the visible GPUs)")
         chosen = [visible[int(part)] for part in parts]

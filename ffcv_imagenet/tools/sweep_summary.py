@@ -15,10 +15,12 @@ running is correct up to its last finished epoch.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 from pathlib import Path
+from typing import IO
 
 from matplotlib.figure import Figure
 
@@ -28,6 +30,7 @@ from .plots import FIGSIZE, PERCENT, draw_line, epoch_series, finish_axes, \
     replace_atomically, save_png
 
 MANIFEST = 'sweep.json'
+LOCK = '.lock'  # held by the sweep that is running in the folder
 SUMMARY_MD, SUMMARY_CSV, PLOT = 'summary.md', 'summary.csv', 'val_top1.png'
 FINAL = 'final.pt'  # the trainer writes it once all epochs ran, or at an early stop
 
@@ -66,16 +69,39 @@ def write_manifest(sweep_dir: str | os.PathLike, manifest: dict) -> Path:
     return write_text(Path(sweep_dir) / MANIFEST, json.dumps(manifest, indent=1) + '\n')
 
 
-def run_status(run_dir: Path, outcome: dict | None) -> str:
+def lock_sweep(sweep_dir: str | os.PathLike) -> IO | None:
+    """The open lock file of ``sweep_dir``, locked for this process until it is closed
+    or the process ends; None when a running sweep holds the lock."""
+    handle = open(Path(sweep_dir) / LOCK, 'w')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def sweep_running(sweep_dir: str | os.PathLike) -> bool:
+    """Whether a sweep is running in ``sweep_dir`` now."""
+    handle = lock_sweep(sweep_dir)
+    if handle is not None:
+        handle.close()
+    return handle is None
+
+
+def run_status(run_dir: Path, outcome: dict | None, live: bool = True) -> str:
     """'finished' (``final.pt`` written), else the sweep's last word on the variant
     ('running', 'interrupted', 'failed (exit N)', 'incomplete': it ended without
     finishing, e.g. with ``training.stop_after``), else 'incomplete' when the run has a
-    log (a sweep that was killed) and 'pending' when it has none."""
+    log and 'pending' when it has none. A 'running' variant of a sweep that is not
+    ``live`` (it was killed) is 'interrupted'."""
     if (checkpoint_dir(run_dir) / FINAL).is_file():
         return 'finished'
     state = (outcome or {}).get('status')
     if state == 'failed':
         return f"failed (exit {outcome.get('exit_code')})"
+    if state == 'running' and not live:
+        return 'interrupted'
     if state in ('running', 'interrupted', 'incomplete'):
         return state
     return 'incomplete' if (run_dir / LOG_FILE).is_file() else 'pending'
@@ -140,12 +166,13 @@ def summary_rows(sweep_dir: str | os.PathLike, manifest: dict) -> list[dict]:
     """One row per variant of ``manifest``, in its order: ``variant``, each swept key
     ('' where the variant keeps the recipe's value), then the ``COLUMNS``."""
     sweep_dir = Path(sweep_dir)
-    outcomes = manifest.get('outcomes', {})
+    outcomes, live = manifest.get('outcomes', {}), sweep_running(sweep_dir)
     rows = []
     for name, overrides in manifest['variants'].items():
         run_dir = sweep_dir / name
-        rows.append({'variant': name, **{key: overrides.get(key, '') for key in manifest['keys']},
-                     'status': run_status(run_dir, outcomes.get(name)),
+        swept = {key: overrides.get(key, '') for key in manifest['keys']}
+        rows.append({'variant': name, **swept,
+                     'status': run_status(run_dir, outcomes.get(name), live),
                      **run_metrics(run_dir)})
     return rows
 
