@@ -21,6 +21,8 @@ COMMANDS = {
     'train': ('ffcv_imagenet.cli.train', 'run',
               'train or evaluate a recipe (what train_imagenet.py runs)'),
     'plots': ('ffcv_imagenet.tools.plots', 'main', 'PNG plots of a run folder'),
+    'sweep': ('ffcv_imagenet.tools.sweep', 'run',
+              'ablation sweep: train a grid of variants, summary table and plot'),
     'gpu-check': ('ffcv_imagenet.tools.gpu_check', 'main',
                   'does this GPU node work, and how fast (--device cpu: toy size)'),
 }

@@ -66,7 +66,11 @@ def setup_distributed(config) -> Dist:
         raise ConfigError(f"training.device: {err}") from None
 
 
-def _dataset(config, key: str) -> tuple[str, list[str]]:
+def check_dataset(config, key: str) -> tuple[str, list[str]]:
+    """(the .beton path that ``key`` names, its class list).
+    Raises:
+        ConfigError: no such file, or no readable class list beside it.
+    """
     path = config[key]
     if not os.path.isfile(path):
         raise ConfigError(f"{key}: .beton file not found: {path}")
@@ -164,8 +168,8 @@ def build_parts(config, dist: Dist) -> Parts:
         ConfigError: one line naming the key or file.
     """
     check_values(config)
-    train_path, classes = _dataset(config, 'data.train_dataset')
-    val_path, val_classes = _dataset(config, 'data.val_dataset')
+    train_path, classes = check_dataset(config, 'data.train_dataset')
+    val_path, val_classes = check_dataset(config, 'data.val_dataset')
     if val_classes != classes:
         raise ConfigError(f"data.val_dataset: {val_path} was written with a different class "
                           f"list than {train_path}")

@@ -4,4 +4,6 @@
 - :mod:`.preview`: a PNG grid of one augmented training batch
 - :mod:`.plots`: PNG plots of a run's ``log.jsonl``
 - :mod:`.lr_finder`: the learning-rate range test on a recipe
+- :mod:`.sweep`: ablation sweeps (:mod:`.sweep_runner` runs the variants,
+  :mod:`.sweep_summary` writes the table and the plot)
 """

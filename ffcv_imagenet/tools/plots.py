@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -82,6 +83,31 @@ def _label(key: str, label: str, series: dict[str, list]) -> str:
     return f"{label} (vs {mixed[-1]})" if key == 'train_top1' and mixed else label
 
 
+def draw_line(ax, points: list[tuple[float, float]], label: str, **style) -> None:
+    """One line of (epoch, value) points; markers only while they do not clutter."""
+    if points:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, label=label, linewidth=1.5,
+                marker='o' if len(points) <= MARKERS_UP_TO else None, markersize=3, **style)
+
+
+def finish_axes(ax, title: str, ylabel: str, percent: bool = False, **legend) -> None:
+    """Title, labels, whole-epoch ticks, a grid and a legend (``legend``: its keyword
+    arguments), or 'no data yet' where no line was drawn; ``percent`` fixes the
+    y-axis at 0-100."""
+    if percent:
+        ax.set_ylim(0, PERCENT)
+    ax.set_title(title)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+        ax.legend(**{'loc': 'best', **legend})
+    else:  # a fresh run may not have logged this value yet
+        ax.text(0.5, 0.5, 'no data yet', ha='center', va='center', transform=ax.transAxes)
+
+
 def make_figure(name: str, series: dict[str, list], run_name: str = '') -> Figure:
     """The ``name`` plot (one of ``PLOTS``) of ``epoch_series`` output against epoch;
     epochs without a value are skipped. Accuracies are drawn in percent."""
@@ -92,37 +118,30 @@ def make_figure(name: str, series: dict[str, list], run_name: str = '') -> Figur
     for key, label, style in LINES[name]:
         points = [(epoch, value * scale) for epoch, value
                   in zip(series['epoch'], series.get(key, [])) if value is not None]
-        if not points:
-            continue
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, label=_label(key, label, series), linewidth=1.5,
-                marker='o' if len(points) <= MARKERS_UP_TO else None, markersize=3, **style)
-    if name == 'accuracy':
-        ax.set_ylim(0, PERCENT)
-    ax.set_title(f"{title} — {run_name}" if run_name else title)
-    ax.set_xlabel('epoch')
-    ax.set_ylabel(ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
-    if ax.get_lines():
-        ax.legend(loc='best')
-    else:  # a fresh run may not have logged this value yet
-        ax.text(0.5, 0.5, 'no data yet', ha='center', va='center', transform=ax.transAxes)
+        draw_line(ax, points, _label(key, label, series), **style)
+    finish_axes(ax, f"{title} — {run_name}" if run_name else title, ylabel,
+                percent=name == 'accuracy')
     return fig
 
 
-def save_png(fig: Figure, path: Path, dpi: int = DPI) -> Path:
-    """Writes ``fig`` to ``path`` via a temporary file in the same folder, so a reader
-    (a browser, a sync job) never sees a half-written PNG."""
+def replace_atomically(path: Path, write: Callable[[str], None]) -> Path:
+    """Calls ``write(temporary path)`` on a temporary file in ``path``'s folder, then
+    renames it over ``path``, so a reader (a browser, a sync job, a spreadsheet) never
+    sees a half-written file; a failed ``write`` leaves nothing behind."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix='.tmp')
     os.close(handle)
     try:
-        fig.savefig(temp, format='png', dpi=dpi)
+        write(temp)
         os.replace(temp, path)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
     return path
+
+
+def save_png(fig: Figure, path: Path, dpi: int = DPI) -> Path:
+    """Writes ``fig`` to ``path`` atomically (see :func:`replace_atomically`)."""
+    return replace_atomically(path, lambda temp: fig.savefig(temp, format='png', dpi=dpi))
 
 
 def write_plots(series: dict[str, list], out_dir: str | os.PathLike,
