@@ -57,12 +57,13 @@ class Flag(Checker):
         return '0 or 1'
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict[str, object]:
+def flatten_keys(tree: dict, prefix: str = '') -> dict[str, object]:
+    """Nested YAML sections as flat keys: ``{'lr': {'lr': 0.1}}`` -> ``{'lr.lr': 0.1}``."""
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, name + '.'))
+            flat.update(flatten_keys(value, name + '.'))
         else:
             flat[name] = value
     return flat
@@ -113,7 +114,7 @@ def _read_config_file(path: str, known: set[str]) -> dict[str, object]:
         content = json.loads(text) if file.suffix == '.json' else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: cannot parse: {err}".splitlines()[0]) from None
-    flat = _flatten(content or {})
+    flat = flatten_keys(content or {})
     for key in flat:
         if key not in known:
             raise ConfigError(f"{path}: unknown config key '{key}'")

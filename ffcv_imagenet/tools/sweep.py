@@ -38,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli.config import ConfigError, _flatten, find_config_file, parse_config
+from ..cli.config import ConfigError, find_config_file, flatten_keys, parse_config
 from ..cli.recipe import check_dataset
 from ..cli.runner import exit_code
 from ..cli.train_config import SECTIONS, check_values
@@ -150,7 +150,7 @@ def read_variants(path: str | os.PathLike) -> dict[str, dict[str, str]]:
             raise ConfigError(f"--variants {path}: variant {name}: expected a mapping of "
                               f"section.key -> value, got {overrides!r}")
         variants[str(name)] = {key: _text(value)
-                               for key, value in _flatten(overrides or {}).items()}
+                               for key, value in flatten_keys(overrides or {}).items()}
     return variants
 
 
