@@ -554,3 +554,42 @@ def test_best_after_leaves_the_earlier_epochs_out_of_the_best_and_of_early_stopp
     state.epoch = 4
     assert loop._update_best(state, {'val_top1': 0.5}, options) is True
     assert (state.best_top1, state.best_epoch, state.stopped_early) == (0.5, 4, False)
+
+
+class ProgressRecorder:
+    """Stands in for the progress bar: records what it was asked to show."""
+    calls = []
+
+    def __init__(self, iterable, total, enabled, desc):
+        self.iterable = iterable
+        self.calls.append(('bar', total, enabled, desc))
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def show(self, **values):
+        self.calls.append(('show', values))
+
+    def close(self):
+        self.calls.append(('close',))
+
+
+@pytest.mark.parametrize('rank', [0, 1])
+def test_the_progress_bar_shows_the_epoch_its_steps_and_the_running_means(tmp_path,
+                                                                          monkeypatch, rank):
+    monkeypatch.setattr(loop, 'Progress', ProgressRecorder)
+    ProgressRecorder.calls = []
+    generator = torch.Generator().manual_seed(0)
+    # images 2 x 8 pixels, so that height and width cannot be confused
+    batches = [(torch.randn(n, 3, 2, 8, generator=generator),
+                torch.randint(0, C, (n,), generator=generator)) for n in (4, 4, 2)]
+    run = make_run(tmp_path, batches, lr_at=lambda iteration: 0.0, log_every=2,
+                   progress=True, rank=rank, epochs=5)
+    result = epoch(run, index=1)
+    bar, first, last, close = ProgressRecorder.calls
+    assert bar == ('bar', 3, rank == 0, 'epoch 2/5')
+    assert first[0] == last[0] == 'show' and close == ('close',)
+    shown = last[1]
+    assert shown['loss'] == pytest.approx(result['loss'])  # the mean over every image
+    assert shown['lr'] == 0.0 and shown['res'] == 8
+    assert int(shown['img_s']) >= 1
