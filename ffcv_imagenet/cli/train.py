@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import sys
 
+from ..data.folders import DatasetError
+from ..data.torchvision_pipelines import OnDevice, standard_eval_loader
 from ..tools.plots import plot_run
 from ..training.logs import RunLog, format_record
 from ..training.evaluate import validate
-from ..training.loop import NonFiniteLossError, fit
+from ..training.loop import NonFiniteLossError, Run, fit
 from ..training.preempt import PREEMPTED_EXIT, Preempted, StopSignals, clear_marker, \
     write_marker
-from .config import parse_config
+from .config import ConfigError, parse_config
 from .recipe import build_run, setup_distributed
 from .runner import exit_code, report
 from .train_config import SECTIONS, parse_resolutions
+
+STANDARD_EVAL = 'torchvision standard eval'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,20 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in run.notes:
         report(note)
     if config['training.eval_only']:
-        resolutions = parse_resolutions(config['validation.resolutions'])
-        rows = []
-        for resolution in resolutions or [run.val_loader.resolution]:
-            run.val_loader.resolution = resolution
-            metrics = validate(run.module, run.ema, run.val_loader, precision=run.precision,
-                               tta=run.options.tta, device=dist.device,
-                               show_progress=dist.is_main)
-            log.event('eval', checkpoint=str(run.resumed_from), resolution=resolution,
-                      **metrics)
-            report(f"eval {run.resumed_from} at {resolution} px: " + format_record(metrics))
-            rows.append({'resolution': resolution, **metrics})
-        if resolutions:
-            report(resolution_table(rows))
-        return 0
+        return evaluate_checkpoint(config, run, log)
     log.write_config(run.meta['config'])
     if dist.is_main and (marker := clear_marker(run.run_dir)):
         report(f"continuing after a stop by {marker.get('signal')} in epoch "
@@ -86,6 +77,60 @@ def main(argv: list[str] | None = None) -> int:
            f"{run.options.best_metric} {state.best_top1:.4f}, logs and checkpoints in "
            f"{run.run_dir}")
     return 0
+
+
+def evaluate_checkpoint(config, run: Run, log: RunLog) -> int:
+    """``training.eval_only``: validates the loaded checkpoint on the val ``.beton`` at
+    each resolution asked for, then, with ``validation.folder``, by torchvision's
+    standard evaluation on rank 0; logs an ``eval`` event and prints a line for each."""
+    dist = run.dist
+    # built (listed and checked) on every rank before any work, so that a bad folder
+    # stops all of them with the same one-line error
+    standard = _standard_eval_batches(config, run)
+    resolutions = parse_resolutions(config['validation.resolutions'])
+    rows = []
+    for resolution in resolutions or [run.val_loader.resolution]:
+        run.val_loader.resolution = resolution
+        metrics = validate(run.module, run.ema, run.val_loader, precision=run.precision,
+                           tta=run.options.tta, device=dist.device,
+                           show_progress=dist.is_main)
+        log.event('eval', checkpoint=str(run.resumed_from), resolution=resolution,
+                  **metrics)
+        report(f"eval {run.resumed_from} at {resolution} px: " + format_record(metrics))
+        rows.append({'resolution': resolution, **metrics})
+    if resolutions:
+        report(resolution_table(rows))
+    if standard is not None and dist.is_main:
+        # one rank reads the whole folder: the others have nothing left to do
+        metrics = validate(run.module, run.ema, standard, precision=run.precision,
+                           tta=False, device=dist.device, show_progress=True,
+                           all_ranks=False)
+        resize, crop = config['validation.folder_resize'], config['validation.folder_crop']
+        log.event('eval', checkpoint=str(run.resumed_from), protocol=STANDARD_EVAL,
+                  folder=config['validation.folder'], resize=resize, crop=crop,
+                  images=len(standard.loader.dataset), **metrics)
+        report(f"{STANDARD_EVAL} of {run.resumed_from} on {config['validation.folder']} "
+               f"(shorter side {resize} px, centre crop {crop} px): "
+               + format_record(metrics))
+    return 0
+
+
+def _standard_eval_batches(config, run: Run) -> OnDevice | None:
+    """The ``validation.folder`` batches on the run's device, or None without one.
+    Raises:
+        ConfigError: the folder is missing or does not match the run's class list.
+    """
+    folder = config['validation.folder']
+    if not folder:
+        return None
+    try:
+        loader = standard_eval_loader(
+            folder, run.meta['classes'], resize=config['validation.folder_resize'],
+            crop=config['validation.folder_crop'],
+            batch_size=config['validation.batch_size'], workers=config['data.num_workers'])
+    except DatasetError as err:
+        raise ConfigError(f"validation.folder: {err}") from None
+    return OnDevice(loader, run.dist.device, channels_last=bool(config['model.channels_last']))
 
 
 def resolution_table(rows: list[dict]) -> str:
