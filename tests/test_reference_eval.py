@@ -3,6 +3,9 @@ normalisation) against a computation by hand: PIL resize and numpy crop, the mod
 run image by image, hits counted; then through the eval-only command."""
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +27,7 @@ from ffcv_imagenet.training.models import build_model
 from ffcv_imagenet.training.optim import build_optimizer, resolve_precision
 from train_args import tiny_args
 
+ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device('cpu')
 RESIZE, CROP = 40, 32  # pixels: small, so that the CPU tests stay fast
 
@@ -210,3 +214,24 @@ def test_the_folder_needs_eval_only(betons, tmp_path, capsys):
     args = tiny_args(betons, tmp_path / 'x', f'--validation.folder={tmp_path}')
     assert train_imagenet.run(args) == 2
     assert 'validation.folder needs training.eval_only=1' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_alone_runs_the_standard_eval(betons, synth, checkpoint,
+                                                            tmp_path):
+    """Two gloo processes: the .beton evaluation all-reduced, then rank 0 alone reads the
+    folder (no collective left for the other to wait on) and scores every image."""
+    run_dir = tmp_path / 'ddp'
+    args = eval_args(betons, run_dir, checkpoint[0], f'--validation.folder={synth / "val"}',
+                     '--training.global_batch_size=8')  # the checkpoint's: 1 x 8
+    done = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
+         'train_imagenet.py', *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count(f'{STANDARD_EVAL} of') == 1
+    event, = [e for e in read_log(run_dir, 'eval') if e.get('protocol') == STANDARD_EVAL]
+    assert event['images'] == 20
+    classes, _ = load_classes(classes_path(betons[0]))
+    top1, top5, count, _ = hits_by_hand(checkpoint[1], synth / 'val', classes)
+    assert event['val_top1'] == pytest.approx(top1 / count)
