@@ -210,10 +210,17 @@ def test_foreign_class_folders_are_one_line(betons, synth, checkpoint, tmp_path,
                            f"(n99999999)")
 
 
-def test_the_folder_needs_eval_only(betons, tmp_path, capsys):
-    args = tiny_args(betons, tmp_path / 'x', f'--validation.folder={tmp_path}')
-    assert train_imagenet.run(args) == 2
-    assert 'validation.folder needs training.eval_only=1' in capsys.readouterr().err
+@pytest.mark.parametrize('extra, message', [
+    (['--validation.folder=X'], 'validation.folder needs training.eval_only=1'),
+    (['--validation.folder_crop=300'], r'validation.folder_crop \(300\) must not exceed '
+                                       r'validation.folder_resize \(256\)'),
+    (['--validation.folder_resize=0'], 'validation.folder_resize must be positive'),
+])
+def test_bad_standard_eval_settings_are_one_line(betons, tmp_path, capsys, extra, message):
+    assert train_imagenet.run(tiny_args(betons, tmp_path / 'x', *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0])
+    assert not (tmp_path / 'x').exists()
 
 
 @pytest.mark.slow
