@@ -31,7 +31,8 @@ WHEEL_SOURCES := pyproject.toml requirements.txt .ci/wheelhouse.sh .ci/portable_
 APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config build-essential
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-gpu-image install system-packages bench preview train clean wheelhouse
+.PHONY: demo test test-gpu-image install system-packages bench bench-storage preview train \
+        clean wheelhouse
 
 install: $(VENV)/.installed
 
@@ -87,6 +88,39 @@ bench: $(BETONS)/val.beton
 	$(PY) -m ffcv_imagenet bench loader --beton $(BETONS)/train.beton \
 	    --val-beton $(BETONS)/val.beton --folder $(SYNTH)/train --resolution 160 \
 	    --batch-size 64 --workers $(WORKERS) --epochs 5 --json $(DATA)/bench_loader.json
+
+# What the published ffcv ImageNet data costs against the 256 px JPEG option: the demo
+# images converted both ways (disk), then the loaders of each timed in alternating
+# order, STORAGE_ROUNDS rounds per resolution (see BENCHMARKS.md; not part of CI)
+STORAGE := $(DATA)/storage
+STORAGE_ROUNDS ?= 3
+STORAGE_RESOLUTIONS ?= 160 256
+STORAGE_CFG_published := --cfg.max_resolution=500 --cfg.write_mode=proportion \
+    --cfg.compress_probability=0.5 --cfg.jpeg_quality=90
+STORAGE_CFG_jpg256 := --cfg.max_resolution=256 --cfg.write_mode=jpg --cfg.jpeg_quality=90
+
+# kept: make would delete them as intermediates of the val .betons
+.PRECIOUS: $(STORAGE)/%/train.beton
+$(STORAGE)/%/train.beton: $(SYNTH)/.done
+	$(PY) write_datasets.py --cfg.split=train --cfg.data_dir=$(SYNTH)/train \
+	    --cfg.write_path=$@ $(STORAGE_CFG_$*) --cfg.num_workers=$(WORKERS)
+
+$(STORAGE)/%/val.beton: $(STORAGE)/%/train.beton
+	$(PY) write_datasets.py --cfg.split=val --cfg.data_dir=$(SYNTH)/val \
+	    --cfg.write_path=$@ $(STORAGE_CFG_$*) --cfg.num_workers=$(WORKERS) \
+	    --cfg.classes=$<.classes.json
+
+bench-storage: $(STORAGE)/published/val.beton $(STORAGE)/jpg256/val.beton
+	ls -l $(STORAGE)/*/*.beton
+	@# alternating order, so that neither layout always runs on the warmer machine
+	for res in $(STORAGE_RESOLUTIONS); do for round in $$(seq $(STORAGE_ROUNDS)); do \
+	  order="published jpg256"; [ $$((round % 2)) = 0 ] && order="jpg256 published"; \
+	  for layout in $$order; do echo "== $$layout $$res px round $$round"; \
+	    $(PY) -m ffcv_imagenet bench loader --beton $(STORAGE)/$$layout/train.beton \
+	      --val-beton $(STORAGE)/$$layout/val.beton --folder $(SYNTH)/train \
+	      --resolution $$res --batch-size 64 --workers $(WORKERS) --epochs 5 \
+	      --json $(STORAGE)/$$layout.$$res.$$round.json || exit 1; \
+	done; done; done
 
 preview: $(BETONS)/train.beton
 	$(PY) -m ffcv_imagenet preview --beton $(BETONS)/train.beton \

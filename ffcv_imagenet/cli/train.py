@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import sys
 
+from ..data.folders import DatasetError
+from ..data.torchvision_pipelines import OnDevice, standard_eval_loader
 from ..tools.plots import plot_run
 from ..training.logs import RunLog, format_record
 from ..training.evaluate import validate
-from ..training.loop import NonFiniteLossError, fit
+from ..training.loop import NonFiniteLossError, Run, fit
 from ..training.preempt import PREEMPTED_EXIT, Preempted, StopSignals, clear_marker, \
     write_marker
-from .config import parse_config
+from .config import ConfigError, parse_config
 from .recipe import build_run, setup_distributed
 from .runner import exit_code, report
 from .train_config import SECTIONS, parse_crop_ratios, parse_resolutions
+
+STANDARD_EVAL = 'torchvision standard eval'
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in run.notes:
         report(note)
     if config['training.eval_only']:
-        evaluate_checkpoint(run, log, dist, parse_resolutions(config['validation.resolutions']),
-                            parse_crop_ratios(config['validation.crop_ratios']))
-        return 0
+        return evaluate_checkpoint(config, run, log)
     log.write_config(run.meta['config'])
     if dist.is_main and (marker := clear_marker(run.run_dir)):
         report(f"continuing after a stop by {marker.get('signal')} in epoch "
@@ -77,12 +79,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate_checkpoint(run, log: RunLog, dist, resolutions: list[int],
-                        crop_ratios: list[float]) -> None:
-    """Validates the resumed checkpoint at each resolution (pixels) and centre-crop
-    ratio asked for (the config's own when none are), logging an ``eval`` event for
-    each and printing a table when there are several."""
-    loader = run.val_loader
+def evaluate_checkpoint(config, run: Run, log: RunLog) -> int:
+    """``training.eval_only``: validates the loaded checkpoint on the val ``.beton`` (at
+    each resolution and centre-crop ratio asked for), then, with ``validation.folder``,
+    by torchvision's standard evaluation on rank 0; logs an ``eval`` event and prints a
+    line for each."""
+    dist = run.dist
+    # built (listed and checked) on every rank before any work, so that a bad folder
+    # stops all of them with the same one-line error
+    standard = _standard_eval_batches(config, run)
+    _evaluate_beton(run, log, parse_resolutions(config['validation.resolutions']),
+                    parse_crop_ratios(config['validation.crop_ratios']))
+    if standard is not None and dist.is_main:
+        # one rank reads the whole folder: the others have nothing left to do
+        metrics = validate(run.module, run.ema, standard, precision=run.precision,
+                           tta=False, device=dist.device, show_progress=True,
+                           all_ranks=False)
+        resize, crop = config['validation.folder_resize'], config['validation.folder_crop']
+        log.event('eval', checkpoint=str(run.resumed_from), protocol=STANDARD_EVAL,
+                  folder=config['validation.folder'], resize=resize, crop=crop,
+                  images=len(standard.loader.dataset), **metrics)
+        report(f"{STANDARD_EVAL} of {run.resumed_from} on {config['validation.folder']} "
+               f"(shorter side {resize} px, centre crop {crop} px): "
+               + format_record(metrics))
+    return 0
+
+
+def _evaluate_beton(run: Run, log: RunLog, resolutions: list[int],
+                    crop_ratios: list[float]) -> None:
+    """Validates on the val ``.beton`` at each resolution (pixels) and centre-crop ratio
+    asked for (the config's own when none are), printing a table when asked for any."""
+    loader, dist = run.val_loader, run.dist
     rows = []
     for resolution in resolutions or [loader.resolution]:
         for ratio in crop_ratios or [loader.center_ratio]:
@@ -95,8 +122,26 @@ def evaluate_checkpoint(run, log: RunLog, dist, resolutions: list[int],
             report(f"eval {run.resumed_from} at {resolution} px, crop ratio {ratio:g}: "
                    + format_record(metrics))
             rows.append({'resolution': resolution, 'crop_ratio': ratio, **metrics})
-    if len(rows) > 1 or resolutions or crop_ratios:
+    if resolutions or crop_ratios:
         report(resolution_table(rows))
+
+
+def _standard_eval_batches(config, run: Run) -> OnDevice | None:
+    """The ``validation.folder`` batches on the run's device, or None without one.
+    Raises:
+        ConfigError: the folder is missing or does not match the run's class list.
+    """
+    folder = config['validation.folder']
+    if not folder:
+        return None
+    try:
+        loader = standard_eval_loader(
+            folder, run.meta['classes'], resize=config['validation.folder_resize'],
+            crop=config['validation.folder_crop'],
+            batch_size=config['validation.batch_size'], workers=config['data.num_workers'])
+    except DatasetError as err:
+        raise ConfigError(f"validation.folder: {err}") from None
+    return OnDevice(loader, run.dist.device, channels_last=bool(config['model.channels_last']))
 
 
 def resolution_table(rows: list[dict]) -> str:

@@ -105,6 +105,13 @@ Section('validation', 'validation').params(
                       "and print a table", default=''),
     crop_ratios=Param(str, "eval_only: validate at each of these centre-crop ratios "
                       "('0.75,0.875,1') and print a table", default=''),
+    folder=Param(str, "eval_only: also score the checkpoint by torchvision's standard "
+                 "evaluation of this original val image folder (one folder per class, "
+                 "or Tiny ImageNet's val), labelled by the run's class list, on rank 0",
+                 default=''),
+    folder_resize=Param(int, 'standard evaluation: shorter side resized to this (pixels)',
+                        default=256),
+    folder_crop=Param(int, 'standard evaluation: centre crop side (pixels)', default=224),
 )
 Section('checkpoint', 'checkpoints in <logging.folder>/checkpoints').params(
     resume=Param(str, "'' = fresh run, 'auto' = newest in the run folder, or a path",
@@ -165,6 +172,7 @@ SECTIONS = ('data', 'model', 'resolution', 'lr', 'optimizer', 'training', 'valid
 
 _POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
+             'validation.folder_resize', 'validation.folder_crop',
              'logging.log_every', 'lr.reference_batch', 'ema.every')
 _NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.stop_after',
                  'checkpoint.every', 'checkpoint.best_after', 'optimizer.weight_decay',
@@ -212,6 +220,13 @@ def check_values(config) -> None:
         raise ConfigError(f"validation.crop_ratios: {err}") from None
     if ratios and not config['training.eval_only']:
         raise ConfigError("validation.crop_ratios needs training.eval_only=1")
+    if config['validation.folder'] and not config['training.eval_only']:
+        raise ConfigError("validation.folder needs training.eval_only=1")
+    if config['validation.folder_crop'] > config['validation.folder_resize']:
+        # torchvision would pad the crop with zeros: no longer the standard evaluation
+        raise ConfigError(f"validation.folder_crop ({config['validation.folder_crop']}) "
+                          f"must not exceed validation.folder_resize "
+                          f"({config['validation.folder_resize']})")
     if config['checkpoint.best_metric'] == 'ema_val_top1' and not config['ema.enabled']:
         raise ConfigError("checkpoint.best_metric=ema_val_top1 needs ema.enabled=1")
     if not 0 < config['validation.crop_ratio'] <= 1:

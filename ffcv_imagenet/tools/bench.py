@@ -58,10 +58,10 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from ..data.decoders import IMAGENET_MEAN, IMAGENET_STD
 from ..training.distributed import select_device
 from ..data.folders import classes_path, load_classes
 from ..data.loaders import endless_batches, train_loader, val_loader
+from ..data.torchvision_pipelines import folder_loader, normalized_tensor
 from ..training.models import ARCHS, build_model
 from ..training.optim import PRECISIONS, Precision, build_sgd, resolve_precision
 from ..training.loop import train_step
@@ -98,11 +98,9 @@ def torchvision_baseline(folder: str, resolution: int, batch_size: int, workers:
     from torchvision import datasets, transforms
     pipeline = transforms.Compose([
         transforms.RandomResizedCrop(resolution), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    dataset = datasets.ImageFolder(folder, pipeline)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                       num_workers=workers, drop_last=True,
-                                       persistent_workers=workers > 0)
+        *normalized_tensor()])
+    return folder_loader(datasets.ImageFolder(folder, pipeline), batch_size=batch_size,
+                         workers=workers, shuffle=True, drop_last=True)
 
 
 def _summary(name: str, rates: list[float]) -> dict:
