@@ -593,3 +593,8 @@ def test_the_progress_bar_shows_the_epoch_its_steps_and_the_running_means(tmp_pa
     assert shown['loss'] == pytest.approx(result['loss'])  # the mean over every image
     assert shown['lr'] == 0.0 and shown['res'] == 8
     assert int(shown['img_s']) >= 1
+    ProgressRecorder.calls = []  # resumed after the first step: two steps are left
+    resumed = make_run(tmp_path, batches, log_every=2, progress=True, rank=rank, epochs=5,
+                       state=TrainState(iteration=1, step=1, partial=[0.0] * 4))
+    epoch(resumed, index=1)
+    assert ProgressRecorder.calls[0] == ('bar', 2, rank == 0, 'epoch 2/5')
