@@ -8,29 +8,61 @@ import torch
 from PIL import Image
 
 from ffcv_imagenet.data.loaders import endless_batches
-from ffcv_imagenet.tools import bench, preview
+from ffcv_imagenet.tools import bench, bench_loader, preview
 from ffcv_imagenet.training.models import build_model
 
 
 @pytest.mark.slow
-def test_loader_benchmark_reports_all_three_pipelines(synth, betons, tmp_path):
+def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons, tmp_path,
+                                                                  capsys):
     train, val = betons
     out = tmp_path / 'bench.json'
     bench.main(['loader', '--beton', str(train), '--val-beton', str(val), '--folder',
                 str(synth / 'train'), '--resolution', '32', '--batch-size', '8',
-                '--workers', '2', '--epochs', '2', '--decoder-dtype', 'uint8',
+                '--workers', '2', '--epochs', '2', '--decoder-dtype', 'both',
                 '--json', str(out)])
     result = json.loads(out.read_text())
-    assert result['settings']['decoder_dtype'] == 'uint8'  # the path CUDA takes
+    # both output paths: uint8 (the path CUDA takes) and float32 (the CPU's)
+    assert result['settings']['decoder_dtype'] == 'both'
+    assert result['settings']['decoder_dtypes'] == ['uint8', 'float32']
     names = [row['pipeline'] for row in result['rows']]
-    assert names == ['ffcv_imagenet train loader', 'ffcv_imagenet val loader',
+    assert names == ['ffcv_imagenet train loader, uint8', 'ffcv_imagenet val loader, uint8',
+                     'ffcv_imagenet train loader, float32', 'ffcv_imagenet val loader, float32',
+                     'decode only, train crops (ceiling)', 'decode only, val crops (ceiling)',
                      'torchvision ImageFolder + DataLoader']
     assert all(row['images_per_sec'] > 0 and row['epochs_timed'] == 1 for row in result['rows'])
     rates = [row['images_per_sec'] for row in result['rows']]
-    assert result['ratio_train_vs_torchvision'] == pytest.approx(rates[0] / rates[2])
-    table = bench.format_loader_table(result)
+    assert result['ratio_train_vs_torchvision'] == pytest.approx(rates[0] / rates[-1])
+    ceiling = {row['loader']: row['images_per_sec'] for row in result['rows'][4:6]}
+    for row in result['rows'][:4]:
+        assert row['share_of_ceiling'] == pytest.approx(row['images_per_sec']
+                                                        / ceiling[row['loader']])
+    assert result['ceiling_images'] == {'train': {'jpeg_images': 48, 'raw_images': 0},
+                                        'val': {'jpeg_images': 20, 'raw_images': 0}}
+    table = capsys.readouterr().out
+    assert table.strip() == bench.format_loader_table(result)
     assert 'epoch 1 = warm-up' in table and 'vs torchvision' in table
-    assert 'decoder output uint8' in table
+    assert 'decoder output uint8 and float32' in table and 'share of ceiling' in table
+    assert f"{result['rows'][0]['share_of_ceiling']:.1%}" in table.splitlines()[2]
+
+
+def test_loader_table_gives_each_loader_its_share_and_names_raw_images():
+    def row(name, rate, **extra):
+        return {'pipeline': name, 'images_per_sec': rate, 'min': rate, 'max': rate, **extra}
+    result = {'settings': {'resolution': 160, 'batch_size': 64, 'workers': 2,
+                           'device': 'cpu', 'decoder_dtypes': ['float32'], 'cpus': 2,
+                           'epochs': 5},
+              'rows': [row('ffcv_imagenet train loader, float32', 500.0, kind='loader',
+                           share_of_ceiling=0.5),
+                       row('decode only, train crops (ceiling)', 1000.0, kind='ceiling'),
+                       row('torchvision ImageFolder + DataLoader', 100.0, kind='baseline')],
+              'ceiling_images': {'train': {'jpeg_images': 30, 'raw_images': 10}}}
+    lines = bench.format_loader_table(result).splitlines()
+    assert 'share of ceiling' in lines[1]
+    assert lines[2].endswith('5.00x             50.0%')
+    assert lines[3].endswith('10.00x')  # a ceiling has no share of itself
+    assert lines[5] == ("ceiling, train: 30 JPEG images per pass; 10 stored as raw "
+                        "pixels are not decoded, nor counted")
 
 
 def test_loader_benchmark_defaults_to_the_devices_own_output_path():
@@ -42,6 +74,9 @@ def test_loader_benchmark_defaults_to_the_devices_own_output_path():
         bench.decoder_dtype_for('float16', torch.device('cpu'))
     assert bench._parser().parse_args(['loader', '--beton', 'b', '--folder', 'f']
                                       ).decoder_dtype is None
+    assert bench_loader.decoder_dtypes_for('both', torch.device('cpu')) == [torch.uint8,
+                                                                           torch.float32]
+    assert bench_loader.decoder_dtypes_for(None, torch.device('cpu')) == [torch.float32]
 
 
 def test_epoch_timer_waits_for_the_gpu_before_each_clock_reading(monkeypatch):

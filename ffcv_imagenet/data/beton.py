@@ -160,6 +160,15 @@ def _check_labels(info: BetonInfo, num_classes: int, source: str) -> None:
                            f"but {source} has {num_classes} classes (0..{num_classes - 1})")
 
 
+def _layout(num_fields: int, num_samples: int, fields: list) -> tuple[np.dtype, int, int]:
+    """(metadata record dtype, byte offset of the metadata, of the data after it)."""
+    # ffcv's reader lays the records out with C alignment, fields in file order
+    record = np.dtype([(f'f{i}', field.metadata_type) for i, field in enumerate(fields)],
+                      align=True)
+    meta_start = HeaderType.itemsize + num_fields * FieldDescType.itemsize
+    return record, meta_start, meta_start + num_samples * record.itemsize
+
+
 def _check_open(path: Path, handle, size: int) -> BetonInfo:
     header = _header(path, handle, size)
     num_fields, num_samples = int(header['num_fields']), int(header['num_samples'])
@@ -167,11 +176,7 @@ def _check_open(path: Path, handle, size: int) -> BetonInfo:
     _check_required_fields(path, names, fields)
     if num_samples == 0:
         raise DatasetError(f"{path} holds no images")
-    # ffcv's reader lays the records out with C alignment, fields in file order
-    record = np.dtype([(f'f{i}', field.metadata_type) for i, field in enumerate(fields)],
-                      align=True)
-    meta_start = HeaderType.itemsize + num_fields * FieldDescType.itemsize
-    data_start = meta_start + num_samples * record.itemsize
+    record, meta_start, data_start = _layout(num_fields, num_samples, fields)
     if data_start > size:
         raise DatasetError(f"{path} is cut short (an interrupted copy?): {size} bytes, too "
                            f"few for the metadata of the {num_samples} images it announces")
@@ -195,3 +200,37 @@ def check_dataset(path: str | os.PathLike, num_classes: int | None = None) -> Be
     classes, _ = load_classes(classes_path(path))
     _check_labels(info, len(classes), f"its class list {classes_path(path)}")
     return info
+
+
+IMAGE_TABLE = np.dtype([('mode', '<u1'), ('height', '<u2'), ('width', '<u2'),
+                        ('data_ptr', '<u8'), ('size', '<u8')])
+
+
+def read_image_table(path: str | os.PathLike) -> np.ndarray:
+    """Where each stored image lies in a ``.beton`` (checked first, see
+    :func:`check_beton`): one :data:`IMAGE_TABLE` record per sample, in file order,
+    with ffcv's ``mode`` (0: JPEG, 1: raw pixels), ``height`` and ``width`` (pixels)
+    and ``data_ptr`` (byte offset in the file), and ``size``: the bytes ffcv's reader
+    hands the decoder, the allocation that starts at ``data_ptr``.
+    Raises:
+        DatasetError: as :func:`check_beton`.
+    """
+    info = check_beton(path)
+    with open(info.path, 'rb') as handle:
+        header = _header(info.path, handle, info.size)
+        num_fields = int(header['num_fields'])
+        names, fields = _fields(info.path, handle, num_fields, info.size)
+        record, meta_start, data_start = _layout(num_fields, info.num_samples, fields)
+        metadata = np.frombuffer(_read(handle, meta_start, data_start - meta_start),
+                                 dtype=record)[f'f{names.index("image")}']
+        table_start = int(header['alloc_table_ptr'])
+        allocations = np.frombuffer(_read(handle, table_start, info.size - table_start),
+                                    dtype=ALLOC_TABLE_TYPE)
+    # as ffcv's memory managers do: the allocation starting at an address gives its size
+    by_address = np.argsort(allocations['ptr'])
+    ptrs, sizes = allocations['ptr'][by_address], allocations['size'][by_address]
+    images = np.zeros(info.num_samples, dtype=IMAGE_TABLE)
+    for name in ('mode', 'height', 'width', 'data_ptr'):
+        images[name] = metadata[name]
+    images['size'] = sizes[np.searchsorted(ptrs, metadata['data_ptr'])]
+    return images

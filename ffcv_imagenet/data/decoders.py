@@ -38,12 +38,25 @@ _MAX_DCT_SCALE = 8
 
 
 @njit(cache=False, inline='always')
-def _sample_seed(lead_index, index):
+def sample_seed(lead_index, index):
     """A 32-bit seed from two sample indices (multiplicative hashing, so nearby
     indices get unrelated seeds)."""
     mixed = (np.uint64(lead_index) * np.uint64(2654435761)
              + np.uint64(index) * np.uint64(40503) + np.uint64(0x9E3779B9))
     return np.uint32(mixed % np.uint64(4294967291))
+
+
+@njit(cache=False, inline='always')
+def dct_denominator(crop_h, crop_w, out_h, out_w):
+    """The JPEG decoding scale 1/denominator (1, 2, 4 or 8) for a crop of crop_h x
+    crop_w stored-image pixels resized to out_h x out_w: the largest power-of-two
+    shrink that still leaves the crop at least as large as the output, so that the
+    resize after it only shrinks."""
+    denom = 1
+    while (denom < _MAX_DCT_SCALE and crop_h >= 2 * denom * out_h
+           and crop_w >= 2 * denom * out_w):
+        denom *= 2
+    return denom
 
 
 class FusedCropDecoder(ResizedCropRGBImageDecoder):
@@ -108,17 +121,12 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
             for k in my_range(len(batch_indices)):
                 field = metadata[batch_indices[k]]
                 if reseed:
-                    np.random.seed(_sample_seed(batch_indices[0], batch_indices[k]))
+                    np.random.seed(sample_seed(batch_indices[0], batch_indices[k]))
                 image_data = mem_read(field['data_ptr'], storage_state)
                 height, width = np.uint32(field['height']), np.uint32(field['width'])
                 top, left, crop_h, crop_w = get_crop_c(height, width, scale, ratio)
                 if field['mode'] == jpg:
-                    # Largest power-of-two shrink that still leaves the crop at least
-                    # as large as the output: the resize below then only shrinks.
-                    denom = 1
-                    while (denom < _MAX_DCT_SCALE and crop_h >= 2 * denom * out_h
-                           and crop_w >= 2 * denom * out_w):
-                        denom *= 2
+                    denom = dct_denominator(crop_h, crop_w, out_h, out_w)
                     dec_h = (height + denom - 1) // denom
                     dec_w = (width + denom - 1) // denom
                     buf = decoded_storage[k]

@@ -75,12 +75,22 @@ class ShardedOrder(TraversalOrder):
                             world_size=self.world_size, equal_shards=self.equal_shards)
 
     def sample_order(self, epoch: int) -> np.ndarray:
-        order = self.indices
-        if self.shuffle:
-            order = np.random.default_rng(self.seed + epoch).permutation(order)
-        if self.equal_shards:
-            order = order[:len(order) - len(order) % self.world_size]
-        return order[self.rank::self.world_size]
+        return epoch_order(self.indices, self.seed, epoch, shuffle=self.shuffle,
+                           rank=self.rank, world_size=self.world_size,
+                           equal_shards=self.equal_shards)
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int, *, shuffle: bool = True,
+                rank: int = 0, world_size: int = 1, equal_shards: bool = False
+                ) -> np.ndarray:
+    """The sample ids rank ``rank`` reads in ``epoch``, in order (see
+    :class:`ShardedOrder`); ffcv cuts it into batches of consecutive ids."""
+    order = indices
+    if shuffle:
+        order = np.random.default_rng(seed + epoch).permutation(order)
+    if equal_shards:
+        order = order[:len(order) - len(order) % world_size]
+    return order[rank::world_size]
 
 
 def _rank_and_world(distributed: bool, rank: int | None, world_size: int | None

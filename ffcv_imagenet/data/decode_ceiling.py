@@ -1,0 +1,209 @@
+"""The decoding ceiling of the loaders: every stored JPEG decoded, and nothing else.
+
+A loader cannot deliver images faster than libjpeg-turbo decodes them on the same
+threads. This module measures that rate on a ``.beton``'s own images:
+
+1. :func:`load_jpegs` copies every JPEG-mode image's compressed bytes into one
+   buffer in memory (raw-pixel images are left out and counted: they need no
+   decoding);
+2. :func:`val_plan` / :func:`train_plan` give, per image, the DCT scale
+   (1/1, 1/2, 1/4 or 1/8) the loader's decoder chooses for its crop: the centre crop
+   of the val loader, or the random crop the train loader draws in a given epoch
+   (same order, batches, per-image seeds and crop function, so the same crops);
+3. :func:`decode_pass` decodes the whole frame of every planned image at that scale
+   with ffcv's ``imdecode`` (the loader's call) in one numba-parallel loop on
+   ``workers`` threads, into per-thread scratch that is thrown away. There is no ffcv
+   ``Loader`` and no Python work per image: one numba call per pass.
+
+The loader does more per image (crop, resize, flip, normalisation, batching), so its
+images/sec over this rate is its share of the ceiling.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numba
+import numpy as np
+from numba import njit, prange
+from ffcv.fields.rgb_image import IMAGE_MODES, get_center_crop, get_random_crop
+from ffcv.libffcv import imdecode
+
+from .beton import read_image_table
+from .decoders import dct_denominator, sample_seed
+from .loaders import epoch_order
+
+# compiled as ffcv's Compiler compiles the decoder's crop functions (fastmath, numpy
+# error model), so that the same random draws give the same crops
+_JIT = dict(fastmath=True, error_model='numpy', nogil=True)
+_random_crop = njit(**_JIT)(get_random_crop)
+_center_crop = njit(**_JIT)(get_center_crop)
+_imdecode = njit(nogil=True)(imdecode)
+
+# (positions into StoredJpegs, DCT denominators), both (n,) int64
+Plan = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class StoredJpegs:
+    """The JPEG-mode images of a ``.beton``, their compressed bytes in one buffer.
+
+    data: (total bytes,) uint8, the images back to back in file order;
+    offsets, sizes: (n,) int64, where image ``j``'s bytes lie in ``data`` (bytes);
+    heights, widths: (n,) int64, its stored size in pixels;
+    positions: (num_samples,) int64, sample id -> ``j``, or -1 for a raw-pixel image;
+    raw_images: how many images the file stores as raw pixels (never decoded here).
+    """
+    data: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    positions: np.ndarray
+    raw_images: int
+
+    @property
+    def num_samples(self) -> int:
+        """Images in the file, raw-pixel ones included."""
+        return len(self.positions)
+
+
+def load_jpegs(path: str | os.PathLike) -> StoredJpegs:
+    """Reads the compressed bytes of every JPEG image of the ``.beton`` at ``path``
+    (exactly the bytes ffcv's reader hands the decoder) into memory: as much RAM as
+    the file's JPEG data.
+    Raises:
+        DatasetError: the file is not a whole ``.beton`` (see ``check_beton``).
+    """
+    table = read_image_table(path)
+    ids = np.flatnonzero(table['mode'] == IMAGE_MODES['jpg'])
+    sizes = table['size'][ids].astype(np.int64)
+    offsets = np.zeros(len(ids), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    data = np.empty(int(sizes.sum()), dtype=np.uint8)
+    source = np.memmap(path, dtype=np.uint8, mode='r')
+    for start, ptr, size in zip(offsets.tolist(), table['data_ptr'][ids].tolist(),
+                                sizes.tolist()):
+        data[start:start + size] = source[ptr:ptr + size]
+    del source
+    positions = np.full(len(table), -1, dtype=np.int64)
+    positions[ids] = np.arange(len(ids))
+    return StoredJpegs(data, offsets, sizes, table['height'][ids].astype(np.int64),
+                       table['width'][ids].astype(np.int64), positions,
+                       raw_images=len(table) - len(ids))
+
+
+@njit(**_JIT)
+def _center_denominators(heights, widths, center_ratio, out_h, out_w):
+    denoms = np.empty(len(heights), dtype=np.int64)
+    scale = np.zeros(2)  # unused by the centre crop, as in the decoder
+    for j in range(len(heights)):
+        _, _, crop_h, crop_w = _center_crop(np.uint32(heights[j]), np.uint32(widths[j]),
+                                            scale, center_ratio)
+        denoms[j] = dct_denominator(crop_h, crop_w, out_h, out_w)
+    return denoms
+
+
+def val_plan(jpegs: StoredJpegs, resolution: int, center_ratio: float = 224 / 256) -> Plan:
+    """Every JPEG image in file order (the val loader's order) with the DCT
+    denominator the val loader's decoder picks for its centre crop of
+    ``center_ratio`` x the shorter side, resized to ``resolution`` pixels."""
+    denoms = _center_denominators(jpegs.heights, jpegs.widths, float(center_ratio),
+                                  resolution, resolution)
+    return np.arange(len(jpegs.heights), dtype=np.int64), denoms
+
+
+@njit(**_JIT)
+def _random_denominators(order, batch_size, positions, heights, widths, scale, ratio,
+                         out_h, out_w):
+    # the decoder reseeds per image from the id leading its batch and its own id, so
+    # each image's crop depends only on those two, never on threads or other images
+    denoms = np.zeros(len(order), dtype=np.int64)
+    for i in range(len(order)):
+        j = positions[order[i]]
+        if j < 0:  # raw pixels: not decoded
+            continue
+        np.random.seed(sample_seed(order[i - i % batch_size], order[i]))
+        _, _, crop_h, crop_w = _random_crop(np.uint32(heights[j]), np.uint32(widths[j]),
+                                            scale, ratio)
+        denoms[i] = dct_denominator(crop_h, crop_w, out_h, out_w)
+    return denoms
+
+
+def train_plan(jpegs: StoredJpegs, resolution: int, epoch: int, *, batch_size: int,
+               seed: int = 0, scale: tuple[float, float] = (0.08, 1.0),
+               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Plan:
+    """The JPEG images the train loader (one rank, ``seed``, ``batch_size``, last
+    partial batch dropped) decodes in ``epoch``, in its order, with the DCT
+    denominator its decoder picks for the random crop it draws for each, resized to
+    ``resolution`` pixels."""
+    order = epoch_order(np.arange(jpegs.num_samples, dtype=np.uint64), seed, epoch)
+    order = order[:len(order) - len(order) % batch_size]  # drop_last
+    denoms = _random_denominators(order, batch_size, jpegs.positions, jpegs.heights,
+                                  jpegs.widths, np.array(scale, dtype=np.float64),
+                                  np.array(ratio, dtype=np.float64), resolution, resolution)
+    positions = jpegs.positions[order]
+    keep = positions >= 0
+    return positions[keep], denoms[keep]
+
+
+@njit(parallel=True, nogil=True)
+def _decode_all(data, offsets, sizes, heights, widths, positions, denoms, scratch,
+                status, sums, checksum):
+    for i in prange(len(positions)):
+        j, denom = positions[i], denoms[i]
+        buf = scratch[numba.get_thread_id()]
+        height, width = np.uint32(heights[j]), np.uint32(widths[j])
+        # the decoder's own call: the whole frame at scale 1/denom
+        status[i] = _imdecode(data[offsets[j]:offsets[j] + sizes[j]], buf, height, width,
+                              height, width, 0, 0, 1, denom, False, False)
+        if checksum:
+            count = ((height + denom - 1) // denom) * ((width + denom - 1) // denom) * 3
+            total = 0
+            for b in range(count):
+                total += buf[b]
+            sums[i] = total
+
+
+def decode_pass(jpegs: StoredJpegs, plan: Plan, workers: int, checksum: bool = False
+                ) -> tuple[float, np.ndarray]:
+    """Decodes the images of ``plan`` on ``workers`` numba threads and returns
+    (seconds, sums): with ``checksum``, sums[i] is the sum of the decoded pixel bytes
+    of the plan's i-th image (extra work: for tests), else zeros. The first call
+    includes numba's compilation.
+    Raises:
+        RuntimeError: libjpeg-turbo failed on an image.
+    """
+    positions, denoms = plan
+    before = numba.get_num_threads()
+    numba.set_num_threads(workers)
+    try:
+        # one scratch frame per thread, large enough for any image at full scale
+        frame = int((jpegs.heights * jpegs.widths).max(initial=0)) * 3
+        scratch = np.empty((numba.get_num_threads(), frame), dtype=np.uint8)
+        status = np.zeros(len(positions), dtype=np.int32)
+        sums = np.zeros(len(positions), dtype=np.int64)
+        start = time.perf_counter()
+        _decode_all(jpegs.data, jpegs.offsets, jpegs.sizes, jpegs.heights, jpegs.widths,
+                    positions, denoms, scratch, status, sums, checksum)
+        seconds = time.perf_counter() - start
+    finally:
+        numba.set_num_threads(before)
+    if status.any():
+        raise RuntimeError(f"libjpeg-turbo failed on {np.count_nonzero(status)} of "
+                           f"{len(positions)} images")
+    return seconds, sums
+
+
+def ceiling_rates(jpegs: StoredJpegs, plan_for: Callable[[int], Plan], passes: int,
+                  workers: int) -> list[float]:
+    """Images/sec of each of ``passes`` calls of :func:`decode_pass`, pass ``p``
+    decoding ``plan_for(p)`` (computed before its clock starts)."""
+    rates = []
+    for index in range(passes):
+        plan = plan_for(index)
+        seconds, _ = decode_pass(jpegs, plan, workers)
+        rates.append(len(plan[0]) / seconds)
+    return rates
