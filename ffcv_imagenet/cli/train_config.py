@@ -208,20 +208,17 @@ def check_values(config) -> None:
         CheckpointPeriod.parse(config['checkpoint.last_every'])
     except ValueError as err:
         raise ConfigError(f"checkpoint.last_every: {err}") from None
-    try:
-        resolutions = parse_resolutions(config['validation.resolutions'])
-    except ValueError as err:
-        raise ConfigError(f"validation.resolutions: {err}") from None
-    if resolutions and not config['training.eval_only']:
-        raise ConfigError("validation.resolutions needs training.eval_only=1")
-    try:
-        ratios = parse_crop_ratios(config['validation.crop_ratios'])
-    except ValueError as err:
-        raise ConfigError(f"validation.crop_ratios: {err}") from None
-    if ratios and not config['training.eval_only']:
-        raise ConfigError("validation.crop_ratios needs training.eval_only=1")
-    if config['validation.folder'] and not config['training.eval_only']:
-        raise ConfigError("validation.folder needs training.eval_only=1")
+    resolution_stages(config)  # here too, so that a sweep checks it before any run
+    # the eval-only sweeps and the standard evaluation: well-formed, and eval-only
+    for key, parse in (('validation.resolutions', parse_resolutions),
+                       ('validation.crop_ratios', parse_crop_ratios),
+                       ('validation.folder', str)):
+        try:
+            asked = parse(config[key])
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+        if asked and not config['training.eval_only']:
+            raise ConfigError(f"{key} needs training.eval_only=1")
     if config['validation.folder_crop'] > config['validation.folder_resize']:
         # torchvision would pad the crop with zeros: no longer the standard evaluation
         raise ConfigError(f"validation.folder_crop ({config['validation.folder_crop']}) "
