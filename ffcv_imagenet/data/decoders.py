@@ -8,7 +8,7 @@ numba-parallel loop:
 1. choose the crop (random-resized or centre) in stored-image pixels;
 2. decode the JPEG at 1/2, 1/4 or 1/8 scale when the crop would be shrunk by at
    least that factor anyway (libjpeg-turbo's scaled IDCT), else at full size;
-3. resize the crop to the output size (OpenCV, bilinear);
+3. resize the crop to the output size with an area filter (:mod:`.resize`);
 4. optionally flip horizontally (probability 1/2) and normalise to float32.
 
 Randomness (crop, flip) is reproducible: each image reseeds numba's per-thread
@@ -23,13 +23,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numba
 import numpy as np
 from numba import njit
 from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
                                    get_center_crop, get_random_crop)
-from ffcv.libffcv import imdecode, resize_crop
+from ffcv.libffcv import imdecode
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
+
+from .resize import resize_crop_area, scratch_sizes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,28 +100,36 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         max_pixels = np.uint64(int(heights.max()) * int(widths.max()) * 3)
         out_shape = (self.output_size[0], self.output_size[1], 3)
         out_dtype = np.dtype('<f4') if self.normalize else np.dtype('<u1')
+        floats, indices = scratch_sizes(int(heights.max()), int(widths.max()),
+                                        *self.output_size)
         state = replace(previous_state, jit_mode=True, shape=out_shape, dtype=out_dtype)
         return state, (AllocationQuery(out_shape, out_dtype),
                        AllocationQuery((max_pixels,), np.dtype('<u1')),
-                       AllocationQuery(out_shape, np.dtype('<u1')))
+                       AllocationQuery((floats,), np.dtype('<f4')),
+                       AllocationQuery((indices,), np.dtype('<u8')))
 
     def generate_code(self):
         jpg = IMAGE_MODES['jpg']
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)
-        resize_crop_c = Compiler.compile(resize_crop)
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale, ratio = self.scale, self.ratio
-        do_flip, normalize = self.flip, self.normalize
+        do_flip = self.flip
         reseed = self.random_crop or self.flip
-        mul = self.scale_px if normalize else np.ones(3, np.float32)
-        add = self.shift_px if normalize else np.zeros(3, np.float32)
+        # uint8 output: + 0.5 rounds to the nearest grey level
+        mul = self.scale_px if self.normalize else np.ones(3, np.float32)
+        add = self.shift_px if self.normalize else np.full(3, 0.5, np.float32)
 
         def decode(batch_indices, my_storage, metadata, storage_state):
-            destination, decoded_storage, resized_storage = my_storage
+            destination, decoded_storage, float_scratch, index_scratch = my_storage
             out_h, out_w = destination.shape[1], destination.shape[2]
+            # ffcv hands out working memory per image; each thread reuses one image's
+            # (its pages stay warm in the cache, and the others are never touched, so
+            # never faulted in) unless the batch has fewer slots than there are threads
+            per_thread = numba.get_num_threads() <= len(decoded_storage)
             for k in my_range(len(batch_indices)):
+                slot = np.int64(numba.get_thread_id()) if per_thread else np.int64(k)
                 field = metadata[batch_indices[k]]
                 if reseed:
                     np.random.seed(sample_seed(batch_indices[0], batch_indices[k]))
@@ -129,7 +140,7 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
                     denom = dct_denominator(crop_h, crop_w, out_h, out_w)
                     dec_h = (height + denom - 1) // denom
                     dec_w = (width + denom - 1) // denom
-                    buf = decoded_storage[k]
+                    buf = decoded_storage[slot]
                     imdecode_c(image_data, buf, height, width, height, width,
                                0, 0, 1, denom, False, False)
                     image = buf[:dec_h * dec_w * 3].reshape(dec_h, dec_w, 3)
@@ -142,18 +153,8 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
                 else:
                     image = image_data.reshape(height, width, 3)
                 flipped = do_flip and np.random.random() < 0.5
-                if not normalize and not flipped:
-                    resize_crop_c(image, top, top + crop_h, left, left + crop_w,
-                                  destination[k])
-                    continue
-                resized = resized_storage[k]
-                resize_crop_c(image, top, top + crop_h, left, left + crop_w, resized)
-                out = destination[k]
-                for y in range(out_h):
-                    for x in range(out_w):
-                        src_x = out_w - 1 - x if flipped else x
-                        for c in range(3):
-                            out[y, x, c] = resized[y, src_x, c] * mul[c] + add[c]
+                resize_crop_area(image, top, left, crop_h, crop_w, destination[k], flipped,
+                                 mul, add, float_scratch[slot], index_scratch[slot])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

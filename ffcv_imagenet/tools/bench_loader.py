@@ -123,16 +123,24 @@ def ceiling_rows(beton: str, val_beton: str | None, *, resolution: int, batch_si
 
 def _loader_rows(beton: str, val_beton: str | None, ceilings: dict[str, float],
                  decoded: torch.dtype, epochs: int, **common) -> list[dict]:
-    """The train (and val) loader rows for one output path, with share_of_ceiling."""
+    """The train (and val) loader rows for one output path, with share_of_ceiling.
+    uint8 batches on a CPU device are timed as ffcv yields them (``normalised``: False):
+    normalising them is a GPU's work in training."""
     name = str(decoded).removeprefix('torch.')
     kinds = [('train', train_loader, beton)]
     if val_beton:
         kinds.append(('val', val_loader, val_beton))
+    device = common['device']
+    # uint8 is CUDA's path, where the device normalises the batch; on a CPU that would
+    # be torch work on the consumer's thread, so the batches are timed as decoded
+    as_decoded = decoded == torch.uint8 and device.type != 'cuda'
+    label = f'{name} as decoded' if as_decoded else name
     rows = []
     for kind, make, path in kinds:
-        rates = _rates(make(path, decoder_dtype=decoded, **common), epochs, common['device'])
-        row = summarise(f'ffcv_imagenet {kind} loader, {name}', rates, kind='loader',
-                        loader=kind, decoder_dtype=name)
+        loader = make(path, decoder_dtype=decoded, **common)
+        rates = _rates(loader.loader if as_decoded else loader, epochs, device)
+        row = summarise(f'ffcv_imagenet {kind} loader, {label}', rates, kind='loader',
+                        loader=kind, decoder_dtype=name, normalised=not as_decoded)
         row['share_of_ceiling'] = row['images_per_sec'] / ceilings[kind]
         rows.append(row)
         # frees the loader's numba functions now, not in the next loader's epoch thread
@@ -195,6 +203,9 @@ def format_loader_table(result: dict) -> str:
         share = f"{row['share_of_ceiling']:.1%}" if 'share_of_ceiling' in row else ''
         lines.append(f"{row['pipeline']:<40} {row['images_per_sec']:>11.0f} {spread:>15} "
                      f"{ratio:>14.2f}x {share:>17}".rstrip())
+    if any(row.get('normalised') is False for row in result['rows']):
+        lines.append("as decoded: batches timed as ffcv yields them, uint8, not normalised "
+                     "(on a GPU the device normalises them)")
     for kind, count in result['ceiling_images'].items():
         if count['raw_images']:
             lines.append(f"ceiling, {kind}: {count['jpeg_images']} JPEG images per pass; "

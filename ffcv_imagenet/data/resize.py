@@ -1,0 +1,141 @@
+"""Area resize of an image crop, with flip and normalisation in the same pass (numba).
+
+OpenCV's ``INTER_AREA`` (which ffcv's ``resize_crop`` calls) takes its generic,
+table-driven path whenever the scale is not an integer, which is nearly always for a
+random-resized crop; on the project's CPU machine that path cost more per image than
+decoding the JPEG (BENCHMARKS.md, issue 14.2). The same filter is computed here as two
+separable passes that LLVM can vectorise:
+
+* vertical: each output row is a weighted sum of the 2-3 source rows under it, over the
+  whole crop width (contiguous, SIMD);
+* horizontal: each output pixel is a weighted sum of the 2-3 row pixels under it,
+  written to its flipped place when flipping, then ``value * mul + add`` per channel
+  (normalisation, or ``+ 0.5`` rounding for uint8 output).
+
+The filter is a box: output pixel ``i`` of an axis covers source ``[i * s, (i + 1) * s)``
+of the crop (``s`` = crop / output length) and each source pixel weighs by its overlap.
+That is ``INTER_AREA`` exactly when shrinking (uint8 results equal OpenCV's) and its
+linear-like enlargement to within one grey level when enlarging.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# every index below is unsigned, so numba emits no negative-index wraparound checks
+# (with them, the row loop does not vectorise and runs ~15x slower)
+_U = np.uint64
+# Every function is inlined into its caller, as the decoder's other helpers are: called
+# as separate numba dispatchers from ffcv's epoch threads, they failed with a KeyError
+# from numba's table of compiled signatures when the loader tests ran one after another
+# (numba 0.68.1).
+
+
+@njit(fastmath=True, nogil=True, inline='always')
+def _taps(i, s, src_n):
+    """First source pixel and tap count of output pixel ``i`` (box ``[i*s, (i+1)*s)``)."""
+    lo = i * s
+    first = min(int(lo), src_n - 1)
+    last = min(int(np.ceil(lo + s)), src_n)  # exclusive
+    return first, max(1, last - first)
+
+
+@njit(fastmath=True, nogil=True, inline='always')
+def _weight(j, i, s):
+    """Share of source pixel ``j`` in output pixel ``i`` (0 outside its box)."""
+    lo = i * s
+    return max(0.0, min(lo + s, j + 1.0) - max(lo, float(j))) / s
+
+
+def scratch_sizes(max_height: int, max_width: int, out_h: int, out_w: int
+                  ) -> tuple[int, int]:
+    """(float32, uint64) scratch lengths :func:`resize_crop_area` needs for crops of
+    images up to ``max_height`` x ``max_width`` pixels resized to ``out_h`` x ``out_w``."""
+    del max_height, out_h  # the vertical taps are computed row by row
+    taps_per_column = max_width // max(out_w, 1) + 3
+    return max_width * 3 + out_w * taps_per_column, out_w
+
+
+@njit(fastmath=True, nogil=True, inline='always')
+def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
+                     scratch, columns):
+    """Resizes ``image[top:top+crop_h, left:left+crop_w]`` (uint8, (H, W, 3)) into
+    ``out`` ((out_h, out_w, 3), uint8 or float32) with an area filter, mirrored left
+    to right when ``flip``, each channel ``c`` stored as ``value * mul[c] + add[c]``
+    (for uint8 output pass ``mul = 1``, ``add = 0.5``: rounding).
+
+    ``scratch`` (float32) and ``columns`` (uint64) are working memory, at least
+    :func:`scratch_sizes` long; their contents are overwritten.
+    """
+    out_h, out_w = out.shape[0], out.shape[1]
+    stride = image.shape[1] * 3
+    flat = image.reshape(-1)
+    n = crop_w * 3
+    row = scratch[:n]
+    sx = crop_w / out_w
+    sy = crop_h / out_h
+    # horizontal taps of every output column: first source pixel (as a row offset) and
+    # weights, padded to a fixed count per column
+    kx = min(3, crop_w)  # the three-tap loop also serves one or two taps (zero-padded)
+    for x in range(out_w):
+        kx = max(kx, _taps(x, sx, crop_w)[1])
+    weights = scratch[n:n + out_w * kx]
+    for x in range(out_w):
+        first = min(_taps(x, sx, crop_w)[0], crop_w - kx)  # padded taps stay inside
+        columns[x] = _U(first * 3)
+        for t in range(kx):
+            weights[x * kx + t] = _weight(first + t, x, sx)
+    out_flat = out.reshape(-1)
+    m0, m1, m2 = mul[0], mul[1], mul[2]
+    a0, a1, a2 = add[0], add[1], add[2]
+    for y in range(out_h):
+        first, count = _taps(y, sy, crop_h)
+        base = _U((top + first) * stride + left * 3)
+        w = np.float32(_weight(first, y, sy))
+        src = flat[base:base + _U(n)]
+        for k in range(n):
+            row[k] = w * src[k]
+        for t in range(1, count):
+            w = np.float32(_weight(first + t, y, sy))
+            src = flat[base + _U(t * stride):base + _U(t * stride + n)]
+            for k in range(n):
+                row[k] += w * src[k]
+        line = out_flat[_U(y * out_w * 3):_U((y + 1) * out_w * 3)]
+        if kx == 3:
+            _columns3(row, columns, weights, line, out_w, flip, m0, m1, m2, a0, a1, a2)
+        else:
+            _columns(row, columns, weights, kx, line, out_w, flip, m0, m1, m2, a0, a1, a2)
+
+
+# The horizontal pass of one row. Enlarging takes 2 taps and shrinking by less than 2x
+# (nearly every crop, after the decoder's DCT scaling) at most 3, so a loop with three
+# taps, unrolled, serves nearly everything; the general one serves larger shrinks.
+@njit(fastmath=True, nogil=True, inline='always')
+def _columns3(row, columns, weights, line, out_w, flip, m0, m1, m2, a0, a1, a2):
+    for x in range(out_w):
+        b, i = columns[x], _U(3 * x)
+        w0, w1, w2 = weights[i], weights[i + _U(1)], weights[i + _U(2)]
+        d = _U(3 * (out_w - 1 - x if flip else x))
+        line[d] = (w0 * row[b] + w1 * row[b + _U(3)] + w2 * row[b + _U(6)]) * m0 + a0
+        line[d + _U(1)] = (w0 * row[b + _U(1)] + w1 * row[b + _U(4)]
+                           + w2 * row[b + _U(7)]) * m1 + a1
+        line[d + _U(2)] = (w0 * row[b + _U(2)] + w1 * row[b + _U(5)]
+                           + w2 * row[b + _U(8)]) * m2 + a2
+
+
+@njit(fastmath=True, nogil=True, inline='always')
+def _columns(row, columns, weights, kx, line, out_w, flip, m0, m1, m2, a0, a1, a2):
+    for x in range(out_w):
+        b = columns[x]
+        v0 = np.float32(0.0)
+        v1 = np.float32(0.0)
+        v2 = np.float32(0.0)
+        for t in range(kx):
+            w, o = weights[_U(x * kx + t)], b + _U(3 * t)
+            v0 += w * row[o]
+            v1 += w * row[o + _U(1)]
+            v2 += w * row[o + _U(2)]
+        d = _U(3 * (out_w - 1 - x if flip else x))
+        line[d] = v0 * m0 + a0
+        line[d + _U(1)] = v1 * m1 + a1
+        line[d + _U(2)] = v2 * m2 + a2

@@ -1,0 +1,86 @@
+"""The decoder's area resize against OpenCV's INTER_AREA (what ffcv's resize_crop calls)."""
+import cv2
+import numpy as np
+import pytest
+
+from ffcv_imagenet.data.resize import resize_crop_area, scratch_sizes
+
+ONE, ZERO, HALF = (np.full(3, v, np.float32) for v in (1.0, 0.0, 0.5))
+
+
+def smooth_image(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(2, height // 8), max(2, width // 8), 3)).astype(np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def resize(image, top, left, crop_h, crop_w, out_h, out_w, dtype=np.uint8, flip=False,
+           mul=ONE, add=None):
+    floats, indices = scratch_sizes(*image.shape[:2], out_h, out_w)
+    # garbage in the scratch must not leak into the result
+    scratch = np.full(floats, np.nan, np.float32)
+    columns = np.full(indices, 2**40, np.uint64)
+    out = np.zeros((out_h, out_w, 3), dtype)
+    if add is None:
+        add = HALF if dtype == np.uint8 else ZERO
+    resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add, scratch, columns)
+    return out
+
+
+def opencv_area(image, top, left, crop_h, crop_w, out_h, out_w):
+    return cv2.resize(image[top:top + crop_h, left:left + crop_w], (out_w, out_h),
+                      interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize('crop, out', [
+    ((230, 200), (160, 160)),   # shrink by less than 2x: three taps
+    ((96, 250), (64, 80)),      # a different factor per axis
+    ((300, 280), (64, 64)),     # shrink by more than 2x: the general loop
+    ((128, 128), (64, 64)),     # an integer factor
+    ((160, 160), (160, 160)),   # same size: a copy
+])
+def test_shrinking_gives_opencvs_area_pixels(crop, out):
+    image = smooth_image(320, 300)
+    top, left = 7, 11
+    got = resize(image, top, left, *crop, *out)
+    expected = opencv_area(image, top, left, *crop, *out)
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert np.mean(got == expected) > 0.99
+
+
+@pytest.mark.parametrize('crop, out', [((120, 130), (160, 160)), ((40, 200), (160, 100)),
+                                       ((2, 3), (8, 8))])
+def test_enlarging_is_within_one_grey_level_of_opencv(crop, out):
+    image = smooth_image(256, 256, seed=1)
+    got = resize(image, 30, 40, *crop, *out)
+    expected = opencv_area(image, 30, 40, *crop, *out)
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_float_output_is_normalised_and_flip_mirrors_the_columns():
+    image = smooth_image(200, 180, seed=2)
+    mul = np.array([1 / 50, 1 / 60, 1 / 70], np.float32)
+    add = np.array([-2.0, -1.5, -1.0], np.float32)
+    plain = resize(image, 5, 9, 150, 170, 96, 112, dtype=np.float32)
+    reference = opencv_area(image, 5, 9, 150, 170, 96, 112)
+    assert np.abs(plain - reference).max() <= 0.5  # OpenCV rounds to whole levels
+    normalised = resize(image, 5, 9, 150, 170, 96, 112, dtype=np.float32, mul=mul, add=add)
+    np.testing.assert_allclose(normalised, plain * mul + add, rtol=1e-5, atol=1e-5)
+    flipped = resize(image, 5, 9, 150, 170, 96, 112, dtype=np.float32, flip=True,
+                     mul=mul, add=add)
+    np.testing.assert_array_equal(flipped, normalised[:, ::-1])
+
+
+def test_a_constant_image_stays_constant_at_every_scale():
+    image = np.full((100, 90, 3), (10, 128, 251), np.uint8)
+    for crop, out in [((100, 90), (37, 41)), ((17, 13), (64, 64)), ((99, 89), (5, 3))]:
+        got = resize(image, 0, 0, *crop, *out)
+        assert (got == image[0, 0]).all()
+
+
+def test_scratch_sizes_cover_the_largest_shrink():
+    # the widest image, shrunk to the narrowest output: the most taps per column
+    image = smooth_image(8, 500)
+    got = resize(image, 0, 0, 8, 500, 4, 3)
+    expected = opencv_area(image, 0, 0, 8, 500, 4, 3)
+    assert np.abs(got.astype(int) - expected).max() <= 1
