@@ -61,6 +61,16 @@ def test_val_output_is_the_normalised_image(square_beton):
         np.testing.assert_allclose(to_pixels(x), images[y.numpy()], atol=1e-3)
 
 
+def test_batches_smaller_than_the_thread_count_give_the_same_pixels(betons):
+    """Each decoding thread reuses one image's scratch when the batch has at least one
+    slot per thread, else each image uses its own: both must give the same images."""
+    _, val = betons
+    def pixels(batch_size):
+        loader = val_loader(val, batch_size=batch_size, resolution=32, num_workers=2)
+        return torch.cat([x.clone() for x, _ in loader])  # batches live in reused buffers
+    np.testing.assert_array_equal(pixels(1).numpy(), pixels(8).numpy())
+
+
 def test_train_flips_half_the_images(square_beton):
     path, images = square_beton
     loader = train_loader(path, batch_size=12, resolution=48, num_workers=2,

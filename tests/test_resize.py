@@ -84,3 +84,28 @@ def test_scratch_sizes_cover_the_largest_shrink():
     got = resize(image, 0, 0, 8, 500, 4, 3)
     expected = opencv_area(image, 0, 0, 8, 500, 4, 3)
     assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def one_axis_at_a_time(image, top, left, crop_h, crop_w, out_h, out_w):
+    """OpenCV's area filter on the rows, then on the columns. Where one axis shrinks
+    and the other enlarges, OpenCV's INTER_AREA gives both axes its enlarging (linear)
+    weights; the decoder's filter keeps the box on the shrinking axis, which is this."""
+    rows = opencv_area(image, top, left, crop_h, crop_w, out_h, crop_w)
+    return opencv_area(rows, 0, 0, out_h, crop_w, out_h, out_w)
+
+
+@pytest.mark.parametrize('crop_w', [0, 1, 2, 7])
+def test_shrinking_one_axis_and_enlarging_the_other_keeps_the_box(crop_w):
+    # also crops one or two pixels wide, and an empty one (taken as one pixel)
+    image = smooth_image(64, 64, seed=3)
+    got = resize(image, 10, 20, 30, crop_w, 16, 12)
+    expected = one_axis_at_a_time(image, 10, 20, 30, max(1, crop_w), 16, 12)
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_uint8_flip_mirrors_the_columns_when_enlarging_a_narrow_image():
+    image = smooth_image(40, 6, seed=4)
+    plain = resize(image, 0, 0, 40, 6, 50, 30)
+    flipped = resize(image, 0, 0, 40, 6, 50, 30, flip=True)
+    np.testing.assert_array_equal(flipped, plain[:, ::-1])
+    assert np.abs(plain.astype(int) - opencv_area(image, 0, 0, 40, 6, 50, 30)).max() <= 1

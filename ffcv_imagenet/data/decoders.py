@@ -114,6 +114,9 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         my_range = Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)
         get_crop_c = Compiler.compile(self.get_crop_generator)
+        # a numba function of this pipeline's own, as ffcv compiles its C calls: a
+        # module-level one would be typed from several epoch threads (see .resize)
+        resize_c = Compiler.compile(resize_crop_area.py_func)
         scale, ratio = self.scale, self.ratio
         do_flip = self.flip
         reseed = self.random_crop or self.flip
@@ -153,8 +156,8 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
                 else:
                     image = image_data.reshape(height, width, 3)
                 flipped = do_flip and np.random.random() < 0.5
-                resize_crop_area(image, top, left, crop_h, crop_w, destination[k], flipped,
-                                 mul, add, float_scratch[slot], index_scratch[slot])
+                resize_c(image, top, left, crop_h, crop_w, destination[k], flipped,
+                         mul, add, float_scratch[slot], index_scratch[slot])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

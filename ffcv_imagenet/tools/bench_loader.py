@@ -156,7 +156,8 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
     """Times the torchvision baseline, the ceilings (:func:`ceiling_rows`) and the
     loaders (per output path: :func:`decoder_dtypes_for`); returns a dict with the
     settings, the rows (loaders, ceilings, baseline last; images/sec), the ceilings'
-    image counts and ``ratio_train_vs_torchvision`` (of the first train loader row)."""
+    image counts and ``ratio_train_vs_torchvision`` (of the first train loader row
+    that is normalised, as torchvision's output is, if any)."""
     if epochs < 2:
         raise ValueError("need at least 2 epochs: the first one is not timed")
     dev = torch.device(device)
@@ -183,8 +184,16 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                      'torch': torch.__version__},
         'rows': rows,
         'ceiling_images': counts,
-        'ratio_train_vs_torchvision': rows[0]['images_per_sec'] / baseline_row['images_per_sec'],
+        'ratio_train_vs_torchvision': _headline_row(rows)['images_per_sec']
+                                      / baseline_row['images_per_sec'],
     }
+
+
+def _headline_row(rows: list[dict]) -> dict:
+    """The train loader row to set against torchvision: the first normalised one (the
+    baseline normalises too), else the first."""
+    train = [row for row in rows if row.get('loader') == 'train' and row['kind'] == 'loader']
+    return next((row for row in train if row['normalised']), train[0])
 
 
 def format_loader_table(result: dict) -> str:
