@@ -120,9 +120,8 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         scale, ratio = self.scale, self.ratio
         do_flip = self.flip
         reseed = self.random_crop or self.flip
-        # uint8 output: + 0.5 rounds to the nearest grey level
         mul = self.scale_px if self.normalize else np.ones(3, np.float32)
-        add = self.shift_px if self.normalize else np.full(3, 0.5, np.float32)
+        add = self.shift_px if self.normalize else np.zeros(3, np.float32)
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, decoded_storage, float_scratch, index_scratch = my_storage

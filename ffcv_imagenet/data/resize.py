@@ -9,8 +9,8 @@ separable passes that LLVM can vectorise:
 * vertical: each output row is a weighted sum of the 2-3 source rows under it, over the
   whole crop width (contiguous, SIMD);
 * horizontal: each output pixel is a weighted sum of the 2-3 row pixels under it,
-  written to its flipped place when flipping, then ``value * mul + add`` per channel
-  (normalisation, or ``+ 0.5`` rounding for uint8 output).
+  written to its flipped place when flipping, rounded to a whole grey level, then
+  ``level * mul + add`` per channel (normalisation; 1 and 0 for uint8 output).
 
 The filter is a box: output pixel ``i`` of an axis covers source ``[i * s, (i + 1) * s)``
 of the crop (``s`` = crop / output length) and each source pixel weighs by its overlap.
@@ -19,7 +19,7 @@ float rounding (at most one grey level, in under 1% of the pixels in the tests),
 enlarging, OpenCV's linear-like weights, within one grey level. Where one axis shrinks
 and the other enlarges, OpenCV gives both axes its enlarging weights; here the shrinking
 axis keeps its box (no aliasing), so such crops differ from OpenCV's by a few grey levels.
-Float output is normalised from the unrounded values.
+Float output is the rounded levels normalised, as uint8 output normalised later is.
 """
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def _taps(i, s, src_n):
 
 
 @njit(fastmath=True, nogil=True, inline='always')
+def _level(value):
+    """``value`` rounded to a whole grey level, so that float output is the uint8
+    output normalised: a GPU (uint8, normalised on the device) and the CPU (float32)
+    train on the same pixels."""
+    return np.floor(value + np.float32(0.5))
+
+
+@njit(fastmath=True, nogil=True, inline='always')
 def _weight(j, i, s):
     """Share of source pixel ``j`` in output pixel ``i`` (0 outside its box)."""
     lo = i * s
@@ -66,8 +74,9 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
                      scratch, columns):
     """Resizes ``image[top:top+crop_h, left:left+crop_w]`` (uint8, (H, W, 3)) into
     ``out`` ((out_h, out_w, 3), uint8 or float32) with an area filter, mirrored left
-    to right when ``flip``, each channel ``c`` stored as ``value * mul[c] + add[c]``
-    (for uint8 output pass ``mul = 1``, ``add = 0.5``: rounding).
+    to right when ``flip``, each channel ``c`` stored as ``level * mul[c] + add[c]``,
+    ``level`` the filtered value rounded to a whole grey level (for uint8 output pass
+    ``mul = 1``, ``add = 0``).
 
     ``scratch`` (float32) and ``columns`` (uint64) are working memory, at least
     :func:`scratch_sizes` long; their contents are overwritten.
@@ -123,11 +132,11 @@ def _columns3(row, columns, weights, line, out_w, flip, m0, m1, m2, a0, a1, a2):
         b, i = columns[x], _U(3 * x)
         w0, w1, w2 = weights[i], weights[i + _U(1)], weights[i + _U(2)]
         d = _U(3 * (out_w - 1 - x if flip else x))
-        line[d] = (w0 * row[b] + w1 * row[b + _U(3)] + w2 * row[b + _U(6)]) * m0 + a0
-        line[d + _U(1)] = (w0 * row[b + _U(1)] + w1 * row[b + _U(4)]
-                           + w2 * row[b + _U(7)]) * m1 + a1
-        line[d + _U(2)] = (w0 * row[b + _U(2)] + w1 * row[b + _U(5)]
-                           + w2 * row[b + _U(8)]) * m2 + a2
+        line[d] = _level(w0 * row[b] + w1 * row[b + _U(3)] + w2 * row[b + _U(6)]) * m0 + a0
+        line[d + _U(1)] = _level(w0 * row[b + _U(1)] + w1 * row[b + _U(4)]
+                                 + w2 * row[b + _U(7)]) * m1 + a1
+        line[d + _U(2)] = _level(w0 * row[b + _U(2)] + w1 * row[b + _U(5)]
+                                 + w2 * row[b + _U(8)]) * m2 + a2
 
 
 @njit(fastmath=True, nogil=True, inline='always')
@@ -143,6 +152,6 @@ def _columns(row, columns, weights, kx, line, out_w, flip, m0, m1, m2, a0, a1, a
             v1 += w * row[o + _U(1)]
             v2 += w * row[o + _U(2)]
         d = _U(3 * (out_w - 1 - x if flip else x))
-        line[d] = v0 * m0 + a0
-        line[d + _U(1)] = v1 * m1 + a1
-        line[d + _U(2)] = v2 * m2 + a2
+        line[d] = _level(v0) * m0 + a0
+        line[d + _U(1)] = _level(v1) * m1 + a1
+        line[d + _U(2)] = _level(v2) * m2 + a2
