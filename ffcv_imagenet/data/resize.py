@@ -94,10 +94,12 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
     # weights, padded to a fixed count per column
     kx = min(3, crop_w)  # the three-tap loop also serves one or two taps (zero-padded)
     for x in range(out_w):
-        kx = max(kx, _taps(x, sx, crop_w)[1])
+        first, count = _taps(x, sx, crop_w)
+        columns[x] = _U(first)
+        kx = max(kx, count)
     weights = scratch[n:n + out_w * kx]
     for x in range(out_w):
-        first = min(_taps(x, sx, crop_w)[0], crop_w - kx)  # padded taps stay inside
+        first = min(np.int64(columns[x]), crop_w - kx)  # padded taps stay inside
         columns[x] = _U(first * 3)
         for t in range(kx):
             weights[x * kx + t] = _weight(first + t, x, sx)
