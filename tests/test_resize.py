@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ffcv_imagenet.data.resize import resize_crop_area, scratch_sizes
+from ffcv_imagenet.data.resize import resize_crop_area, resize_kernel, scratch_sizes
 
 ONE, ZERO = (np.full(3, v, np.float32) for v in (1.0, 0.0))
 
@@ -15,7 +15,7 @@ def smooth_image(height, width, seed=0):
 
 
 def resize(image, top, left, crop_h, crop_w, out_h, out_w, dtype=np.uint8, flip=False,
-           mul=ONE, add=None):
+           mul=ONE, add=None, kernel=resize_crop_area):
     floats, indices = scratch_sizes(*image.shape[:2], out_h, out_w)
     # garbage in the scratch must not leak into the result
     scratch = np.full(floats, np.nan, np.float32)
@@ -23,7 +23,7 @@ def resize(image, top, left, crop_h, crop_w, out_h, out_w, dtype=np.uint8, flip=
     out = np.zeros((out_h, out_w, 3), dtype)
     if add is None:
         add = ZERO
-    resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add, scratch, columns)
+    kernel(image, top, left, crop_h, crop_w, out, flip, mul, add, scratch, columns)
     return out
 
 
@@ -111,3 +111,16 @@ def test_uint8_flip_mirrors_the_columns_when_enlarging_a_narrow_image():
     flipped = resize(image, 0, 0, 40, 6, 50, 30, flip=True)
     np.testing.assert_array_equal(flipped, plain[:, ::-1])
     assert np.abs(plain.astype(int) - opencv_area(image, 0, 0, 40, 6, 50, 30)).max() <= 1
+
+
+def test_each_pipeline_gets_its_own_kernel_whose_machine_code_comes_from_disk():
+    """The decoder's resize is compiled once per machine, not in every process's first
+    epoch (2-3 s per loader), and no two pipelines share a dispatcher."""
+    image = smooth_image(96, 120, seed=3)
+    first, second = resize_kernel(), resize_kernel()
+    assert first is not second
+    expected = resize(image, 5, 6, 80, 90, 40, 48)
+    assert np.array_equal(resize(image, 5, 6, 80, 90, 40, 48, kernel=first), expected)
+    # the first one compiled (or loaded) and wrote the cache: the second only loads it
+    assert np.array_equal(resize(image, 5, 6, 80, 90, 40, 48, kernel=second), expected)
+    assert second.stats.cache_hits and not second.stats.cache_misses

@@ -32,7 +32,7 @@ from ffcv.libffcv import imdecode
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 
-from .resize import resize_crop_area, scratch_sizes
+from .resize import resize_kernel, scratch_sizes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -114,9 +114,7 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         my_range = Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)
         get_crop_c = Compiler.compile(self.get_crop_generator)
-        # a numba function of this pipeline's own, as ffcv compiles its C calls: a
-        # module-level one would be typed from several epoch threads (see .resize)
-        resize_c = Compiler.compile(resize_crop_area.py_func)
+        resize_c = resize_kernel()
         scale, ratio = self.scale, self.ratio
         do_flip = self.flip
         reseed = self.random_crop or self.flip

@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from ffcv.pipeline.compiler import Compiler
 
 # every index below is unsigned, so numba emits no negative-index wraparound checks
 # (with them, the row loop does not vectorise and runs ~15x slower)
 _U = np.uint64
-# The helpers are inlined into resize_crop_area, and the decoder compiles its own copy of
-# that per pipeline (Compiler.compile of its py_func): shared numba dispatchers, called
-# from ffcv's epoch threads, failed with a KeyError from numba's table of compiled
-# signatures when the loader tests ran one after another (numba 0.68.1). Inlining the
-# whole resize into the decoder's parallel loop instead added seconds to compilation.
+# The helpers are inlined into resize_crop_area, and each decoder pipeline calls a numba
+# dispatcher of that of its own (resize_kernel): shared dispatchers, called from ffcv's
+# epoch threads, failed with a KeyError from numba's table of compiled signatures when
+# the loader tests ran one after another (numba 0.68.1), and inlining the whole resize
+# into the decoder's parallel loop added seconds to compilation.
 
 
 @njit(fastmath=True, nogil=True, inline='always')
@@ -67,6 +68,21 @@ def scratch_sizes(max_height: int, max_width: int, out_h: int, out_w: int
     del max_height, out_h  # the vertical taps are computed row by row
     taps_per_column = max_width // max(out_w, 1) + 3
     return max_width * 3 + out_w * taps_per_column, out_w
+
+
+def resize_kernel():
+    """A numba dispatcher of :func:`resize_crop_area` for one decoder pipeline (its own,
+    so that no two epoch threads type the same one), whose machine code numba keeps on
+    disk: compiled once per machine and Python, then loaded in well under a second
+    instead of compiled for 2-3 s in every process's first epoch. Where no cache folder
+    is writable it compiles in each process; with ffcv's compilation switched off
+    (``Compiler.set_enabled(False)``, for debugging) it is plain Python."""
+    if not Compiler.is_enabled:
+        return resize_crop_area.py_func
+    try:
+        return njit(fastmath=True, nogil=True, cache=True)(resize_crop_area.py_func)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return njit(fastmath=True, nogil=True)(resize_crop_area.py_func)
 
 
 @njit(fastmath=True, nogil=True, inline='always')
