@@ -87,7 +87,7 @@ $(BETONS)/val.beton: $(BETONS)/train.beton
 bench: $(BETONS)/val.beton
 	$(PY) -m ffcv_imagenet bench loader --beton $(BETONS)/train.beton \
 	    --val-beton $(BETONS)/val.beton --folder $(SYNTH)/train --resolution 160 \
-	    --batch-size 64 --workers $(WORKERS) --epochs 5 --json $(DATA)/bench_loader.json
+	    --batch-size 64 --workers $(WORKERS) --epochs 5 --peers --json $(DATA)/bench_loader.json
 
 # What the published ffcv ImageNet data costs against the 256 px JPEG option: the demo
 # images converted both ways (disk), then the loaders of each timed in alternating

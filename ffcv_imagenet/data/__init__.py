@@ -10,6 +10,8 @@
 - :mod:`.decoders`: crop + scaled JPEG decode + resize + flip + normalise in one pass per image
 - :mod:`.beton`: checks a ``.beton`` before loading: whole file, fields, labels vs classes
 - :mod:`.loaders`: train/val loaders of a ``.beton``: sharding, resolution changes, device batches
+- :mod:`.decode_ceiling`, :mod:`.peer_pipelines`: what the loader is timed against (decoding
+  alone; ffcv's stock pipeline, DALI's CPU pipeline)
 
 Nothing here reads the config system.
 """

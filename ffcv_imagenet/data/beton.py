@@ -202,6 +202,28 @@ def check_dataset(path: str | os.PathLike, num_classes: int | None = None) -> Be
     return info
 
 
+def _field_records(info: BetonInfo, handle) -> tuple[np.void, dict[str, np.ndarray]]:
+    """The header of a checked ``.beton`` and each field's metadata, (num_samples,)
+    records in file order, by field name."""
+    header = _header(info.path, handle, info.size)
+    num_fields = int(header['num_fields'])
+    names, fields = _fields(info.path, handle, num_fields, info.size)
+    record, meta_start, data_start = _layout(num_fields, info.num_samples, fields)
+    metadata = np.frombuffer(_read(handle, meta_start, data_start - meta_start), dtype=record)
+    return header, {name: metadata[f'f{i}'] for i, name in enumerate(names)}
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Each sample's label, in file order: (num_samples,) int64.
+    Raises:
+        DatasetError: as :func:`check_beton`.
+    """
+    info = check_beton(path)
+    with open(info.path, 'rb') as handle:
+        _, records = _field_records(info, handle)
+    return records['label'].astype(np.int64)
+
+
 IMAGE_TABLE = np.dtype([('mode', '<u1'), ('height', '<u2'), ('width', '<u2'),
                         ('data_ptr', '<u8'), ('size', '<u8')])
 
@@ -217,12 +239,8 @@ def read_image_table(path: str | os.PathLike) -> np.ndarray:
     """
     info = check_beton(path)
     with open(info.path, 'rb') as handle:
-        header = _header(info.path, handle, info.size)
-        num_fields = int(header['num_fields'])
-        names, fields = _fields(info.path, handle, num_fields, info.size)
-        record, meta_start, data_start = _layout(num_fields, info.num_samples, fields)
-        metadata = np.frombuffer(_read(handle, meta_start, data_start - meta_start),
-                                 dtype=record)[f'f{names.index("image")}']
+        header, records = _field_records(info, handle)
+        metadata = records['image']
         table_start = int(header['alloc_table_ptr'])
         allocations = np.frombuffer(_read(handle, table_start, info.size - table_start),
                                     dtype=ALLOC_TABLE_TYPE)

@@ -19,6 +19,8 @@ ffcv loaders' output path: ``uint8`` (what a CUDA device takes: decode to uint8,
 normalise in torch on the device; on a CPU device that normalisation is timed on the
 CPU), ``float32`` (the CPU path: normalised in the decoder) or ``both`` (a train and
 a val row for each, against the same ceilings); the default is the device's own.
+``--peers`` adds ffcv's stock train pipeline and NVIDIA DALI's CPU pipeline (when it
+is installed) on the train ``.beton``'s images, timed on the CPU.
 Details: :mod:`.bench_loader`.
 
     python -m ffcv_imagenet bench train --beton data/betons/train.beton \
@@ -251,6 +253,9 @@ def _parser() -> argparse.ArgumentParser:
                              "after the decoder), float32 (normalised in the decoder) or "
                              "both (rows for each); default: uint8 on a CUDA device, as "
                              "training takes, else float32")
+    loader.add_argument('--peers', action='store_true',
+                        help="also time ffcv's stock train pipeline and DALI's CPU "
+                             "pipeline (when installed) on the train .beton's images")
     loader.add_argument('--json', help='also write the result here')
     train = commands.add_parser('train', help='training images/sec: model alone vs end to end')
     train.add_argument('--beton', required=True, help='train .beton')
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_loaders(args.beton, args.folder, args.val_beton,
                                resolution=args.resolution, batch_size=args.batch_size,
                                workers=args.workers, epochs=args.epochs, device=args.device,
-                               decoder_dtype=args.decoder_dtype)
+                               decoder_dtype=args.decoder_dtype, peers=args.peers)
         print(format_loader_table(result))
         _write_json(args.json, result)
         return

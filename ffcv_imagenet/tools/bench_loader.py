@@ -6,9 +6,11 @@ both (``--decoder-dtype both``); (c) the ceiling of each: the same stored JPEGs,
 bytes already in memory, decoded in full at the scale the loader's decoder picks for
 the same crops, on the same number of threads, and thrown away (see
 :mod:`ffcv_imagenet.data.decode_ceiling`); (d) a plain torchvision ``ImageFolder``
-pipeline. Each loader row also gets its share of its ceiling (images/sec over the
-ceiling's). Every row leaves out its first pass (numba compilation, worker start-up,
-cold caches) and reports the median of the others.
+pipeline; with ``peers``, (e) ffcv's stock train pipeline and (f) NVIDIA DALI's CPU
+pipeline (when installed) on the train ``.beton``'s images (see
+:mod:`ffcv_imagenet.data.peer_pipelines`). Each loader and peer row also gets its share
+of its ceiling (images/sec over the ceiling's). Every row leaves out its first pass
+(numba compilation, worker start-up, cold caches) and reports the median of the others.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..data import decode_ceiling
+from ..data import decode_ceiling, peer_pipelines
+from ..data.beton import read_labels
 from ..data.loaders import train_loader, val_loader
 from ..data.torchvision_pipelines import folder_loader, normalized_tensor
 
@@ -149,15 +152,43 @@ def _loader_rows(beton: str, val_beton: str | None, ceilings: dict[str, float],
     return rows
 
 
+def peer_rows(beton: str, ceiling: float, *, resolution: int, batch_size: int,
+              workers: int, epochs: int) -> tuple[list[dict], list[str]]:
+    """The peers' train rows on ``beton`` (ffcv's stock pipeline, then DALI's CPU
+    pipeline if it imports), timed on the CPU like the loaders, each with its share of
+    the train ``ceiling`` (images/sec); and notes for the table (DALI missing)."""
+    cpu = torch.device('cpu')
+    common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers)
+    stock = peer_pipelines.ffcv_stock_loader(beton, **common)
+    rows = [summarise("ffcv stock decoder, train", _rates(stock, epochs, cpu))]
+    del stock
+    gc.collect()  # as in _loader_rows: numba functions freed before the next compiles
+    notes = []
+    if peer_pipelines.dali_available():
+        jpegs = decode_ceiling.load_jpegs(beton)
+        labels = read_labels(beton)[jpegs.positions >= 0]
+        dali = peer_pipelines.dali_cpu_loader(jpegs, labels, **common)
+        rows.append(summarise("DALI CPU pipeline, train", _rates(dali, epochs, cpu)))
+        del dali, jpegs
+    else:
+        notes.append(f"DALI CPU pipeline: not installed here (pip install "
+                     f"{peer_pipelines.DALI_PACKAGE} adds its row)")
+    for row in rows:
+        row.update(kind='peer', loader='train', normalised=True,
+                   share_of_ceiling=row['images_per_sec'] / ceiling)
+    return rows, notes
+
+
 def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                   resolution: int = 160, batch_size: int = 64, workers: int = 2,
                   epochs: int = 5, device: str = 'cpu',
-                  decoder_dtype: str | None = None) -> dict:
-    """Times the torchvision baseline, the ceilings (:func:`ceiling_rows`) and the
-    loaders (per output path: :func:`decoder_dtypes_for`); returns a dict with the
-    settings, the rows (loaders, ceilings, baseline last; images/sec), the ceilings'
-    image counts and ``ratio_train_vs_torchvision`` (of the first train loader row
-    that is normalised, as torchvision's output is, if any)."""
+                  decoder_dtype: str | None = None, peers: bool = False) -> dict:
+    """Times the torchvision baseline, the ceilings (:func:`ceiling_rows`), the
+    loaders (per output path: :func:`decoder_dtypes_for`) and, with ``peers``, the
+    peers (:func:`peer_rows`); returns a dict with the settings, the rows (loaders,
+    peers, ceilings, baseline last; images/sec), the ceilings' image counts, notes for
+    the table and ``ratio_train_vs_torchvision`` (of the first train loader row that
+    is normalised, as torchvision's output is, if any)."""
     if epochs < 2:
         raise ValueError("need at least 2 epochs: the first one is not timed")
     dev = torch.device(device)
@@ -172,18 +203,24 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
             for row in _loader_rows(beton, val_beton, rates, decoded, epochs,
                                     batch_size=batch_size, resolution=resolution,
                                     num_workers=workers, device=dev)]
+    notes = []
+    if peers:
+        peer, notes = peer_rows(beton, rates['train'], resolution=resolution,
+                                batch_size=batch_size, workers=workers, epochs=epochs)
+        rows += peer
     rows += ceilings + [baseline_row]
     names = [str(dtype).removeprefix('torch.') for dtype in dtypes]
     return {
         'settings': {'beton': beton, 'val_beton': val_beton, 'folder': folder,
                      'resolution': resolution, 'batch_size': batch_size, 'workers': workers,
-                     'epochs': epochs, 'device': device,
+                     'epochs': epochs, 'device': device, 'peers': peers,
                      'decoder_dtype': names[0] if len(names) == 1 else BOTH,
                      'decoder_dtypes': names, 'cpus': os.cpu_count(),
                      'machine': platform.processor() or platform.machine(),
                      'torch': torch.__version__},
         'rows': rows,
         'ceiling_images': counts,
+        'notes': notes,
         'ratio_train_vs_torchvision': _headline_row(rows)['images_per_sec']
                                       / baseline_row['images_per_sec'],
     }
@@ -220,4 +257,5 @@ def format_loader_table(result: dict) -> str:
             lines.append(f"ceiling, {kind}: {count['jpeg_images']} JPEG images per pass; "
                          f"{count['raw_images']} stored as raw pixels are not decoded, "
                          f"nor counted")
+    lines += result.get('notes', [])
     return '\n'.join(lines)

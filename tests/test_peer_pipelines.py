@@ -1,0 +1,83 @@
+"""The benchmark's peers: ffcv's stock pipeline, DALI's CPU pipeline (when installed),
+and the label reader they use."""
+import numpy as np
+import pytest
+import torch
+from ffcv.reader import Reader
+
+from ffcv_imagenet.data import decode_ceiling, peer_pipelines
+from ffcv_imagenet.data.beton import read_labels
+from ffcv_imagenet.data.decoders import IMAGENET_MEAN, IMAGENET_STD
+from ffcv_imagenet.data.folders import list_tree
+from ffcv_imagenet.tools import bench_loader
+
+# a normalised 0-255 pixel lies within these, per channel
+LOW = torch.tensor([(0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+HIGH = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def test_labels_are_read_in_file_order(synth, betons):
+    samples, _ = list_tree(synth / 'train')
+    labels = read_labels(betons[0])
+    assert labels.dtype == np.int64
+    assert labels.tolist() == [label for _, label in samples]
+    reader = Reader(str(betons[0]))
+    assert np.array_equal(labels, reader.metadata[f"f{reader.field_names.index('label')}"])
+
+
+def _check_epochs(batches, labels, batch_size, resolution):
+    """Two epochs: full batches of normalised float32 (B, 3, R, R) images, every label
+    from the file, each epoch's images in a new order."""
+    epochs = []
+    for _ in range(2):
+        seen, firsts = [], []
+        for images, batch_labels in batches:
+            assert images.dtype == torch.float32
+            assert images.shape == (batch_size, 3, resolution, resolution)
+            per_channel = images.transpose(0, 1).reshape(3, -1)
+            assert (per_channel.min(1).values >= LOW - 1e-4).all()
+            assert (per_channel.max(1).values <= HIGH + 1e-4).all()
+            assert images.std() > 0.1  # pictures, not a constant
+            seen += batch_labels.tolist()
+            firsts.append(images[0].clone())
+        assert len(seen) == len(labels) // batch_size * batch_size
+        assert set(seen) <= set(labels.tolist())
+        epochs.append(torch.stack(firsts))
+    assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_ffcv_stock_pipeline_gives_normalised_batches_in_a_new_order(betons):
+    loader = peer_pipelines.ffcv_stock_loader(betons[0], batch_size=8, resolution=32,
+                                              num_workers=2)
+    _check_epochs(loader, read_labels(betons[0]), 8, 32)
+
+
+def test_dali_cpu_pipeline_gives_normalised_batches_in_a_new_order(betons):
+    pytest.importorskip('nvidia.dali', reason=f'needs {peer_pipelines.DALI_PACKAGE}')
+    jpegs = decode_ceiling.load_jpegs(betons[0])
+    labels = read_labels(betons[0])
+    loader = peer_pipelines.dali_cpu_loader(jpegs, labels, batch_size=8, resolution=32,
+                                            num_workers=2)
+    _check_epochs(loader, labels, 8, 32)
+
+
+@pytest.mark.slow
+def test_peer_rows_share_the_train_ceiling_and_name_a_missing_dali(betons, monkeypatch):
+    if not peer_pipelines.dali_available():
+        expected = ['ffcv stock decoder, train']
+    else:  # both rows where it is installed; the note where it is not
+        expected = ['ffcv stock decoder, train', 'DALI CPU pipeline, train']
+    rows, notes = bench_loader.peer_rows(str(betons[0]), 1000.0, resolution=32,
+                                         batch_size=8, workers=2, epochs=2)
+    assert [row['pipeline'] for row in rows] == expected
+    for row in rows:
+        assert row['kind'] == 'peer' and row['loader'] == 'train' and row['normalised']
+        assert row['images_per_sec'] > 0 and row['epochs_timed'] == 1
+        assert row['share_of_ceiling'] == pytest.approx(row['images_per_sec'] / 1000.0)
+    assert (notes == []) == peer_pipelines.dali_available()
+    monkeypatch.setattr(peer_pipelines, 'dali_available', lambda: False)
+    rows, notes = bench_loader.peer_rows(str(betons[0]), 1000.0, resolution=32,
+                                         batch_size=8, workers=2, epochs=2)
+    assert [row['pipeline'] for row in rows] == ['ffcv stock decoder, train']
+    assert notes == [f"DALI CPU pipeline: not installed here (pip install "
+                     f"{peer_pipelines.DALI_PACKAGE} adds its row)"]
