@@ -15,6 +15,11 @@ SYNTH := $(DATA)/synthetic
 BETONS := $(DATA)/betons
 DEMO_RUN ?= runs/rn18_cpu_demo
 WORKERS ?= $(shell nproc)
+# pytest-xdist processes for make test: one per core, at most 4 (each holds its own torch)
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+# loadgroup: the tests marked xdist_group('wheelhouse') share one worker, so the
+# session's wheelhouse is built once
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 # ffcv 1.0.2+portable and the other wheels the pins need, built for the venv's Python
 VENV_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 LOCAL_WHEELS = .wheels/$(VENV_VERSION)
@@ -138,12 +143,12 @@ demo: install bench preview train
 	    "$(DATA)/train_batch.png, training log and checkpoints in $(DEMO_RUN)"
 
 test: install
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra $(PYTEST_PARALLEL) tests
 	$(MAKE) test-gpu-image
 
 # the fast tests and the offline-install test with a GPU image's versions
 test-gpu-image: $(GPU_IMAGE_VENV)/.installed
-	$(GPU_IMAGE_PY) -m pytest -q -ra -m "not slow" tests
+	$(GPU_IMAGE_PY) -m pytest -q -ra $(PYTEST_PARALLEL) -m "not slow" tests
 	FFCV_IMAGENET_WHEELHOUSE=$(GPU_IMAGE_WHEELS) $(GPU_IMAGE_PY) -m pytest -q -ra \
 	    tests/test_wheelhouse.py tests/test_offline_install.py
 

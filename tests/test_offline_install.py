@@ -42,9 +42,11 @@ NODE_DISTRIBUTIONS = ('torch', 'torchvision', 'numpy', 'numba', 'pillow', 'tqdm'
 HIDDEN = re.compile(r'^lib(turbojpeg|opencv_|X11|X[a-z]|xcb|xkb|GL|EGL|OpenGL|glapi|gbm|drm|'
                     r'wayland|tbb|lapack|blas|openblas|gfortran|quadmath|tk|tcl)')
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     sys.platform != 'linux' or os.uname().machine != 'x86_64',
-    reason='the wheelhouse is for x86-64 Linux')
+    reason='the wheelhouse is for x86-64 Linux'),
+    # one pytest-xdist worker builds the session's wheelhouse for both modules
+    pytest.mark.xdist_group('wheelhouse')]
 
 
 # ---- the simulated node ------------------------------------------------------------------

@@ -20,9 +20,11 @@ from wheelhouse_build import BASE_LIBS, ROOT, SCRIPT, TAG, metadata, requirement
 
 MAX_BYTES = 40 * 2**20
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     sys.platform != 'linux' or os.uname().machine != 'x86_64',
-    reason='the wheelhouse is for x86-64 Linux')
+    reason='the wheelhouse is for x86-64 Linux'),
+    # one pytest-xdist worker builds the session's wheelhouse for both modules
+    pytest.mark.xdist_group('wheelhouse')]
 
 
 @pytest.mark.slow
