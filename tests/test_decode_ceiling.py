@@ -10,6 +10,7 @@ from PIL import Image
 
 from ffcv_imagenet.data import decode_ceiling, decoders
 from ffcv_imagenet.data.folders import list_tree
+from ffcv_imagenet.data.jpeg_region import decode_region, region_of
 from ffcv_imagenet.data.loaders import train_loader, val_loader
 from ffcv_imagenet.data.writer import write_beton
 
@@ -42,7 +43,7 @@ def test_buffer_holds_exactly_the_bytes_ffcvs_reader_hands_the_decoder(betons, j
 def test_every_planned_image_is_decoded_at_its_scale(jpegs):
     plan = decode_ceiling.val_plan(jpegs, resolution=24)
     _, sums = decode_ceiling.decode_pass(jpegs, plan, workers=2, checksum=True)
-    for j, denom in zip(*plan):
+    for j, denom in zip(plan.positions, plan.denoms):
         height, width = int(jpegs.heights[j]), int(jpegs.widths[j])
         frame = np.zeros(height * width * 3, dtype=np.uint8)
         source = jpegs.data[jpegs.offsets[j]:jpegs.offsets[j] + jpegs.sizes[j]]
@@ -52,17 +53,18 @@ def test_every_planned_image_is_decoded_at_its_scale(jpegs):
         assert sums[list(plan[0]).index(j)] == int(frame[:decoded].sum(dtype=np.int64)) > 0
 
 
-def _denominator_as_pixels(source, dst, height, width, crop_h, crop_w, offset_x,
-                           offset_y, scale_num, scale_denom, enable_crop, flip):
-    # stands in for imdecode: a frame of the denominator, which resizing keeps
-    dst[:] = scale_denom
+def _denominator_as_pixels(source, dst, denom, top, left, crop_h, crop_w, geometry, full):
+    # stands in for decode_region: the crop alone, every byte the denominator, which
+    # resizing keeps
+    geometry[0], geometry[1], geometry[2], geometry[3] = top, left, crop_h, crop_w
+    dst[:crop_h * crop_w * 3] = denom
     return 0
 
 
 def _denominators_the_decoder_used(make_loader, epochs, monkeypatch):
     """Per epoch, per image in the loader's order, the DCT denominator the decoder
-    of ``make_loader()`` passed to imdecode."""
-    monkeypatch.setattr(decoders, 'imdecode', _denominator_as_pixels)
+    of ``make_loader()`` passed to decode_region."""
+    monkeypatch.setattr(decoders, 'decode_region', _denominator_as_pixels)
     loader, used = make_loader(), []
     for _ in range(epochs):
         # clone: the batches are views into ffcv's rotating buffers
@@ -78,11 +80,12 @@ def test_train_plan_has_the_scales_the_train_decoder_chooses(betons, monkeypatch
         lambda: train_loader(betons[0], batch_size=7, resolution=16, num_workers=2,
                              seed=5, decoder_dtype=torch.uint8), 2, monkeypatch)
     for epoch in range(2):
-        positions, denoms = decode_ceiling.train_plan(jpegs, 16, epoch, batch_size=7, seed=5)
+        positions, denoms, _ = decode_ceiling.train_plan(jpegs, 16, epoch, batch_size=7,
+                                                         seed=5)
         assert len(positions) == len(loader) * 7  # the last partial batch dropped
         assert np.array_equal(denoms, used[epoch])
         assert len(set(denoms.tolist())) > 1  # the crops vary enough to tell
-    assert not np.array_equal(decode_ceiling.train_plan(jpegs, 16, 0, batch_size=7)[1],
+    assert not np.array_equal(decode_ceiling.train_plan(jpegs, 16, 0, batch_size=7).denoms,
                               used[0])  # another seed, other crops
 
 
@@ -90,7 +93,7 @@ def test_val_plan_has_the_scales_the_val_decoder_chooses(betons, jpegs, monkeypa
     _, (used,) = _denominators_the_decoder_used(
         lambda: val_loader(betons[1], batch_size=6, resolution=24, num_workers=2,
                            center_ratio=0.5, decoder_dtype=torch.uint8), 1, monkeypatch)
-    positions, denoms = decode_ceiling.val_plan(jpegs, 24, center_ratio=0.5)
+    positions, denoms, _ = decode_ceiling.val_plan(jpegs, 24, center_ratio=0.5)
     assert np.array_equal(positions, np.arange(len(used)))
     assert np.array_equal(denoms, used)
 
@@ -106,9 +109,25 @@ def test_raw_pixel_images_are_counted_and_left_out(synth, tmp_path):
     raw = int((modes == IMAGE_MODES['raw']).sum())
     assert 0 < jpegs.raw_images == raw < 12 and len(jpegs.sizes) == 12 - raw
     assert np.array_equal(jpegs.positions < 0, modes == IMAGE_MODES['raw'])
-    positions, denoms = decode_ceiling.train_plan(jpegs, 8, 0, batch_size=4)
+    positions, denoms, _ = decode_ceiling.train_plan(jpegs, 8, 0, batch_size=4)
     assert len(positions) == 12 - raw  # 3 whole batches of 4
     assert (positions >= 0).all() and (denoms >= 1).all()
     rates = decode_ceiling.ceiling_rates(
         jpegs, lambda p: decode_ceiling.train_plan(jpegs, 8, p, batch_size=4), 2, workers=2)
     assert len(rates) == 2 and min(rates) > 0
+
+
+def test_the_region_pass_decodes_the_part_around_each_planned_crop(betons):
+    jpegs = decode_ceiling.load_jpegs(betons[0])
+    plan = decode_ceiling.train_plan(jpegs, 16, 0, batch_size=4)
+    _, full = decode_ceiling.decode_pass(jpegs, plan, workers=2, checksum=True)
+    _, region = decode_ceiling.decode_pass(jpegs, plan, workers=2, checksum=True,
+                                           region=True)
+    buffer = np.zeros(int((jpegs.heights * jpegs.widths).max()) * 3, dtype=np.uint8)
+    geometry = np.zeros(4, dtype=np.int64)
+    for i, (j, denom, box) in enumerate(zip(*plan)):
+        source = jpegs.data[jpegs.offsets[j]:jpegs.offsets[j] + jpegs.sizes[j]]
+        assert decode_region(source, buffer, int(denom), *map(int, box), geometry) == 0
+        assert region[i] == int(region_of(buffer, geometry).sum(dtype=np.int64)) > 0
+    # the random crops leave parts of the frames undecoded
+    assert region.sum() < full.sum()

@@ -39,7 +39,7 @@ SYSTEM_LIBS = Path('/usr/lib/x86_64-linux-gnu')
 # what the GPU node already has (cv2 comes from opencv-python-headless, fetched below)
 NODE_DISTRIBUTIONS = ('torch', 'torchvision', 'numpy', 'numba', 'pillow', 'tqdm')
 # the system libraries a node lacks and the namespace hides
-HIDDEN = re.compile(r'^lib(turbojpeg|opencv_|X11|X[a-z]|xcb|xkb|GL|EGL|OpenGL|glapi|gbm|drm|'
+HIDDEN = re.compile(r'^lib(turbojpeg|jpeg|opencv_|X11|X[a-z]|xcb|xkb|GL|EGL|OpenGL|glapi|gbm|drm|'
                     r'wayland|tbb|lapack|blas|openblas|gfortran|quadmath|tk|tcl)')
 
 pytestmark = [pytest.mark.skipif(
@@ -188,8 +188,8 @@ def _minimal_env(home: Path, **more) -> dict[str, str]:
 def _system_copies() -> list[str]:
     """Sonames of libraries the namespace must hide, as this machine has them."""
     names = []
-    for stem in ('libturbojpeg', 'libopencv_core', 'libopencv_imgproc', 'libX11', 'libxcb',
-                 'libGLX', 'libGL', 'libtbb'):
+    for stem in ('libturbojpeg', 'libjpeg', 'libopencv_core', 'libopencv_imgproc', 'libX11',
+                 'libxcb', 'libGLX', 'libGL', 'libtbb'):
         found = sorted(glob.glob(str(SYSTEM_LIBS / f'{stem}.so.*')), key=len)
         if found:
             names.append(os.path.basename(found[0]))
@@ -232,6 +232,7 @@ def test_installs_offline_then_converts_and_loads_without_system_libraries(
     # the namespace really lacks the system copies that exist outside it
     copies = _system_copies()
     assert any(c.startswith('libturbojpeg') for c in copies), copies
+    assert any(c.startswith('libjpeg.') for c in copies), copies
     outside = subprocess.run([sys.executable, '-c', PROBE, *copies, 'libz.so.1'],
                              capture_output=True, text=True, check=True)
     assert all(json.loads(outside.stdout).values()), outside.stdout
@@ -276,6 +277,13 @@ def test_installs_offline_then_converts_and_loads_without_system_libraries(
         where = re.search(rf'{lib}\S* => (\S+)', ldd.stdout)
         assert where and Path(os.path.normpath(where[1])).parent == site_packages / 'ffcv.libs', \
             ldd.stdout
+    # and this project's (jpeg_region.c) finds libjpeg inside its own
+    extension = next((site_packages / 'ffcv_imagenet' / 'data').glob('_jpeg_region*.so'))
+    ldd = hidden.run(['ldd', extension], cwd=tmp_path, env=run_env)
+    assert ldd.returncode == 0 and 'not found' not in ldd.stdout, ldd.stdout + ldd.stderr
+    where = re.search(r'libjpeg\S* => (\S+)', ldd.stdout)
+    assert where and (Path(os.path.normpath(where[1])).parent
+                      == site_packages / 'ffcv_imagenet.libs'), ldd.stdout
 
     # images -> .beton -> batches, all through ffcv_imagenet in the namespace
     data, beton = tmp_path / 'images', tmp_path / 'train.beton'
@@ -302,6 +310,10 @@ def test_installs_offline_then_converts_and_loads_without_system_libraries(
     assert seen['torch_version'] == importlib.metadata.version('torch')
     turbojpeg = [m for m in seen['maps'] if 'turbojpeg' in m]
     assert turbojpeg and all('/ffcv.libs/' in m for m in turbojpeg), turbojpeg
+    # libjpeg: this project's bundled copy (pillow may map its own), never the system's
+    jpeg = [m for m in seen['maps'] if re.search(r'/libjpeg[-.]', m)]
+    assert any('/ffcv_imagenet.libs/' in m for m in jpeg), jpeg
+    assert not [m for m in jpeg if m.startswith(str(SYSTEM_LIBS))], jpeg
 
 
 @pytest.mark.slow

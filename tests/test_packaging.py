@@ -73,7 +73,7 @@ def _build_wheel(out: Path) -> Path:
         shutil.copy(ROOT / name, source / name)
     for name in ('ffcv_imagenet', 'rn50_configs'):
         shutil.copytree(ROOT / name, source / name,
-                        ignore=shutil.ignore_patterns('__pycache__'))
+                        ignore=shutil.ignore_patterns('__pycache__', '*.so'))
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
                     '--disable-pip-version-check', '-q', '-w', str(out / 'dist'), str(source)],
                    check=True, capture_output=True, timeout=300)

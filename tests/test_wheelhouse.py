@@ -1,6 +1,6 @@
 """The offline wheelhouse of .ci/wheelhouse.sh: a portable ffcv (manylinux tag, local
-version 1.0.2+portable, honest requirements, only libturbojpeg and libtbb bundled), every
-wheel installable here, the whole under 40 MiB; the script's usage errors; the metadata
+version 1.0.2+portable, honest requirements, only libturbojpeg and libtbb bundled), this
+project's wheel with its C extension and libjpeg bundled, every wheel installable here, the whole under 40 MiB; the script's usage errors; the metadata
 rewrite. test_offline_install.py installs it on a simulated GPU node."""
 from __future__ import annotations
 
@@ -85,6 +85,20 @@ def test_wheelhouse_holds_a_portable_ffcv_and_stays_small(wheelhouse, tmp_path):
     exported = subprocess.run(['nm', '-D', '--defined-only', str(so)], capture_output=True,
                               text=True, check=True).stdout
     assert not re.search(r' (_ZN2cv|_ZNK2cv|glX)', exported), 'OpenCV/glX symbols exported'
+
+
+@pytest.mark.slow
+def test_the_project_wheel_carries_its_extension_and_libjpeg(wheelhouse):
+    from packaging.utils import parse_wheel_filename
+
+    project = [w for w in wheelhouse.wheels() if w.name.startswith('ffcv_imagenet-')]
+    assert len(project) == 1, [w.name for w in wheelhouse.wheels()]
+    _, _, _, tags = parse_wheel_filename(project[0].name)
+    assert all(t.platform.startswith('manylinux') and t.interpreter == TAG for t in tags)
+    _, _, content = metadata(project[0])
+    assert [n for n in content if re.fullmatch(r'ffcv_imagenet/data/_jpeg_region\..*\.so', n)]
+    bundled = [n.split('/', 1)[1] for n in content if n.startswith('ffcv_imagenet.libs/')]
+    assert [b.split('-')[0] for b in bundled] == ['libjpeg'], bundled
 
 
 def test_script_refuses_a_bad_call():

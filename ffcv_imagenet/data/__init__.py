@@ -8,6 +8,7 @@
   and memory limits, stderr captured, crashes survived)
 - :mod:`.writer`: (path, label) list -> ``.beton``, atomically, with a report of skipped files
 - :mod:`.decoders`: crop + scaled JPEG decode + resize + flip + normalise in one pass per image
+- :mod:`.jpeg_region`: decodes only the part of a JPEG around a crop (C: ``jpeg_region.c``)
 - :mod:`.beton`: checks a ``.beton`` before loading: whole file, fields, labels vs classes
 - :mod:`.loaders`: train/val loaders of a ``.beton``: sharding, resolution changes, device batches
 - :mod:`.decode_ceiling`, :mod:`.peer_pipelines`: what the loader is timed against (decoding

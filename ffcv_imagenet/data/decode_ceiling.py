@@ -7,23 +7,27 @@ threads. This module measures that rate on a ``.beton``'s own images:
    buffer in memory (raw-pixel images are left out and counted: they need no
    decoding);
 2. :func:`val_plan` / :func:`train_plan` give, per image, the DCT scale
-   (1/1, 1/2, 1/4 or 1/8) the loader's decoder chooses for its crop: the centre crop
-   of the val loader, or the random crop the train loader draws in a given epoch
-   (same order, batches, per-image seeds and crop function, so the same crops);
+   (1/1, 1/2, 1/4 or 1/8) the loader's decoder chooses for its crop, and the crop in
+   pixels of the frame decoded at that scale: the centre crop of the val loader, or
+   the random crop the train loader draws in a given epoch (same order, batches,
+   per-image seeds and crop function, so the same crops);
 3. :func:`decode_pass` decodes the whole frame of every planned image at that scale
-   with ffcv's ``imdecode`` (the loader's call) in one numba-parallel loop on
-   ``workers`` threads, into per-thread scratch that is thrown away. There is no ffcv
-   ``Loader`` and no Python work per image: one numba call per pass.
+   with ffcv's ``imdecode`` in one numba-parallel loop on ``workers`` threads, into
+   per-thread scratch that is thrown away. There is no ffcv ``Loader`` and no Python
+   work per image: one numba call per pass.
 
 The loader does more per image (crop, resize, flip, normalisation, batching), so its
-images/sec over this rate is its share of the ceiling.
+images/sec over this rate is its share of the ceiling. The ceiling stays the
+full-frame decode; ``decode_pass(region=True)`` times, beside it, what the loader's
+decoder does instead: only the part of each frame around its crop
+(:mod:`.jpeg_region`).
 """
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numba
 import numpy as np
@@ -32,7 +36,8 @@ from ffcv.fields.rgb_image import IMAGE_MODES, get_center_crop, get_random_crop
 from ffcv.libffcv import imdecode
 
 from .beton import read_image_table
-from .decoders import dct_denominator, sample_seed
+from .decoders import dct_denominator, decoded_crop, sample_seed
+from .jpeg_region import decode_region
 from .loaders import epoch_order
 
 # compiled as ffcv's Compiler compiles the decoder's crop functions (fastmath, numpy
@@ -41,9 +46,17 @@ _JIT = dict(fastmath=True, error_model='numpy', nogil=True)
 _random_crop = njit(**_JIT)(get_random_crop)
 _center_crop = njit(**_JIT)(get_center_crop)
 _imdecode = njit(nogil=True)(imdecode)
+_decode_region = njit(nogil=True)(decode_region)
 
-# (positions into StoredJpegs, DCT denominators), both (n,) int64
-Plan = tuple[np.ndarray, np.ndarray]
+
+class Plan(NamedTuple):
+    """The images of one decoding pass, in order: ``positions`` (n,) int64 into a
+    :class:`StoredJpegs`, ``denoms`` (n,) int64 DCT denominators, and ``boxes``
+    (n, 4) int64, each image's crop (top, left, height, width) in pixels of its frame
+    decoded at 1/denom."""
+    positions: np.ndarray
+    denoms: np.ndarray
+    boxes: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -96,40 +109,55 @@ def load_jpegs(path: str | os.PathLike) -> StoredJpegs:
 
 
 @njit(**_JIT)
-def _center_denominators(heights, widths, center_ratio, out_h, out_w):
-    denoms = np.empty(len(heights), dtype=np.int64)
+def _scale_and_box(height, width, crop, out_h, out_w, denoms, boxes, i):
+    # the decoder's choice of scale and its rounding of the crop to decoded pixels
+    top, left, crop_h, crop_w = crop
+    denom = dct_denominator(crop_h, crop_w, out_h, out_w)
+    denoms[i] = denom
+    box = decoded_crop(top, left, crop_h, crop_w, (height + denom - 1) // denom,
+                       (width + denom - 1) // denom, denom)
+    for k in range(4):
+        boxes[i, k] = box[k]
+
+
+@njit(**_JIT)
+def _center_plan(heights, widths, center_ratio, out_h, out_w):
+    denoms = np.ones(len(heights), dtype=np.int64)
+    boxes = np.zeros((len(heights), 4), dtype=np.int64)
     scale = np.zeros(2)  # unused by the centre crop, as in the decoder
     for j in range(len(heights)):
-        _, _, crop_h, crop_w = _center_crop(np.uint32(heights[j]), np.uint32(widths[j]),
-                                            scale, center_ratio)
-        denoms[j] = dct_denominator(crop_h, crop_w, out_h, out_w)
-    return denoms
+        height, width = np.uint32(heights[j]), np.uint32(widths[j])
+        crop = _center_crop(height, width, scale, center_ratio)
+        _scale_and_box(height, width, crop, out_h, out_w, denoms, boxes, j)
+    return denoms, boxes
 
 
 def val_plan(jpegs: StoredJpegs, resolution: int, center_ratio: float = 224 / 256) -> Plan:
     """Every JPEG image in file order (the val loader's order) with the DCT
     denominator the val loader's decoder picks for its centre crop of
-    ``center_ratio`` x the shorter side, resized to ``resolution`` pixels."""
-    denoms = _center_denominators(jpegs.heights, jpegs.widths, float(center_ratio),
-                                  resolution, resolution)
-    return np.arange(len(jpegs.heights), dtype=np.int64), denoms
+    ``center_ratio`` x the shorter side, resized to ``resolution`` pixels, and that
+    crop."""
+    denoms, boxes = _center_plan(jpegs.heights, jpegs.widths, float(center_ratio),
+                                 resolution, resolution)
+    return Plan(np.arange(len(jpegs.heights), dtype=np.int64), denoms, boxes)
 
 
 @njit(**_JIT)
-def _random_denominators(order, batch_size, positions, heights, widths, scale, ratio,
-                         out_h, out_w):
+def _random_plan(order, batch_size, positions, heights, widths, scale, ratio, out_h,
+                 out_w):
     # the decoder reseeds per image from the id leading its batch and its own id, so
     # each image's crop depends only on those two, never on threads or other images
     denoms = np.zeros(len(order), dtype=np.int64)
+    boxes = np.zeros((len(order), 4), dtype=np.int64)
     for i in range(len(order)):
         j = positions[order[i]]
         if j < 0:  # raw pixels: not decoded
             continue
         np.random.seed(sample_seed(order[i - i % batch_size], order[i]))
-        _, _, crop_h, crop_w = _random_crop(np.uint32(heights[j]), np.uint32(widths[j]),
-                                            scale, ratio)
-        denoms[i] = dct_denominator(crop_h, crop_w, out_h, out_w)
-    return denoms
+        height, width = np.uint32(heights[j]), np.uint32(widths[j])
+        crop = _random_crop(height, width, scale, ratio)
+        _scale_and_box(height, width, crop, out_h, out_w, denoms, boxes, i)
+    return denoms, boxes
 
 
 def train_plan(jpegs: StoredJpegs, resolution: int, epoch: int, *, batch_size: int,
@@ -138,45 +166,53 @@ def train_plan(jpegs: StoredJpegs, resolution: int, epoch: int, *, batch_size: i
     """The JPEG images the train loader (one rank, ``seed``, ``batch_size``, last
     partial batch dropped) decodes in ``epoch``, in its order, with the DCT
     denominator its decoder picks for the random crop it draws for each, resized to
-    ``resolution`` pixels."""
+    ``resolution`` pixels, and that crop."""
     order = epoch_order(np.arange(jpegs.num_samples, dtype=np.uint64), seed, epoch)
     order = order[:len(order) - len(order) % batch_size]  # drop_last
-    denoms = _random_denominators(order, batch_size, jpegs.positions, jpegs.heights,
-                                  jpegs.widths, np.array(scale, dtype=np.float64),
-                                  np.array(ratio, dtype=np.float64), resolution, resolution)
+    denoms, boxes = _random_plan(order, batch_size, jpegs.positions, jpegs.heights,
+                                 jpegs.widths, np.array(scale, dtype=np.float64),
+                                 np.array(ratio, dtype=np.float64), resolution, resolution)
     positions = jpegs.positions[order]
     keep = positions >= 0
-    return positions[keep], denoms[keep]
+    return Plan(positions[keep], denoms[keep], boxes[keep])
 
 
 @njit(parallel=True, nogil=True)
-def _decode_all(data, offsets, sizes, heights, widths, positions, denoms, scratch,
-                status, sums, checksum):
+def _decode_all(data, offsets, sizes, heights, widths, positions, denoms, boxes, scratch,
+                status, sums, checksum, region):
     for i in prange(len(positions)):
         j, denom = positions[i], denoms[i]
         buf = scratch[numba.get_thread_id()]
         height, width = np.uint32(heights[j]), np.uint32(widths[j])
-        # the decoder's own call: the whole frame at scale 1/denom
-        status[i] = _imdecode(data[offsets[j]:offsets[j] + sizes[j]], buf, height, width,
-                              height, width, 0, 0, 1, denom, False, False)
-        if checksum:
+        source = data[offsets[j]:offsets[j] + sizes[j]]
+        if region:  # the loader's decoder's call: the part of the frame around the crop
+            geometry = np.empty(4, np.int64)
+            top, left, crop_h, crop_w = boxes[i]
+            status[i] = _decode_region(source, buf, denom, top, left, crop_h, crop_w,
+                                       geometry, False)
+            count = geometry[2] * geometry[3] * 3
+        else:  # the whole frame at scale 1/denom, by ffcv's imdecode
+            status[i] = _imdecode(source, buf, height, width, height, width, 0, 0, 1,
+                                  denom, False, False)
             count = ((height + denom - 1) // denom) * ((width + denom - 1) // denom) * 3
+        if checksum:
             total = 0
             for b in range(count):
                 total += buf[b]
             sums[i] = total
 
 
-def decode_pass(jpegs: StoredJpegs, plan: Plan, workers: int, checksum: bool = False
-                ) -> tuple[float, np.ndarray]:
-    """Decodes the images of ``plan`` on ``workers`` numba threads and returns
+def decode_pass(jpegs: StoredJpegs, plan: Plan, workers: int, checksum: bool = False,
+                region: bool = False) -> tuple[float, np.ndarray]:
+    """Decodes the images of ``plan`` on ``workers`` numba threads, each whole frame
+    (the ceiling) or, with ``region``, only the part around its crop, and returns
     (seconds, sums): with ``checksum``, sums[i] is the sum of the decoded pixel bytes
     of the plan's i-th image (extra work: for tests), else zeros. The first call
     includes numba's compilation.
     Raises:
         RuntimeError: libjpeg-turbo failed on an image.
     """
-    positions, denoms = plan
+    positions, denoms, boxes = plan
     before = numba.get_num_threads()
     numba.set_num_threads(workers)
     try:
@@ -187,7 +223,7 @@ def decode_pass(jpegs: StoredJpegs, plan: Plan, workers: int, checksum: bool = F
         sums = np.zeros(len(positions), dtype=np.int64)
         start = time.perf_counter()
         _decode_all(jpegs.data, jpegs.offsets, jpegs.sizes, jpegs.heights, jpegs.widths,
-                    positions, denoms, scratch, status, sums, checksum)
+                    positions, denoms, boxes, scratch, status, sums, checksum, region)
         seconds = time.perf_counter() - start
     finally:
         numba.set_num_threads(before)
@@ -198,12 +234,13 @@ def decode_pass(jpegs: StoredJpegs, plan: Plan, workers: int, checksum: bool = F
 
 
 def ceiling_rates(jpegs: StoredJpegs, plan_for: Callable[[int], Plan], passes: int,
-                  workers: int) -> list[float]:
+                  workers: int, region: bool = False) -> list[float]:
     """Images/sec of each of ``passes`` calls of :func:`decode_pass`, pass ``p``
-    decoding ``plan_for(p)`` (computed before its clock starts)."""
+    decoding ``plan_for(p)`` (computed before its clock starts), whole frames or, with
+    ``region``, the parts around the crops."""
     rates = []
     for index in range(passes):
         plan = plan_for(index)
-        seconds, _ = decode_pass(jpegs, plan, workers)
+        seconds, _ = decode_pass(jpegs, plan, workers, region=region)
         rates.append(len(plan[0]) / seconds)
     return rates

@@ -7,7 +7,8 @@ numba-parallel loop:
 
 1. choose the crop (random-resized or centre) in stored-image pixels;
 2. decode the JPEG at 1/2, 1/4 or 1/8 scale when the crop would be shrunk by at
-   least that factor anyway (libjpeg-turbo's scaled IDCT), else at full size;
+   least that factor anyway (libjpeg-turbo's scaled IDCT), else at full size, and
+   only the rows and columns around the crop (:mod:`.jpeg_region`);
 3. resize the crop to the output size with an area filter (:mod:`.resize`);
 4. optionally flip horizontally (probability 1/2) and normalise to float32.
 
@@ -28,10 +29,10 @@ import numpy as np
 from numba import njit
 from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
                                    get_center_crop, get_random_crop)
-from ffcv.libffcv import imdecode
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 
+from .jpeg_region import decode_region
 from .resize import resize_kernel, scratch_sizes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,6 +61,18 @@ def dct_denominator(crop_h, crop_w, out_h, out_w):
            and crop_w >= 2 * denom * out_w):
         denom *= 2
     return denom
+
+
+@njit(cache=False, inline='always')
+def decoded_crop(top, left, crop_h, crop_w, dec_h, dec_w, denom):
+    """A crop (top, left, height, width) in stored-image pixels, its edges rounded to
+    the nearest pixel of the dec_h x dec_w frame decoded at scale 1/denom; at least
+    one pixel each way."""
+    half = denom // 2
+    bottom = min(dec_h, (top + crop_h + half) // denom)
+    right = min(dec_w, (left + crop_w + half) // denom)
+    top, left = (top + half) // denom, (left + half) // denom
+    return top, left, max(1, bottom - top), max(1, right - left)
 
 
 class FusedCropDecoder(ResizedCropRGBImageDecoder):
@@ -112,8 +125,8 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         jpg = IMAGE_MODES['jpg']
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        imdecode_c = Compiler.compile(imdecode)
         get_crop_c = Compiler.compile(self.get_crop_generator)
+        decode_region_c = Compiler.compile(decode_region)
         resize_c = resize_kernel()
         scale, ratio = self.scale, self.ratio
         do_flip = self.flip
@@ -138,18 +151,16 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
                 top, left, crop_h, crop_w = get_crop_c(height, width, scale, ratio)
                 if field['mode'] == jpg:
                     denom = dct_denominator(crop_h, crop_w, out_h, out_w)
-                    dec_h = (height + denom - 1) // denom
-                    dec_w = (width + denom - 1) // denom
-                    buf = decoded_storage[slot]
-                    imdecode_c(image_data, buf, height, width, height, width,
-                               0, 0, 1, denom, False, False)
-                    image = buf[:dec_h * dec_w * 3].reshape(dec_h, dec_w, 3)
-                    # Round the crop's edges to the nearest decoded pixel.
-                    half = denom // 2
-                    bottom = min(dec_h, (top + crop_h + half) // denom)
-                    right = min(dec_w, (left + crop_w + half) // denom)
-                    top, left = (top + half) // denom, (left + half) // denom
-                    crop_h, crop_w = max(1, bottom - top), max(1, right - left)
+                    top, left, crop_h, crop_w = decoded_crop(
+                        top, left, crop_h, crop_w, (height + denom - 1) // denom,
+                        (width + denom - 1) // denom, denom)
+                    # only the part of the frame around the crop is decoded
+                    buf, geometry = decoded_storage[slot], np.empty(4, np.int64)
+                    decode_region_c(image_data, buf, denom, top, left, crop_h, crop_w,
+                                    geometry, False)
+                    image = buf[:geometry[2] * geometry[3] * 3].reshape(
+                        geometry[2], geometry[3], 3)
+                    top, left = top - geometry[0], left - geometry[1]
                 else:
                     image = image_data.reshape(height, width, 3)
                 flipped = do_flip and np.random.random() < 0.5

@@ -9,7 +9,8 @@
 each: the same stored JPEGs, their bytes already in memory, decoded in full by
 libjpeg-turbo (ffcv's ``imdecode``) at the reduced scale the loader's decoder picks for
 the same crops, on as many threads, and thrown away (no ffcv ``Loader``, no Python
-work per image), (d) a plain torchvision ``ImageFolder`` + ``RandomResizedCrop`` +
+work per image), and beside it what the loaders' decoder decodes instead (only the
+part of each JPEG around its crop), (d) a plain torchvision ``ImageFolder`` + ``RandomResizedCrop`` +
 flip + ``ToTensor`` + ``Normalize`` pipeline through a ``DataLoader`` reading the
 source folder. Each loader row also prints its share of its ceiling. The first epoch
 (pass) of each is left out (numba compilation; worker start-up and a cold file

@@ -5,11 +5,12 @@ Rows: (a) this project's train loader and (b) its val loader, for one output pat
 both (``--decoder-dtype both``); (c) the ceiling of each: the same stored JPEGs, their
 bytes already in memory, decoded in full at the scale the loader's decoder picks for
 the same crops, on the same number of threads, and thrown away (see
-:mod:`ffcv_imagenet.data.decode_ceiling`); (d) a plain torchvision ``ImageFolder``
+:mod:`ffcv_imagenet.data.decode_ceiling`), and beside it the decoding the loaders do:
+only the region of each frame around its crop; (d) a plain torchvision ``ImageFolder``
 pipeline; with ``peers``, (e) ffcv's stock train pipeline and (f) NVIDIA DALI's CPU
 pipeline (when installed) on the train ``.beton``'s images (see
 :mod:`ffcv_imagenet.data.peer_pipelines`). Each loader and peer row also gets its share
-of its ceiling (images/sec over the ceiling's). Every row leaves out its first pass
+of its ceiling (images/sec over the ceiling's), as does the crop-region decoding. Every row leaves out its first pass
 (numba compilation, worker start-up, cold caches) and reports the median of the others.
 """
 from __future__ import annotations
@@ -103,8 +104,10 @@ def decoder_dtypes_for(name: str | None, device: torch.device) -> list[torch.dty
 def ceiling_rows(beton: str, val_beton: str | None, *, resolution: int, batch_size: int,
                  workers: int, epochs: int) -> tuple[list[dict], dict]:
     """The decode-only rows, train crops (``beton``) then val crops (``val_beton``,
-    when given), each timed over ``epochs`` passes like the loaders, and a dict of
-    the JPEG and raw-pixel image counts per ``.beton``."""
+    when given), each timed over ``epochs`` passes like the loaders: the ceiling
+    (whole frames) and, with its share of the ceiling, the decoding the loaders do
+    (the region around each crop); and a dict of the JPEG and raw-pixel image counts
+    per ``.beton``."""
     rows, counts = [], {}
     kinds = [('train', beton)] + ([('val', val_beton)] if val_beton else [])
     for kind, path in kinds:
@@ -117,8 +120,13 @@ def ceiling_rows(beton: str, val_beton: str | None, *, resolution: int, batch_si
             fixed = decode_ceiling.val_plan(jpegs, resolution)
             plan_for = lambda _epoch, fixed=fixed: fixed  # noqa: E731
         rates = decode_ceiling.ceiling_rates(jpegs, plan_for, epochs, workers)
-        rows.append(summarise(f'decode only, {kind} crops (ceiling)', rates,
-                              kind='ceiling', loader=kind))
+        ceiling = summarise(f'decode only, {kind} crops (ceiling)', rates, kind='ceiling',
+                            loader=kind)
+        rates = decode_ceiling.ceiling_rates(jpegs, plan_for, epochs, workers, region=True)
+        region = summarise(f'decode only, {kind}, crop regions', rates, kind='region',
+                           loader=kind)
+        region['share_of_ceiling'] = region['images_per_sec'] / ceiling['images_per_sec']
+        rows += [ceiling, region]
         counts[kind] = {'jpeg_images': len(jpegs.sizes), 'raw_images': jpegs.raw_images}
         del jpegs  # the buffer holds all the file's JPEG bytes
     return rows, counts
@@ -198,7 +206,8 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
         folder, resolution, batch_size, workers), epochs, dev), kind='baseline')
     ceilings, counts = ceiling_rows(beton, val_beton, resolution=resolution,
                                     batch_size=batch_size, workers=workers, epochs=epochs)
-    rates = {row['loader']: row['images_per_sec'] for row in ceilings}
+    rates = {row['loader']: row['images_per_sec'] for row in ceilings
+             if row['kind'] == 'ceiling'}
     rows = [row for decoded in dtypes
             for row in _loader_rows(beton, val_beton, rates, decoded, epochs,
                                     batch_size=batch_size, resolution=resolution,
