@@ -149,6 +149,9 @@ test: install
 
 # the fast tests and the offline-install test with a GPU image's versions
 test-gpu-image: $(GPU_IMAGE_VENV)/.installed
+	@# python -m pytest puts this checkout first on the path, so its sources are what the
+	@# tests import: their C extension is built in place for this Python too
+	$(GPU_IMAGE_PY) -W ignore -c 'from setuptools import setup; setup()' -q build_ext --inplace
 	$(GPU_IMAGE_PY) -m pytest -q -ra $(PYTEST_PARALLEL) -m "not slow" tests
 	FFCV_IMAGENET_WHEELHOUSE=$(GPU_IMAGE_WHEELS) $(GPU_IMAGE_PY) -m pytest -q -ra \
 	    tests/test_wheelhouse.py tests/test_offline_install.py
