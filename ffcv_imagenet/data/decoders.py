@@ -126,7 +126,10 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
         get_crop_c = Compiler.compile(self.get_crop_generator)
-        decode_region_c = Compiler.compile(decode_region)
+        # inlined into the loop: as a dispatcher of its own (ffcv's Compiler.compile), it
+        # made numba's finalizer fail with a KeyError when a loader was freed while
+        # another loader's epoch thread compiled (the bench's loaders, one after another)
+        decode_region_c = numba.njit(nogil=True, inline='always')(decode_region)
         resize_c = resize_kernel()
         scale, ratio = self.scale, self.ratio
         do_flip = self.flip

@@ -9,8 +9,9 @@ conversion outside it; the crop's pixels equal those of a full decode by ffcv's
 around the crop). Measured against the full-frame ceiling in BENCHMARKS.md.
 
 :func:`decode_region` is plain Python, callable as is, and compiles with numba: each
-user compiles its own copy (``njit(decode_region)``), as ffcv does with ``imdecode``,
-since one dispatcher shared by pipelines that compile in their own threads fails.
+user compiles its own copy (``njit(decode_region)``, the decoder's inlined), as ffcv
+does with ``imdecode``, since one dispatcher shared by pipelines that compile in their
+own threads fails.
 """
 from __future__ import annotations
 

@@ -22,8 +22,9 @@ ffcv decodes each epoch in a thread of its own. CUDA's current device is per thr
 so that thread makes the loader's GPU current before anything else; otherwise its
 stream switches would touch GPU 0 and give every rank a CUDA context there.
 
-On the CPU the yielded tensors are views into ffcv's rotating buffers: use a batch
-before asking for the next few (``batches_ahead``), or clone it.
+On the CPU the yielded tensors are views into ffcv's rotating buffers, which a CPU
+loader keeps from one epoch to the next (:mod:`.ffcv_loader`): use a batch before
+asking for the next few (``batches_ahead``), or clone it.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ import os
 import threading
 from contextlib import contextmanager
 from functools import partial
-from queue import Empty, Full
-from typing import Callable, Iterator
+from queue import Empty
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -40,13 +41,13 @@ import torch.distributed as dist
 from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import EpochIterator
-from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .beton import BetonInfo, check_dataset
 from .decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
+from .ffcv_loader import SetUpLoader
 
 
 class ShardedOrder(TraversalOrder):
@@ -122,59 +123,6 @@ def use_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
-class _SetUpEpochIterator(EpochIterator):
-    """ffcv's epoch thread, which calls ``thread_setup()`` before its first CUDA call
-    and hands any error of its own to the consumer (ffcv's would leave the consumer
-    waiting forever for the next batch)."""
-
-    def __init__(self, loader: Loader, order: np.ndarray, thread_setup: Callable[[], None]):
-        # set before ffcv's constructor, which starts the thread
-        self.thread_setup, self.error = thread_setup, None
-        super().__init__(loader, order)
-
-    def run(self) -> None:
-        try:
-            self.thread_setup()
-            super().run()
-        except Exception as error:  # re-raised in the consumer, by __next__
-            self.error = error
-            while not self.terminate_event.is_set():
-                try:
-                    self.output_queue.put(None, timeout=0.5)
-                    return
-                except Full:  # the consumer has not taken the batches before it yet
-                    pass
-
-    def __next__(self):
-        try:
-            return super().__next__()
-        except StopIteration:
-            if self.error is not None:
-                raise RuntimeError("the loader's decoding thread failed") from self.error
-            raise
-
-
-class SetUpLoader(Loader):
-    """ffcv's ``Loader`` whose epoch threads first call ``thread_setup()`` (settable;
-    :class:`ImageLoader` makes it ``use_device(device)``)."""
-
-    def __init__(self, *args, thread_setup: Callable[[], None] = lambda: None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.thread_setup = thread_setup
-        self.start_batch = 0
-
-    def __iter__(self) -> _SetUpEpochIterator:
-        # ffcv's Loader.__iter__, starting our thread class instead of its own
-        Compiler.set_num_threads(self.num_workers)
-        order = self.next_traversal_order()
-        # a run resumed inside an epoch skips the batches it already trained on
-        selected_order = order[self.start_batch * self.batch_size:len(self) * self.batch_size]
-        self.next_epoch += 1
-        if self.code is None or self.recompile:
-            self.generate_code()
-        return _SetUpEpochIterator(self, selected_order, self.thread_setup)
-
-
 def build_pipelines(decoder: FusedCropDecoder, device: torch.device
                     ) -> dict[str, list[Operation]]:
     """ffcv pipelines for the 'image' and 'label' fields: images to (B, 3, H, W)
@@ -224,7 +172,8 @@ class ImageLoader:
         common = partial(SetUpLoader, str(path), num_workers=num_workers,
                          os_cache=in_memory, order=order, seed=seed, drop_last=drop_last,
                          batches_ahead=batches_ahead,
-                         thread_setup=partial(use_device, self.device))
+                         thread_setup=partial(use_device, self.device),
+                         reuse_buffers=self.device.type != 'cuda')
         self._make_loader = lambda batch: common(
             batch_size=batch, pipelines=_pipelines(decoder, self.device, self.info))
         self.loader = self._make_loader(batch_size)

@@ -1,0 +1,122 @@
+"""ffcv's ``Loader`` with three changes to its epoch thread.
+
+* The thread calls ``thread_setup()`` before anything else; the loaders use this to
+  make their GPU the thread's current CUDA device.
+* If the thread fails, the consumer gets the error. With ffcv's own thread, the
+  consumer waits forever for the next batch.
+* With ``reuse_buffers``, batch buffers are kept from one epoch to the next.
+
+Why reuse the buffers: ffcv allocates ``batches_ahead + 2`` slots of batch memory
+every epoch. Each is a whole batch of decoded output plus each image's working
+memory. The kernel then has to fault in and zero the new pages while the batches are
+decoded. On a 500-image epoch, 160 px float32 output, 2 threads, this made the val
+loader 1.36x slower (BENCHMARKS.md, issue 14.2).
+
+Reusing buffers is safe only if nothing still reads or writes the old slots:
+* The slot rotation continues across epochs. A batch of the last epoch is therefore
+  overwritten no sooner than it would have been mid-epoch.
+* The buffers are reused only if the previous epoch's thread has ended. An abandoned
+  epoch keeps its thread alive, and that thread may still write to the buffers, so the
+  next epoch gets new ones.
+* A GPU loader does not reuse buffers. ffcv orders a slot's reuse after the device has
+  finished with it by recording CUDA events, and those events belong to one epoch's
+  thread.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from ffcv.loader import Loader
+from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.pipeline.compiler import Compiler
+from queue import Full
+
+# an epoch thread that queued its last batch ends at once; one abandoned mid-epoch
+# waits for the consumer, and the next epoch does not wait for it
+_JOIN_SECONDS = 0.1
+
+
+class _SetUpEpochIterator(EpochIterator):
+    """ffcv's epoch thread, which calls ``thread_setup()`` before its first CUDA call,
+    starts at batch slot ``first_slot``, and hands any error of its own to the
+    consumer."""
+
+    def __init__(self, loader: Loader, order: np.ndarray, thread_setup: Callable[[], None],
+                 first_slot: int = 0):
+        # set before ffcv's constructor, which starts the thread
+        self.thread_setup, self.error, self.first_slot = thread_setup, None, first_slot
+        super().__init__(loader, order)
+
+    def run(self) -> None:
+        try:
+            self.thread_setup()
+            self.current_batch_slot = self.first_slot  # ffcv's constructor set 0
+            super().run()
+        except Exception as error:  # re-raised in the consumer, by __next__
+            self.error = error
+            while not self.terminate_event.is_set():
+                try:
+                    self.output_queue.put(None, timeout=0.5)
+                    return
+                except Full:  # the consumer has not taken the batches before it yet
+                    pass
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except StopIteration:
+            if self.error is not None:
+                raise RuntimeError("the loader's decoding thread failed") from self.error
+            raise
+
+
+class SetUpLoader(Loader):
+    """ffcv's ``Loader`` whose epoch threads first call ``thread_setup()`` (settable;
+    ``ImageLoader`` makes it select the loader's device), skipping the first
+    ``start_batch`` batches of the epoch, and with ``reuse_buffers``, decoding into
+    the previous epoch's batch buffers when their shapes still fit (see the module's
+    docstring)."""
+
+    def __init__(self, *args, thread_setup: Callable[[], None] = lambda: None,
+                 reuse_buffers: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.thread_setup = thread_setup
+        self.start_batch = 0
+        self.reuse_buffers = reuse_buffers
+        self._previous: _SetUpEpochIterator | None = None
+        self._kept: tuple[tuple, dict] | None = None  # (what they fit, the buffers)
+        if reuse_buffers:
+            allocate = self.graph.allocate_memory
+            self.graph.allocate_memory = lambda batch, slots: self._buffers(
+                allocate, batch, slots)
+
+    def _buffers(self, allocate: Callable, batch_size: int, slots: int) -> dict:
+        """ffcv's ``allocate_memory(batch_size, slots)``, or the last epoch's buffers
+        if its thread has ended and the pipeline asks for the same shapes."""
+        queries, _ = self.graph.collect_requirements()
+        fits = (batch_size, slots, repr(queries))
+        previous = self._previous
+        if previous is not None:
+            previous.join(timeout=_JOIN_SECONDS)
+        if self._kept is None or self._kept[0] != fits or (
+                previous is not None and previous.is_alive()):
+            self._kept = (fits, allocate(batch_size, slots))
+        return self._kept[1]
+
+    def __iter__(self) -> _SetUpEpochIterator:
+        # ffcv's Loader.__iter__, starting our thread class instead of its own
+        Compiler.set_num_threads(self.num_workers)
+        order = self.next_traversal_order()
+        # a run resumed inside an epoch skips the batches it already trained on
+        selected_order = order[self.start_batch * self.batch_size:len(self) * self.batch_size]
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        first_slot = 0
+        if self.reuse_buffers and self._previous is not None:
+            first_slot = self._previous.current_batch_slot
+        epoch = _SetUpEpochIterator(self, selected_order, self.thread_setup, first_slot)
+        if self.reuse_buffers:
+            self._previous = epoch
+        return epoch

@@ -1,0 +1,85 @@
+"""A CPU loader's batch buffers, kept from one epoch to the next (data/ffcv_loader.py)."""
+import time
+
+import pytest
+import torch
+from ffcv.pipeline.graph import Graph
+
+from ffcv_imagenet.data.loaders import train_loader, val_loader
+
+
+@pytest.fixture
+def allocations(monkeypatch):
+    """Counts ffcv's batch-buffer allocations (one per epoch, unless reused)."""
+    calls = []
+    allocate = Graph.allocate_memory
+
+    def counted(self, batch_size, slots):
+        calls.append((batch_size, slots))
+        return allocate(self, batch_size, slots)
+    monkeypatch.setattr(Graph, 'allocate_memory', counted)
+    return calls
+
+
+def _epoch(loader):
+    return torch.cat([images.clone() for images, _ in loader])
+
+
+def test_epochs_reuse_the_buffers_until_their_shapes_change(betons, allocations):
+    loader = val_loader(betons[1], batch_size=4, resolution=32, num_workers=2)
+    first = _epoch(loader)
+    assert len(allocations) == 1
+    assert torch.equal(_epoch(loader), first)
+    assert len(allocations) == 1
+    loader.resolution = 24  # smaller batches: new buffers
+    assert _epoch(loader).shape[-2:] == (24, 24)
+    assert len(allocations) == 2
+    loader.batch_size = 5  # a new ffcv loader, with buffers of its own
+    _epoch(loader)
+    assert allocations[-1][0] == 5 and len(allocations) == 3
+
+
+def test_a_gpu_loader_does_not_reuse_buffers(betons):
+    loader = val_loader(betons[1], batch_size=4, resolution=32, num_workers=1,
+                        device='cuda:0')  # building one touches no GPU
+    assert not loader.loader.reuse_buffers
+
+
+def test_reused_buffers_give_the_same_augmented_pixels(betons):
+    """Epoch 1 after epoch 0, in reused buffers, is epoch 1 of a fresh loader."""
+    def make():
+        return train_loader(betons[0], batch_size=8, resolution=32, num_workers=2, seed=5)
+    loader, fresh = make(), make()
+    _epoch(loader)
+    fresh.epoch = 1
+    assert torch.equal(_epoch(loader), _epoch(fresh))
+
+
+def test_the_last_batch_survives_until_the_next_epoch_is_asked_for_a_batch(betons):
+    """The slot rotation goes on across epochs: the next epoch's thread, decoding
+    ahead, does not overwrite the batch the consumer still holds."""
+    # 48 images: 3 batches, 5 slots; a new order every epoch
+    loader = train_loader(betons[0], batch_size=16, resolution=32, num_workers=1,
+                          batches_ahead=3)
+    *_, (held, _) = loader  # a view into the buffers, kept past the loop
+    kept = held.clone()
+    epoch = iter(loader.loader)
+    deadline = time.monotonic() + 60
+    while not epoch.output_queue.full():  # all 3 batches decoded ahead
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert torch.equal(held, kept)
+    assert len(list(epoch)) == 3
+
+
+def test_an_abandoned_epochs_thread_keeps_its_buffers(betons, allocations):
+    """Its thread may still write to them: the next epoch decodes into new ones."""
+    loader = val_loader(betons[1], batch_size=4, resolution=32, num_workers=1)
+    expected = _epoch(loader)
+    abandoned = iter(loader.loader)
+    next(abandoned)
+    assert abandoned.is_alive()
+    assert len(allocations) == 1  # the first epoch's, reused by the abandoned one
+    assert torch.equal(_epoch(loader), expected)
+    assert len(allocations) == 2
+    abandoned.close()
