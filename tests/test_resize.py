@@ -57,20 +57,27 @@ def test_enlarging_is_within_one_grey_level_of_opencv(crop, out):
     assert np.abs(got.astype(int) - expected).max() <= 1
 
 
-def test_float_output_is_normalised_and_flip_mirrors_the_columns():
+@pytest.mark.parametrize('crop', [(150, 170),    # shrinking by less than 2x: 3 taps
+                                  (60, 70),      # enlarging: 2 taps
+                                  (190, 175)])   # shrinking by more than 2x: general
+def test_float_output_is_normalised_and_flip_mirrors_the_columns(crop):
+    """Each tap count's loop, in both roundings: uint8 (and unnormalised float) levels,
+    and normalised levels."""
     image = smooth_image(200, 180, seed=2)
+    box, out = (5, 2, *crop), ((96, 112) if crop[0] < 180 else (80, 50))
     mul = np.array([1 / 50, 1 / 60, 1 / 70], np.float32)
     add = np.array([-2.0, -1.5, -1.0], np.float32)
-    plain = resize(image, 5, 9, 150, 170, 96, 112, dtype=np.float32)
+    plain = resize(image, *box, *out, dtype=np.float32)
     # float output holds the uint8 output's whole levels (the CPU and GPU paths agree)
-    np.testing.assert_array_equal(plain, resize(image, 5, 9, 150, 170, 96, 112))
-    reference = opencv_area(image, 5, 9, 150, 170, 96, 112)
+    np.testing.assert_array_equal(plain, resize(image, *box, *out))
+    reference = opencv_area(image, *box, *out)
     assert np.abs(plain - reference).max() <= 1
-    normalised = resize(image, 5, 9, 150, 170, 96, 112, dtype=np.float32, mul=mul, add=add)
+    normalised = resize(image, *box, *out, dtype=np.float32, mul=mul, add=add)
     np.testing.assert_allclose(normalised, plain * mul + add, rtol=1e-5, atol=1e-5)
-    flipped = resize(image, 5, 9, 150, 170, 96, 112, dtype=np.float32, flip=True,
-                     mul=mul, add=add)
+    flipped = resize(image, *box, *out, dtype=np.float32, flip=True, mul=mul, add=add)
     np.testing.assert_array_equal(flipped, normalised[:, ::-1])
+    np.testing.assert_array_equal(resize(image, *box, *out, flip=True),
+                                  resize(image, *box, *out)[:, ::-1])
 
 
 def test_a_constant_image_stays_constant_at_every_scale():

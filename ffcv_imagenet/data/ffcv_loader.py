@@ -1,7 +1,8 @@
-"""ffcv's ``Loader`` with three changes to its epoch thread.
+"""ffcv's ``Loader`` with four changes to its epoch thread.
 
 * The thread calls ``thread_setup()`` before anything else; the loaders use this to
   make their GPU the thread's current CUDA device.
+* Its parallel loops hand out one image at a time (numba's chunk size 1).
 * If the thread fails, the consumer gets the error. With ffcv's own thread, the
   consumer waits forever for the next batch.
 * With ``reuse_buffers``, batch buffers are kept from one epoch to the next.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numba
 import numpy as np
 from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import EpochIterator
@@ -51,6 +53,11 @@ class _SetUpEpochIterator(EpochIterator):
     def run(self) -> None:
         try:
             self.thread_setup()
+            # the decoder's parallel loop, launched from this thread, hands each thread
+            # its next image when it is free: crops cost up to ~10x one another, and
+            # equal shares left a thread idle at the end of every batch (1.02-1.07x,
+            # BENCHMARKS.md, issue 14.2)
+            numba.set_parallel_chunksize(1)
             self.current_batch_slot = self.first_slot  # ffcv's constructor set 0
             super().run()
         except Exception as error:  # re-raised in the consumer, by __next__

@@ -108,7 +108,7 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
     sy = crop_h / out_h
     # horizontal taps of every output column: first source pixel (as a row offset) and
     # weights, padded to a fixed count per column
-    kx = min(3, crop_w)  # the three-tap loop also serves one or two taps (zero-padded)
+    kx = min(2, crop_w)  # the two-tap loop also serves one tap (zero-padded)
     for x in range(out_w):
         first, count = _taps(x, sx, crop_w)
         columns[x] = _U(first)
@@ -120,8 +120,10 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
         for t in range(kx):
             weights[x * kx + t] = _weight(first + t, x, sx)
     out_flat = out.reshape(-1)
-    m0, m1, m2 = mul[0], mul[1], mul[2]
-    a0, a1, a2 = add[0], add[1], add[2]
+    # the levels themselves (uint8 output, or float output left unnormalised) take a
+    # cheaper rounding than normalised levels
+    plain = (mul[0] == 1 and mul[1] == 1 and mul[2] == 1
+             and add[0] == 0 and add[1] == 0 and add[2] == 0)
     for y in range(out_h):
         first, count = _taps(y, sy, crop_h)
         base = _U((top + first) * stride + left * 3)
@@ -135,41 +137,52 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
             for k in range(n):
                 row[k] += w * src[k]
         line = out_flat[_U(y * out_w * 3):_U((y + 1) * out_w * 3)]
-        if kx == 3:
-            _columns3(row, columns, weights, line, out_w, flip, m0, m1, m2, a0, a1, a2)
+        # constant tap counts and roundings, so that LLVM unrolls each variant: enlarging
+        # takes 2 taps and shrinking by less than 2x (nearly every crop, after the
+        # decoder's DCT scaling) at most 3
+        if kx == 2 and plain:
+            _columns(row, columns, weights, 2, line, out_w, flip, True, mul, add)
+        elif kx == 2:
+            _columns(row, columns, weights, 2, line, out_w, flip, False, mul, add)
+        elif kx == 3 and plain:
+            _columns(row, columns, weights, 3, line, out_w, flip, True, mul, add)
+        elif kx == 3:
+            _columns(row, columns, weights, 3, line, out_w, flip, False, mul, add)
         else:
-            _columns(row, columns, weights, kx, line, out_w, flip, m0, m1, m2, a0, a1, a2)
-
-
-# The horizontal pass of one row. Enlarging takes 2 taps and shrinking by less than 2x
-# (nearly every crop, after the decoder's DCT scaling) at most 3, so a loop with three
-# taps, unrolled, serves nearly everything; the general one serves larger shrinks.
-@njit(fastmath=True, nogil=True, inline='always')
-def _columns3(row, columns, weights, line, out_w, flip, m0, m1, m2, a0, a1, a2):
-    for x in range(out_w):
-        b, i = columns[x], _U(3 * x)
-        w0, w1, w2 = weights[i], weights[i + _U(1)], weights[i + _U(2)]
-        d = _U(3 * (out_w - 1 - x if flip else x))
-        line[d] = _level(w0 * row[b] + w1 * row[b + _U(3)] + w2 * row[b + _U(6)]) * m0 + a0
-        line[d + _U(1)] = _level(w0 * row[b + _U(1)] + w1 * row[b + _U(4)]
-                                 + w2 * row[b + _U(7)]) * m1 + a1
-        line[d + _U(2)] = _level(w0 * row[b + _U(2)] + w1 * row[b + _U(5)]
-                                 + w2 * row[b + _U(8)]) * m2 + a2
+            _columns(row, columns, weights, kx, line, out_w, flip, plain, mul, add)
 
 
 @njit(fastmath=True, nogil=True, inline='always')
-def _columns(row, columns, weights, kx, line, out_w, flip, m0, m1, m2, a0, a1, a2):
-    for x in range(out_w):
-        b = columns[x]
-        v0 = np.float32(0.0)
-        v1 = np.float32(0.0)
-        v2 = np.float32(0.0)
-        for t in range(kx):
-            w, o = weights[_U(x * kx + t)], b + _U(3 * t)
-            v0 += w * row[o]
-            v1 += w * row[o + _U(1)]
-            v2 += w * row[o + _U(2)]
-        d = _U(3 * (out_w - 1 - x if flip else x))
-        line[d] = _level(v0) * m0 + a0
-        line[d + _U(1)] = _level(v1) * m1 + a1
-        line[d + _U(2)] = _level(v2) * m2 + a2
+def _columns(row, columns, weights, kx, line, out_w, flip, plain, mul, add):
+    """The horizontal pass of one row: output pixel ``x`` is the ``kx`` taps of its
+    weights over the row from pixel ``columns[x]`` on, stored at ``x`` (or mirrored)."""
+    if plain:
+        for x in range(out_w):
+            v0, v1, v2 = _pixel(row, columns[x], weights, _U(kx * x), kx)
+            d = _U(3 * (out_w - 1 - x if flip else x))
+            # v >= 0, so truncating v + 1/2 (the cast) rounds it
+            line[d] = np.uint8(v0 + np.float32(0.5))
+            line[d + _U(1)] = np.uint8(v1 + np.float32(0.5))
+            line[d + _U(2)] = np.uint8(v2 + np.float32(0.5))
+    else:
+        m0, m1, m2, a0, a1, a2 = mul[0], mul[1], mul[2], add[0], add[1], add[2]
+        for x in range(out_w):
+            v0, v1, v2 = _pixel(row, columns[x], weights, _U(kx * x), kx)
+            d = _U(3 * (out_w - 1 - x if flip else x))
+            line[d] = _level(v0) * m0 + a0
+            line[d + _U(1)] = _level(v1) * m1 + a1
+            line[d + _U(2)] = _level(v2) * m2 + a2
+
+
+@njit(fastmath=True, nogil=True, inline='always')
+def _pixel(row, b, weights, i, kx):
+    """The three channels of one output pixel: ``kx`` taps from row offset ``b``,
+    weights from ``weights[i]`` on."""
+    w = weights[i]
+    v0, v1, v2 = w * row[b], w * row[b + _U(1)], w * row[b + _U(2)]
+    for t in range(1, kx):
+        w, o = weights[i + _U(t)], b + _U(3 * t)
+        v0 += w * row[o]
+        v1 += w * row[o + _U(1)]
+        v2 += w * row[o + _U(2)]
+    return v0, v1, v2
