@@ -10,8 +10,10 @@ only the region of each frame around its crop; (d) a plain torchvision ``ImageFo
 pipeline; with ``peers``, (e) ffcv's stock train pipeline and (f) NVIDIA DALI's CPU
 pipeline (when installed) on the train ``.beton``'s images (see
 :mod:`ffcv_imagenet.data.peer_pipelines`). Each loader and peer row also gets its share
-of its ceiling (images/sec over the ceiling's), as does the crop-region decoding. Every row leaves out its first pass
-(numba compilation, worker start-up, cold caches) and reports the median of the others.
+of its ceiling (images/sec over the ceiling's), as does the crop-region decoding; the
+ceilings are timed before and after the loaders, and each pools both (the machine's
+speed drifts within a run). Every row leaves out its first pass (numba compilation,
+worker start-up, cold caches) and reports the median of the others.
 """
 from __future__ import annotations
 
@@ -101,14 +103,13 @@ def decoder_dtypes_for(name: str | None, device: torch.device) -> list[torch.dty
     return [decoder_dtype_for(name, device)]
 
 
-def ceiling_rows(beton: str, val_beton: str | None, *, resolution: int, batch_size: int,
-                 workers: int, epochs: int) -> tuple[list[dict], dict]:
-    """The decode-only rows, train crops (``beton``) then val crops (``val_beton``,
-    when given), each timed over ``epochs`` passes like the loaders: the ceiling
-    (whole frames) and, with its share of the ceiling, the decoding the loaders do
-    (the region around each crop); and a dict of the JPEG and raw-pixel image counts
-    per ``.beton``."""
-    rows, counts = [], {}
+def ceiling_rates(beton: str, val_beton: str | None, *, resolution: int, batch_size: int,
+                  workers: int, epochs: int) -> tuple[dict[tuple[str, str], list[float]], dict]:
+    """Images/sec of ``epochs`` decode-only passes, per (loader, what): train crops
+    (``beton``) then val crops (``val_beton``, when given), 'ceiling' (whole frames)
+    and 'region' (the region around each crop: the decoding the loaders do); and a dict
+    of the JPEG and raw-pixel image counts per ``.beton``."""
+    rates, counts = {}, {}
     kinds = [('train', beton)] + ([('val', val_beton)] if val_beton else [])
     for kind, path in kinds:
         jpegs = decode_ceiling.load_jpegs(path)
@@ -119,22 +120,38 @@ def ceiling_rows(beton: str, val_beton: str | None, *, resolution: int, batch_si
         else:
             fixed = decode_ceiling.val_plan(jpegs, resolution)
             plan_for = lambda _epoch, fixed=fixed: fixed  # noqa: E731
-        rates = decode_ceiling.ceiling_rates(jpegs, plan_for, epochs, workers)
-        ceiling = summarise(f'decode only, {kind} crops (ceiling)', rates, kind='ceiling',
-                            loader=kind)
-        rates = decode_ceiling.ceiling_rates(jpegs, plan_for, epochs, workers, region=True)
-        region = summarise(f'decode only, {kind}, crop regions', rates, kind='region',
-                           loader=kind)
-        region['share_of_ceiling'] = region['images_per_sec'] / ceiling['images_per_sec']
-        rows += [ceiling, region]
+        for what, region in (('ceiling', False), ('region', True)):
+            rates[kind, what] = decode_ceiling.ceiling_rates(jpegs, plan_for, epochs,
+                                                             workers, region=region)
         counts[kind] = {'jpeg_images': len(jpegs.sizes), 'raw_images': jpegs.raw_images}
         del jpegs  # the buffer holds all the file's JPEG bytes
-    return rows, counts
+    return rates, counts
 
 
-def _loader_rows(beton: str, val_beton: str | None, ceilings: dict[str, float],
-                 decoded: torch.dtype, epochs: int, **common) -> list[dict]:
-    """The train (and val) loader rows for one output path, with share_of_ceiling.
+def ceiling_rows(rates: dict[tuple[str, str], list[float]]) -> list[dict]:
+    """The decode-only rows of :func:`ceiling_rates`' passes (the first one of each
+    list untimed)."""
+    rows = []
+    for (kind, what), passes in rates.items():
+        name = (f'decode only, {kind} crops (ceiling)' if what == 'ceiling'
+                else f'decode only, {kind}, crop regions')
+        rows.append(summarise(name, passes, kind=what, loader=kind))
+    return rows
+
+
+def add_shares(rows: list[dict]) -> None:
+    """Gives every loader, peer and crop-region row of ``rows`` its share of the
+    ceiling row of the same loader kind (images/sec over the ceiling's)."""
+    ceilings = {row['loader']: row['images_per_sec'] for row in rows
+                if row['kind'] == 'ceiling'}
+    for row in rows:
+        if row['kind'] in ('loader', 'peer', 'region'):
+            row['share_of_ceiling'] = row['images_per_sec'] / ceilings[row['loader']]
+
+
+def _loader_rows(beton: str, val_beton: str | None, decoded: torch.dtype, epochs: int,
+                 **common) -> list[dict]:
+    """The train (and val) loader rows for one output path.
     uint8 batches on a CPU device are timed as ffcv yields them (``normalised``: False):
     normalising them is a GPU's work in training."""
     name = str(decoded).removeprefix('torch.')
@@ -152,7 +169,6 @@ def _loader_rows(beton: str, val_beton: str | None, ceilings: dict[str, float],
         rates = _rates(loader.loader if as_decoded else loader, epochs, device)
         row = summarise(f'ffcv_imagenet {kind} loader, {label}', rates, kind='loader',
                         loader=kind, decoder_dtype=name, normalised=not as_decoded)
-        row['share_of_ceiling'] = row['images_per_sec'] / ceilings[kind]
         rows.append(row)
         # frees the loader's numba functions now, not in the next loader's epoch thread
         # while it compiles, where numba's finalizer fails
@@ -160,11 +176,11 @@ def _loader_rows(beton: str, val_beton: str | None, ceilings: dict[str, float],
     return rows
 
 
-def peer_rows(beton: str, ceiling: float, *, resolution: int, batch_size: int,
-              workers: int, epochs: int) -> tuple[list[dict], list[str]]:
+def peer_rows(beton: str, *, resolution: int, batch_size: int, workers: int,
+              epochs: int) -> tuple[list[dict], list[str]]:
     """The peers' train rows on ``beton`` (ffcv's stock pipeline, then DALI's CPU
-    pipeline if it imports), timed on the CPU like the loaders, each with its share of
-    the train ``ceiling`` (images/sec); and notes for the table (DALI missing)."""
+    pipeline if it imports), timed on the CPU like the loaders; and notes for the
+    table (DALI missing)."""
     cpu = torch.device('cpu')
     common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers)
     stock = peer_pipelines.ffcv_stock_loader(beton, **common)
@@ -182,8 +198,7 @@ def peer_rows(beton: str, ceiling: float, *, resolution: int, batch_size: int,
         notes.append(f"DALI CPU pipeline: not installed here (pip install "
                      f"{peer_pipelines.DALI_PACKAGE} adds its row)")
     for row in rows:
-        row.update(kind='peer', loader='train', normalised=True,
-                   share_of_ceiling=row['images_per_sec'] / ceiling)
+        row.update(kind='peer', loader='train', normalised=True)
     return rows, notes
 
 
@@ -191,9 +206,9 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                   resolution: int = 160, batch_size: int = 64, workers: int = 2,
                   epochs: int = 5, device: str = 'cpu',
                   decoder_dtype: str | None = None, peers: bool = False) -> dict:
-    """Times the torchvision baseline, the ceilings (:func:`ceiling_rows`), the
-    loaders (per output path: :func:`decoder_dtypes_for`) and, with ``peers``, the
-    peers (:func:`peer_rows`); returns a dict with the settings, the rows (loaders,
+    """Times the torchvision baseline, the ceilings (:func:`ceiling_rates`, before and
+    after the rest), the loaders (per output path: :func:`decoder_dtypes_for`) and,
+    with ``peers``, the peers (:func:`peer_rows`); returns a dict with the settings, the rows (loaders,
     peers, ceilings, baseline last; images/sec), the ceilings' image counts, notes for
     the table and ``ratio_train_vs_torchvision`` (of the first train loader row that
     is normalised, as torchvision's output is, if any)."""
@@ -204,20 +219,24 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
     # once _rates returns, the baseline's worker processes stop before ours are timed
     baseline_row = summarise(BASELINE, _rates(torchvision_baseline(
         folder, resolution, batch_size, workers), epochs, dev), kind='baseline')
-    ceilings, counts = ceiling_rows(beton, val_beton, resolution=resolution,
-                                    batch_size=batch_size, workers=workers, epochs=epochs)
-    rates = {row['loader']: row['images_per_sec'] for row in ceilings
-             if row['kind'] == 'ceiling'}
+    # the ceilings are timed before and after the loaders and each pools both: this
+    # machine's speed drifts within a run, and a share must set a loader against the
+    # ceiling of the same minutes
+    timing = dict(resolution=resolution, batch_size=batch_size, workers=workers,
+                  epochs=epochs)
+    before, counts = ceiling_rates(beton, val_beton, **timing)
     rows = [row for decoded in dtypes
-            for row in _loader_rows(beton, val_beton, rates, decoded, epochs,
+            for row in _loader_rows(beton, val_beton, decoded, epochs,
                                     batch_size=batch_size, resolution=resolution,
                                     num_workers=workers, device=dev)]
     notes = []
     if peers:
-        peer, notes = peer_rows(beton, rates['train'], resolution=resolution,
-                                batch_size=batch_size, workers=workers, epochs=epochs)
+        peer, notes = peer_rows(beton, **timing)
         rows += peer
-    rows += ceilings + [baseline_row]
+    after, _ = ceiling_rates(beton, val_beton, **timing)
+    rows += ceiling_rows({key: passes + after[key][1:] for key, passes in before.items()})
+    rows.append(baseline_row)
+    add_shares(rows)
     names = [str(dtype).removeprefix('torch.') for dtype in dtypes]
     return {
         'settings': {'beton': beton, 'val_beton': val_beton, 'folder': folder,
