@@ -26,7 +26,7 @@ def _epoch(loader):
 
 
 def test_epochs_reuse_the_buffers_until_their_shapes_change(betons, allocations):
-    loader = val_loader(betons[1], batch_size=4, resolution=32, num_workers=2)
+    loader = val_loader(betons[1], batch_size=8, resolution=32, num_workers=2)  # 8, 8, 4
     first = _epoch(loader)
     assert len(allocations) == 1
     assert torch.equal(_epoch(loader), first)
@@ -83,3 +83,19 @@ def test_an_abandoned_epochs_thread_keeps_its_buffers(betons, allocations):
     assert torch.equal(_epoch(loader), expected)
     assert len(allocations) == 2
     abandoned.close()
+
+
+def test_epochs_started_before_the_last_was_read_keep_their_own_buffers(betons):
+    """Three epochs decoded ahead, none read yet: each in buffers of its own (a third
+    epoch continuing the rotation in shared buffers would write over the first's)."""
+    loader = val_loader(betons[1], batch_size=10, resolution=32, num_workers=1)
+    expected = _epoch(loader)  # file order: every epoch the same images
+    epochs = []
+    for _ in range(3):
+        epochs.append(iter(loader.loader))
+        epochs[-1].join(timeout=60)  # its 2 batches and its end queued: its thread ended
+        assert not epochs[-1].is_alive()
+    for epoch in epochs:
+        images = [next(t for t in batch if t.ndim == 4).clone() for batch in epoch]
+        assert torch.equal(torch.cat(images), expected)
+

@@ -80,8 +80,8 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
 
     Args:
         output_size: (height, width) in pixels. May be changed between epochs
-            (ffcv re-allocates buffers every epoch, and the generated code reads
-            sizes from those buffers), which progressive resizing relies on.
+            (a new size gets new buffers, and the generated code reads sizes from
+            those buffers), which progressive resizing relies on.
         random_crop: True for random-resized-crop (``scale``, ``ratio`` as in
             torchvision), False for a centre crop of ``center_ratio`` x the shorter side.
         flip: flip each image horizontally with probability 1/2.
@@ -129,7 +129,8 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         # inlined into the loop: as a dispatcher of its own (ffcv's Compiler.compile), it
         # made numba's finalizer fail with a KeyError when a loader was freed while
         # another loader's epoch thread compiled (the bench's loaders, one after another)
-        decode_region_c = numba.njit(nogil=True, inline='always')(decode_region)
+        decode_region_c = (numba.njit(nogil=True, inline='always')(decode_region)
+                           if Compiler.is_enabled else decode_region)
         resize_c = resize_kernel()
         scale, ratio = self.scale, self.ratio
         do_flip = self.flip

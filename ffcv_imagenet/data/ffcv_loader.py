@@ -14,17 +14,20 @@ decoded. On a 500-image epoch, 160 px float32 output, 2 threads, this made the v
 loader 1.36x slower (BENCHMARKS.md, issue 14.2).
 
 Reusing buffers is safe only if nothing still reads or writes the old slots:
+* They are reused only after the consumer has read the previous epoch to its end and
+  that epoch's thread has ended. An abandoned epoch, or one still being read (two
+  iterators at once), keeps its buffers, and the next epoch gets new ones.
 * The slot rotation continues across epochs. A batch of the last epoch is therefore
   overwritten no sooner than it would have been mid-epoch.
-* The buffers are reused only if the previous epoch's thread has ended. An abandoned
-  epoch keeps its thread alive, and that thread may still write to the buffers, so the
-  next epoch gets new ones.
 * A GPU loader does not reuse buffers. ffcv orders a slot's reuse after the device has
   finished with it by recording CUDA events, and those events belong to one epoch's
   thread.
+
+The price: a CPU loader's buffers stay allocated between its epochs.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import numba
@@ -34,20 +37,17 @@ from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.compiler import Compiler
 from queue import Full
 
-# an epoch thread that queued its last batch ends at once; one abandoned mid-epoch
-# waits for the consumer, and the next epoch does not wait for it
-_JOIN_SECONDS = 0.1
-
 
 class _SetUpEpochIterator(EpochIterator):
     """ffcv's epoch thread, which calls ``thread_setup()`` before its first CUDA call,
-    starts at batch slot ``first_slot``, and hands any error of its own to the
-    consumer."""
+    starts at batch slot ``first_slot``, hands any error of its own to the consumer,
+    and tells its loader when the consumer has read it to its end."""
 
     def __init__(self, loader: Loader, order: np.ndarray, thread_setup: Callable[[], None],
-                 first_slot: int = 0):
+                 first_slot: int = 0, number: int = 0):
         # set before ffcv's constructor, which starts the thread
         self.thread_setup, self.error, self.first_slot = thread_setup, None, first_slot
+        self.number = number  # of the loader's epochs started, this one's
         super().__init__(loader, order)
 
     def run(self) -> None:
@@ -75,6 +75,7 @@ class _SetUpEpochIterator(EpochIterator):
         except StopIteration:
             if self.error is not None:
                 raise RuntimeError("the loader's decoding thread failed") from self.error
+            self.loader.epoch_read(self)
             raise
 
 
@@ -91,23 +92,27 @@ class SetUpLoader(Loader):
         self.thread_setup = thread_setup
         self.start_batch = 0
         self.reuse_buffers = reuse_buffers
-        self._previous: _SetUpEpochIterator | None = None
+        # weak references: the reuse adds no reference cycle of its own to ffcv's
+        self._latest: weakref.ref | None = None  # the epoch started last
+        self._started = 0  # epochs started
+        self._read = (0, 0)  # the last epoch read to its end: its number, its next slot
+        self._reuse = False  # the epoch being started decodes into _kept
         self._kept: tuple[tuple, dict] | None = None  # (what they fit, the buffers)
         if reuse_buffers:
-            allocate = self.graph.allocate_memory
-            self.graph.allocate_memory = lambda batch, slots: self._buffers(
+            allocate, loader = self.graph.allocate_memory, weakref.ref(self)
+            self.graph.allocate_memory = lambda batch, slots: loader()._buffers(
                 allocate, batch, slots)
 
+    def epoch_read(self, epoch: _SetUpEpochIterator) -> None:
+        """Called by ``epoch`` when the consumer has read it to its end."""
+        self._read = (epoch.number, epoch.current_batch_slot)
+
     def _buffers(self, allocate: Callable, batch_size: int, slots: int) -> dict:
-        """ffcv's ``allocate_memory(batch_size, slots)``, or the last epoch's buffers
-        if its thread has ended and the pipeline asks for the same shapes."""
+        """ffcv's ``allocate_memory(batch_size, slots)``, or the kept buffers if the
+        epoch being started may reuse them and the pipeline asks for the same shapes."""
         queries, _ = self.graph.collect_requirements()
         fits = (batch_size, slots, repr(queries))
-        previous = self._previous
-        if previous is not None:
-            previous.join(timeout=_JOIN_SECONDS)
-        if self._kept is None or self._kept[0] != fits or (
-                previous is not None and previous.is_alive()):
+        if not self._reuse or self._kept is None or self._kept[0] != fits:
             self._kept = (fits, allocate(batch_size, slots))
         return self._kept[1]
 
@@ -120,10 +125,15 @@ class SetUpLoader(Loader):
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
-        first_slot = 0
-        if self.reuse_buffers and self._previous is not None:
-            first_slot = self._previous.current_batch_slot
-        epoch = _SetUpEpochIterator(self, selected_order, self.thread_setup, first_slot)
-        if self.reuse_buffers:
-            self._previous = epoch
+        latest = self._latest() if self._latest is not None else None
+        # reused only if the epoch started last was read to its end
+        self._reuse = self.reuse_buffers and self._started > 0 and (
+            self._read[0] == self._started)
+        if self._reuse and latest is not None:
+            latest.join()  # it ends right after queuing the end the consumer has read
+        first_slot = self._read[1] if self._reuse else 0
+        self._started += 1
+        epoch = _SetUpEpochIterator(self, selected_order, self.thread_setup, first_slot,
+                                    self._started)
+        self._latest = weakref.ref(epoch)
         return epoch

@@ -172,6 +172,7 @@ def _loader_rows(beton: str, val_beton: str | None, decoded: torch.dtype, epochs
         rows.append(row)
         # frees the loader's numba functions now, not in the next loader's epoch thread
         # while it compiles, where numba's finalizer fails
+        del loader
         gc.collect()
     return rows
 
