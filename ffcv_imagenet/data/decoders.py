@@ -32,7 +32,7 @@ from ffcv.fields.rgb_image import (IMAGE_MODES, ResizedCropRGBImageDecoder,
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 
-from .jpeg_region import decode_region
+from .jpeg_region import decode_region, region_of
 from .resize import resize_kernel, scratch_sizes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -162,8 +162,7 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
                     buf, geometry = decoded_storage[slot], np.empty(4, np.int64)
                     decode_region_c(image_data, buf, denom, top, left, crop_h, crop_w,
                                     geometry, False)
-                    image = buf[:geometry[2] * geometry[3] * 3].reshape(
-                        geometry[2], geometry[3], 3)
+                    image = region_of(buf, geometry)
                     top, left = top - geometry[0], left - geometry[1]
                 else:
                     image = image_data.reshape(height, width, 3)

@@ -96,7 +96,6 @@ class SetUpLoader(Loader):
         self._latest: weakref.ref | None = None  # the epoch started last
         self._started = 0  # epochs started
         self._read = (0, 0)  # the last epoch read to its end: its number, its next slot
-        self._reuse = False  # the epoch being started decodes into _kept
         self._kept: tuple[tuple, dict] | None = None  # (what they fit, the buffers)
         if reuse_buffers:
             allocate, loader = self.graph.allocate_memory, weakref.ref(self)
@@ -108,11 +107,12 @@ class SetUpLoader(Loader):
         self._read = (epoch.number, epoch.current_batch_slot)
 
     def _buffers(self, allocate: Callable, batch_size: int, slots: int) -> dict:
-        """ffcv's ``allocate_memory(batch_size, slots)``, or the kept buffers if the
-        epoch being started may reuse them and the pipeline asks for the same shapes."""
+        """ffcv's ``allocate_memory(batch_size, slots)``, or the kept buffers (if
+        ``__iter__`` kept them for the epoch being started) when the pipeline asks for
+        the same shapes."""
         queries, _ = self.graph.collect_requirements()
         fits = (batch_size, slots, repr(queries))
-        if not self._reuse or self._kept is None or self._kept[0] != fits:
+        if self._kept is None or self._kept[0] != fits:
             self._kept = (fits, allocate(batch_size, slots))
         return self._kept[1]
 
@@ -126,12 +126,14 @@ class SetUpLoader(Loader):
         if self.code is None or self.recompile:
             self.generate_code()
         latest = self._latest() if self._latest is not None else None
-        # reused only if the epoch started last was read to its end
-        self._reuse = self.reuse_buffers and self._started > 0 and (
-            self._read[0] == self._started)
-        if self._reuse and latest is not None:
+        # reused only if the epoch started last was read to its end; else the last
+        # buffers stay with that epoch, and this one gets new ones
+        reuse = self.reuse_buffers and 0 < self._started == self._read[0]
+        if reuse and latest is not None:
             latest.join()  # it ends right after queuing the end the consumer has read
-        first_slot = self._read[1] if self._reuse else 0
+        if not reuse:
+            self._kept = None
+        first_slot = self._read[1] if reuse else 0
         self._started += 1
         epoch = _SetUpEpochIterator(self, selected_order, self.thread_setup, first_slot,
                                     self._started)

@@ -19,6 +19,7 @@ import ctypes
 import io
 
 import numpy as np
+from numba import njit
 
 try:
     from . import _jpeg_region  # the compiled jpeg_region.c; loaded here for ctypes
@@ -71,7 +72,9 @@ def _check_linked_libjpeg() -> None:
 _check_linked_libjpeg()
 
 
+@njit(nogil=True, inline='always')
 def region_of(destination: np.ndarray, geometry: np.ndarray) -> np.ndarray:
-    """The decoded region as a (rows, columns, 3) uint8 view of ``destination``."""
-    rows, columns = int(geometry[2]), int(geometry[3])
+    """The decoded region as a (rows, columns, 3) uint8 view of ``destination``
+    (callable from Python and from numba code)."""
+    rows, columns = geometry[2], geometry[3]
     return destination[:rows * columns * 3].reshape(rows, columns, 3)
