@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One lease of a lent GPU machine, as one prepared command (the device tool's `run`):
+# installs the wheelhouse the way a node without internet does, then runs gpu-check's
+# stages, ordered and bounded so that a short lease still returns every finished part.
+#
+#     make wheelhouse PYTHON_VERSION=3.12           # here, first; `wheelhouse/` is carried
+#     bash .ci/gpu_node_check.sh OUT_DIR            # there (device: carry ["wheelhouse"])
+#
+# Phases (seconds are upper bounds, each enforced with `timeout`):
+#   1. install + environment                               -> OUT/env.txt
+#   2. generated data (gpu-check with every stage skipped)  -> OUT/data.log
+#   3. side by side, none of it timed: the cuda tests and the crops check, then a few
+#      test files whose code paths change when CUDA is present (tests.log, tests.json);
+#      the training check, bf16 and fp16 under torchrun, stop + resume (train.log,
+#      train.json)
+#   4. alone on the GPU, last: the speed table (speed.log, speed.json, speed.md)
+# PHASES (default "tests train speed") names the phases 3-4 to run; a rerun in what is
+# left of a lease can take fewer. BROAD_TESTS=0 leaves out the extra test files.
+# The tests run from a copy of the checkout without ffcv_imagenet/, so that they import
+# the installed package (the checkout's sources lack the compiled extension).
+set -uo pipefail
+OUT=${1:?usage: $0 OUT_DIR}
+mkdir -p "$OUT"
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=${GPU_CHECK_WORK:-/tmp/gpu_node_check}
+PY=${PYTHON:-python3}
+cd /tmp  # not the checkout: its sources, without the compiled extension, would shadow the install
+export PYTHONUNBUFFERED=1
+PHASES=${PHASES:-tests train speed}
+BROAD_TESTS=${BROAD_TESTS:-1}
+T0=$SECONDS
+stamp() { echo "== $* (t=$((SECONDS - T0)) s)"; }
+
+{
+    stamp install
+    # the documented way first (into the node's environment); a read-only environment
+    # falls back to a target folder
+    if ! "$PY" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" ffcv_imagenet; then
+        stamp "install into the environment failed; --target $WORK/site"
+        "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" \
+            "$ROOT"/wheelhouse/{ffcv,fastargs,ffcv_imagenet,terminaltables}-*.whl || exit 1
+        export PYTHONPATH=$WORK/site
+    fi
+    stamp environment
+    nvidia-smi
+    nproc; free -g | head -2
+    "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|numpy|numba|ffcv|fastargs|opencv|pytest)'
+    "$PY" -c 'import ffcv_imagenet.data.jpeg_region as j, ffcv; print("imports ok", j.__file__)'
+} > "$OUT/env.txt" 2>&1 || { echo "install failed: see env.txt"; cat "$OUT/env.txt"; exit 1; }
+[[ -n ${PYTHONPATH:-} ]] || [[ ! -d $WORK/site ]] || export PYTHONPATH=$WORK/site
+tail -n 4 "$OUT/env.txt"
+
+check() {  # check NAME SECONDS ARGS...: gpu-check into $WORK/NAME sharing the data
+    local name=$1 limit=$2; shift 2
+    mkdir -p "$WORK/$name"
+    [[ $name == data || -e $WORK/$name/data ]] || ln -s "$WORK/data/data" "$WORK/$name/data"
+    timeout "$limit" "$PY" -m ffcv_imagenet gpu-check --out "$WORK/$name" "$@"
+    local rc=$?
+    cp "$WORK/$name/gpu_check.json" "$OUT/$name.json" 2>/dev/null
+    [[ $name == speed ]] && cp "$WORK/$name/gpu_check.md" "$OUT/speed.md" 2>/dev/null
+    stamp "$name exit $rc"
+}
+
+cd "$WORK/.." 2>/dev/null || cd /tmp
+stamp data; check data 90 --skip cuda-tests crops training speed > "$OUT/data.log" 2>&1
+tail -n 2 "$OUT/data.log"
+
+# the checkout without its package sources (tests read files at its root at collection)
+rm -rf "$WORK/clone" && mkdir -p "$WORK/clone"
+tar -C "$ROOT" --exclude=./.git --exclude=./ffcv_imagenet --exclude=./wheelhouse -cf - . \
+    | tar -C "$WORK/clone" -xf -
+wants() { [[ " $PHASES " == *" $1 "* ]]; }
+wants tests && (
+    check tests 100 --skip training speed --tests "$WORK/clone/tests"
+    [[ $BROAD_TESTS == 1 ]] || exit 0
+    stamp "test files with CUDA present"
+    cd "$WORK/clone" && timeout 120 "$PY" -m pytest -q -ra -p no:cacheprovider -m 'not slow' \
+        -n 4 tests/test_loaders.py tests/test_ffcv_loader.py tests/test_gpu_paths.py \
+        tests/test_trainer.py 2>&1 | tail -n 40
+    stamp "tests done"
+) > "$OUT/tests.log" 2>&1 &
+wants train && ( check train 220 --skip cuda-tests crops speed ) > "$OUT/train.log" 2>&1 &
+wait
+grep -h '^\[' "$OUT"/{tests,train}.log 2>/dev/null
+wants speed || { stamp end; exit 0; }
+stamp speed; check speed 250 --skip cuda-tests crops training > "$OUT/speed.log" 2>&1
+cat "$OUT/speed.log"; cat "$OUT/speed.md" 2>/dev/null
+stamp end
