@@ -131,3 +131,21 @@ def test_each_pipeline_gets_its_own_kernel_whose_machine_code_comes_from_disk():
     # the first one compiled (or loaded) and wrote the cache: the second only loads it
     assert np.array_equal(resize(image, 5, 6, 80, 90, 40, 48, kernel=second), expected)
     assert second.stats.cache_hits and not second.stats.cache_misses
+
+
+@pytest.mark.parametrize('dtype', [np.uint8, np.float32])
+@pytest.mark.parametrize('crop', [(60, 70), (150, 170)])  # 2 and 3 taps: the vector loop
+@pytest.mark.parametrize('flip', [False, True])
+def test_the_vector_loop_writes_nothing_past_the_image(dtype, crop, flip):
+    """Its 4-lane stores reach one value into the next pixel: the last pixel of a row
+    must store 3, or the value after the image (the next image of the batch) changes."""
+    image = smooth_image(200, 180, seed=5)
+    out_h, out_w = 96, 112
+    floats, indices = scratch_sizes(200, 180, out_h, out_w)
+    memory = np.full(out_h * out_w * 3 + 4, 77, dtype)
+    out = memory[:-4].reshape(out_h, out_w, 3)
+    resize_crop_area(image, 5, 2, *crop, out, flip, ONE, ZERO,
+                     np.full(floats, np.nan, np.float32), np.zeros(indices, np.uint64))
+    assert (memory[-4:] == 77).all()
+    np.testing.assert_array_equal(out, resize(image, 5, 2, *crop, out_h, out_w, dtype=dtype,
+                                              flip=flip))

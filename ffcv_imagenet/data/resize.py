@@ -24,7 +24,9 @@ Float output is the rounded levels normalised, as uint8 output normalised later 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
 from ffcv.pipeline.compiler import Compiler
 
 # every index below is unsigned, so numba emits no negative-index wraparound checks
@@ -90,9 +92,9 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
                      scratch, columns):
     """Resizes ``image[top:top+crop_h, left:left+crop_w]`` (uint8, (H, W, 3)) into
     ``out`` ((out_h, out_w, 3), uint8 or float32) with an area filter, mirrored left
-    to right when ``flip``, each channel ``c`` stored as ``level * mul[c] + add[c]``,
-    ``level`` the filtered value rounded to a whole grey level (for uint8 output pass
-    ``mul = 1``, ``add = 0``).
+    to right when ``flip``, each channel ``c`` stored as ``level * mul[c] + add[c]``
+    (float32 output) or as ``level`` (uint8 output: ``mul`` and ``add`` are not
+    applied), ``level`` the filtered value rounded to a whole grey level.
 
     ``scratch`` (float32) and ``columns`` (uint64) are working memory, at least
     :func:`scratch_sizes` long; their contents are overwritten.
@@ -122,8 +124,8 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
     out_flat = out.reshape(-1)
     # the levels themselves (uint8 output, or float output left unnormalised) take a
     # cheaper rounding than normalised levels
-    plain = (mul[0] == 1 and mul[1] == 1 and mul[2] == 1
-             and add[0] == 0 and add[1] == 0 and add[2] == 0)
+    plain = _holds_levels(out) or (mul[0] == 1 and mul[1] == 1 and mul[2] == 1
+                                   and add[0] == 0 and add[1] == 0 and add[2] == 0)
     for y in range(out_h):
         first, count = _taps(y, sy, crop_h)
         base = _U((top + first) * stride + left * 3)
@@ -137,17 +139,12 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
             for k in range(n):
                 row[k] += w * src[k]
         line = out_flat[_U(y * out_w * 3):_U((y + 1) * out_w * 3)]
-        # constant tap counts and roundings, so that LLVM unrolls each variant: enlarging
-        # takes 2 taps and shrinking by less than 2x (nearly every crop, after the
-        # decoder's DCT scaling) at most 3
-        if kx == 2 and plain:
-            _columns(row, columns, weights, 2, line, out_w, flip, True, mul, add)
-        elif kx == 2:
-            _columns(row, columns, weights, 2, line, out_w, flip, False, mul, add)
-        elif kx == 3 and plain:
-            _columns(row, columns, weights, 3, line, out_w, flip, True, mul, add)
+        # enlarging takes 2 taps and shrinking by less than 2x (nearly every crop, after
+        # the decoder's DCT scaling) at most 3: those two get the vector loop
+        if kx == 2:
+            _vector_columns(row, columns, weights, 2, line, out_w, flip, mul, add)
         elif kx == 3:
-            _columns(row, columns, weights, 3, line, out_w, flip, False, mul, add)
+            _vector_columns(row, columns, weights, 3, line, out_w, flip, mul, add)
         else:
             _columns(row, columns, weights, kx, line, out_w, flip, plain, mul, add)
 
@@ -186,3 +183,104 @@ def _pixel(row, b, weights, i, kx):
         v1 += w * row[o + _U(1)]
         v2 += w * row[o + _U(2)]
     return v0, v1, v2
+
+
+def _holds_levels(out) -> bool:
+    """Whether ``out`` stores the levels unnormalised (uint8 output)."""
+    return out.dtype == np.uint8
+
+
+@overload(_holds_levels, inline='always')
+def _holds_levels_compiled(out):
+    levels = out.dtype == types.uint8
+    return lambda out: levels
+
+
+@njit(fastmath=True, nogil=True, inline='always')
+def _vector_columns(row, columns, weights, kx, line, out_w, flip, mul, add):
+    """The horizontal pass of one row for ``kx`` = 2 or 3, one pixel (3 channels and a
+    spare lane) per vector operation, output written left to right."""
+    m0, m1, m2 = np.float32(mul[0]), np.float32(mul[1]), np.float32(mul[2])
+    a0, a1, a2 = np.float32(add[0]), np.float32(add[1]), np.float32(add[2])
+    # each 4-lane store also writes the next pixel's first channel, which the next
+    # pixel then overwrites; the row's last pixel stores 3 lanes
+    last = out_w - 1
+    for d in range(out_w):
+        x = last - d if flip else d
+        if kx == 2:
+            _pixel2(line, _U(3 * d), row, columns[x], weights, _U(2 * x),
+                    m0, m1, m2, a0, a1, a2, d < last)
+        else:
+            _pixel3(line, _U(3 * d), row, columns[x], weights, _U(3 * x),
+                    m0, m1, m2, a0, a1, a2, d < last)
+
+
+_I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+_V4F, _V4I = ir.VectorType(_F32, 4), ir.VectorType(_I32, 4)
+
+
+def _pixel_intrinsic(kx: int):
+    """A numba intrinsic storing one output pixel of the horizontal pass with ``kx``
+    taps into ``line[d:d + 3]`` (4 lanes when ``wide``): the level (uint8 ``line``) or
+    level * (m0, m1, m2) + (a0, a1, a2) (float32), level = the taps' weighted sum of
+    the RGB triples ``row[b + 3t:b + 3t + 3]`` (weights ``weights[i + t]``) rounded to
+    a whole grey level.
+
+    Written as LLVM vector code because numba leaves LLVM's SLP vectoriser off, so
+    the same loop in numba computes the three channels one at a time: 1.2-1.34x
+    slower per resize (BENCHMARKS.md, issue 14.2). Each tap loads 4 floats, the
+    triple and the next pixel's first channel (the row's scratch always holds one
+    more float); that lane is zeroed before rounding. The level is ``sum + 1/2``
+    truncated: the sums are never negative, so truncating rounds them."""
+
+    @intrinsic
+    def pixel(typingctx, line, d, row, b, weights, i, m0, m1, m2, a0, a1, a2, wide):
+        sig = types.void(line, d, row, b, weights, i, m0, m1, m2, a0, a1, a2, wide)
+
+        def codegen(context, builder, signature, args):
+            line_v, d_v, row_v, b_v, weights_v, i_v, *ma, wide_v = args
+
+            def data(ty, value):
+                return context.make_array(ty)(context, builder, value).data
+
+            def lanes(values):
+                vector = ir.Constant(_V4F, [0.0] * 4)
+                for lane, value in enumerate(values):
+                    vector = builder.insert_element(vector, value, ir.Constant(_I32, lane))
+                return vector
+
+            row_p, weights_p = data(row, row_v), data(weights, weights_v)
+            fast = ('fast',)
+            total = None
+            for t in range(kx):
+                w = builder.load(builder.gep(weights_p, [builder.add(i_v, ir.Constant(_I64, t))]))
+                at = builder.gep(row_p, [builder.add(b_v, ir.Constant(_I64, 3 * t))])
+                term = builder.fmul(builder.load(builder.bitcast(at, _V4F.as_pointer()), align=4),
+                                    lanes([w] * 4), flags=fast)
+                total = term if total is None else builder.fadd(total, term, flags=fast)
+            total = builder.shuffle_vector(total, ir.Constant(_V4F, [0.0] * 4),
+                                           ir.Constant(_V4I, [0, 1, 2, 4]))
+            half = lanes([ir.Constant(_F32, 0.5)] * 4)
+            level = builder.fptosi(builder.fadd(total, half), _V4I)
+            if line.dtype == types.uint8:
+                value = builder.trunc(level, ir.VectorType(ir.IntType(8), 4))
+            else:
+                value = builder.fadd(builder.fmul(builder.sitofp(level, _V4F), lanes(ma[:3])),
+                                     lanes(ma[3:]))
+            out = builder.gep(data(line, line_v), [d_v])
+            is_wide = builder.icmp_unsigned('!=', wide_v, ir.Constant(wide_v.type, 0))
+            with builder.if_else(is_wide) as (four, three):
+                with four:
+                    builder.store(value, builder.bitcast(out, value.type.as_pointer()), align=1)
+                with three:
+                    for lane in range(3):
+                        builder.store(builder.extract_element(value, ir.Constant(_I32, lane)),
+                                      builder.gep(out, [ir.Constant(_I64, lane)]))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return pixel
+
+
+_pixel2, _pixel3 = _pixel_intrinsic(2), _pixel_intrinsic(3)
