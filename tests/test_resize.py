@@ -136,11 +136,13 @@ def test_each_pipeline_gets_its_own_kernel_whose_machine_code_comes_from_disk():
 @pytest.mark.parametrize('dtype', [np.uint8, np.float32])
 @pytest.mark.parametrize('crop', [(60, 70), (150, 170)])  # 2 and 3 taps: the vector loop
 @pytest.mark.parametrize('flip', [False, True])
-def test_the_vector_loop_writes_nothing_past_the_image(dtype, crop, flip):
-    """Its 4-lane stores reach one value into the next pixel: the last pixel of a row
-    must store 3, or the value after the image (the next image of the batch) changes."""
+@pytest.mark.parametrize('out_w', [112, 111])  # the row ends in a pair, or in one pixel
+def test_the_vector_loop_writes_nothing_past_the_image(dtype, crop, flip, out_w):
+    """Its 8-lane stores reach two values into the next pixel: the row's last pixels
+    must store only theirs, or the values after the image (the next image of the
+    batch) change."""
     image = smooth_image(200, 180, seed=5)
-    out_h, out_w = 96, 112
+    out_h = 96
     floats, indices = scratch_sizes(200, 180, out_h, out_w)
     memory = np.full(out_h * out_w * 3 + 4, 77, dtype)
     out = memory[:-4].reshape(out_h, out_w, 3)

@@ -10,7 +10,8 @@ separable passes that LLVM can vectorise:
   whole crop width (contiguous, SIMD);
 * horizontal: each output pixel is a weighted sum of the 2-3 row pixels under it,
   written to its flipped place when flipping, rounded to a whole grey level, then
-  ``level * mul + add`` per channel (normalisation; 1 and 0 for uint8 output).
+  ``level * mul + add`` per channel (float output: normalisation); for 2-3 taps two
+  output pixels at a time, in vector code written for LLVM directly.
 
 The filter is a box: output pixel ``i`` of an axis covers source ``[i * s, (i + 1) * s)``
 of the crop (``s`` = crop / output length) and each source pixel weighs by its overlap.
@@ -69,7 +70,8 @@ def scratch_sizes(max_height: int, max_width: int, out_h: int, out_w: int
     images up to ``max_height`` x ``max_width`` pixels resized to ``out_h`` x ``out_w``."""
     del max_height, out_h  # the vertical taps are computed row by row
     taps_per_column = max_width // max(out_w, 1) + 3
-    return max_width * 3 + out_w * taps_per_column, out_w
+    # 2-3 taps also take the vector loop's copy: 4 lanes per tap, in pairs of columns
+    return max_width * 3 + out_w * max(taps_per_column, 15) + 24, 2 * out_w + 2
 
 
 def resize_kernel():
@@ -121,6 +123,9 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
         columns[x] = _U(first * 3)
         for t in range(kx):
             weights[x * kx + t] = _weight(first + t, x, sx)
+    if kx == 2 or kx == 3:
+        pair_columns, pair_weights = _vector_layout(columns, weights, kx, out_w, flip,
+                                                    scratch[n + out_w * kx:])
     out_flat = out.reshape(-1)
     # the levels themselves (uint8 output, or float output left unnormalised) take a
     # cheaper rounding than normalised levels
@@ -142,9 +147,9 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
         # enlarging takes 2 taps and shrinking by less than 2x (nearly every crop, after
         # the decoder's DCT scaling) at most 3: those two get the vector loop
         if kx == 2:
-            _vector_columns(row, columns, weights, 2, line, out_w, flip, mul, add)
+            _vector_columns(row, pair_columns, pair_weights, 2, line, out_w, mul, add)
         elif kx == 3:
-            _vector_columns(row, columns, weights, 3, line, out_w, flip, mul, add)
+            _vector_columns(row, pair_columns, pair_weights, 3, line, out_w, mul, add)
         else:
             _columns(row, columns, weights, kx, line, out_w, flip, plain, mul, add)
 
@@ -197,90 +202,124 @@ def _holds_levels_compiled(out):
 
 
 @njit(fastmath=True, nogil=True, inline='always')
-def _vector_columns(row, columns, weights, kx, line, out_w, flip, mul, add):
-    """The horizontal pass of one row for ``kx`` = 2 or 3, one pixel (3 channels and a
-    spare lane) per vector operation, output written left to right."""
+def _vector_layout(columns, weights, kx, out_w, flip, free):
+    """The taps of :func:`_vector_columns`: per output pixel in the order it is
+    written (mirrored when ``flip``; a last, odd pixel padded with a copy), its first
+    source offset, and per pair of pixels and tap 8 weights (4 lanes for each pixel),
+    taken from ``columns`` and ``weights`` (``kx`` per column) and stored in the
+    second half of ``columns`` and in ``free``."""
+    pairs = (out_w + 1) // 2
+    pair_columns = columns[out_w:out_w + 2 * pairs]
+    pair_weights = free[:pairs * kx * 8]
+    for d in range(2 * pairs):
+        x = min(d, out_w - 1)
+        if flip:
+            x = out_w - 1 - x
+        pair_columns[d] = columns[x]
+        for t in range(kx):
+            at = ((d // 2) * kx + t) * 8 + (d % 2) * 4
+            for lane in range(4):
+                pair_weights[at + lane] = weights[x * kx + t]
+    return pair_columns, pair_weights
+
+
+@njit(fastmath=True, nogil=True, inline='always')
+def _vector_columns(row, pair_columns, pair_weights, kx, line, out_w, mul, add):
+    """The horizontal pass of one row for ``kx`` = 2 or 3 taps, two output pixels per
+    vector operation (:func:`_vector_layout` holds their taps), written left to
+    right."""
     m0, m1, m2 = np.float32(mul[0]), np.float32(mul[1]), np.float32(mul[2])
     a0, a1, a2 = np.float32(add[0]), np.float32(add[1]), np.float32(add[2])
-    # each 4-lane store also writes the next pixel's first channel, which the next
-    # pixel then overwrites; the row's last pixel stores 3 lanes
-    last = out_w - 1
-    for d in range(out_w):
-        x = last - d if flip else d
+    for pair in range((out_w + 1) // 2):
+        d = 2 * pair
+        # an 8-lane store also writes 2 values of the next pixels, which they then
+        # overwrite; at the row's end only the values of the row are stored
+        left = 3 * (out_w - d)
+        count = 8 if left >= 8 else left
         if kx == 2:
-            _pixel2(line, _U(3 * d), row, columns[x], weights, _U(2 * x),
-                    m0, m1, m2, a0, a1, a2, d < last)
+            _pair2(line, _U(3 * d), row, pair_columns[d], pair_columns[d + 1], pair_weights,
+                   _U(16 * pair), m0, m1, m2, a0, a1, a2, count)
         else:
-            _pixel3(line, _U(3 * d), row, columns[x], weights, _U(3 * x),
-                    m0, m1, m2, a0, a1, a2, d < last)
+            _pair3(line, _U(3 * d), row, pair_columns[d], pair_columns[d + 1], pair_weights,
+                   _U(24 * pair), m0, m1, m2, a0, a1, a2, count)
 
 
 _I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
-_V4F, _V4I = ir.VectorType(_F32, 4), ir.VectorType(_I32, 4)
+_V4F, _V8F, _V8I = ir.VectorType(_F32, 4), ir.VectorType(_F32, 8), ir.VectorType(_I32, 8)
 
 
-def _pixel_intrinsic(kx: int):
-    """A numba intrinsic storing one output pixel of the horizontal pass with ``kx``
-    taps into ``line[d:d + 3]`` (4 lanes when ``wide``): the level (uint8 ``line``) or
-    level * (m0, m1, m2) + (a0, a1, a2) (float32), level = the taps' weighted sum of
-    the RGB triples ``row[b + 3t:b + 3t + 3]`` (weights ``weights[i + t]``) rounded to
-    a whole grey level.
+def _pair_intrinsic(kx: int):
+    """A numba intrinsic storing two output pixels of the horizontal pass with ``kx``
+    taps into ``line[d:d + 6]`` (8 lanes when ``count`` is 8, else the first
+    ``count``): for each, the level (uint8 ``line``) or level * (m0, m1, m2) + (a0,
+    a1, a2) (float32), level = the taps' weighted sum of the RGB triples
+    ``row[b + 3t:b + 3t + 3]`` (``b`` = ``b0``, ``b1``), rounded to a whole grey level;
+    tap ``t``'s weights are the 8 floats ``weights[i + 8t:]``, 4 per pixel.
 
     Written as LLVM vector code because numba leaves LLVM's SLP vectoriser off, so
-    the same loop in numba computes the three channels one at a time: 1.2-1.34x
-    slower per resize (BENCHMARKS.md, issue 14.2). Each tap loads 4 floats, the
-    triple and the next pixel's first channel (the row's scratch always holds one
-    more float); that lane is zeroed before rounding. The level is ``sum + 1/2``
-    truncated: the sums are never negative, so truncating rounds them."""
+    the same loop in numba computes the channels one at a time: 1.5-1.7x slower per
+    resize (BENCHMARKS.md, issue 14.2). Each tap loads 4 floats per pixel, its triple
+    and the next pixel's first channel (the row's scratch always holds one more
+    float), which is dropped. The level is ``sum + 1/2`` truncated: the sums are never
+    negative, so truncating rounds them."""
 
     @intrinsic
-    def pixel(typingctx, line, d, row, b, weights, i, m0, m1, m2, a0, a1, a2, wide):
-        sig = types.void(line, d, row, b, weights, i, m0, m1, m2, a0, a1, a2, wide)
+    def pair(typingctx, line, d, row, b0, b1, weights, i, m0, m1, m2, a0, a1, a2, count):
+        sig = types.void(line, d, row, b0, b1, weights, i, m0, m1, m2, a0, a1, a2, count)
 
         def codegen(context, builder, signature, args):
-            line_v, d_v, row_v, b_v, weights_v, i_v, *ma, wide_v = args
+            line_v, d_v, row_v, b0_v, b1_v, weights_v, i_v, *ma, count_v = args
 
             def data(ty, value):
                 return context.make_array(ty)(context, builder, value).data
 
+            def load(pointer, index, vector_type):
+                at = builder.gep(pointer, [builder.add(index[0], ir.Constant(_I64, index[1]))])
+                return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=4)
+
             def lanes(values):
-                vector = ir.Constant(_V4F, [0.0] * 4)
+                vector = ir.Constant(_V8F, [0.0] * 8)
                 for lane, value in enumerate(values):
                     vector = builder.insert_element(vector, value, ir.Constant(_I32, lane))
                 return vector
 
             row_p, weights_p = data(row, row_v), data(weights, weights_v)
             fast = ('fast',)
+            both = ir.Constant(_V8I, list(range(8)))
             total = None
             for t in range(kx):
-                w = builder.load(builder.gep(weights_p, [builder.add(i_v, ir.Constant(_I64, t))]))
-                at = builder.gep(row_p, [builder.add(b_v, ir.Constant(_I64, 3 * t))])
-                term = builder.fmul(builder.load(builder.bitcast(at, _V4F.as_pointer()), align=4),
-                                    lanes([w] * 4), flags=fast)
+                taps = builder.shuffle_vector(load(row_p, (b0_v, 3 * t), _V4F),
+                                              load(row_p, (b1_v, 3 * t), _V4F), both)
+                term = builder.fmul(taps, load(weights_p, (i_v, 8 * t), _V8F), flags=fast)
                 total = term if total is None else builder.fadd(total, term, flags=fast)
-            total = builder.shuffle_vector(total, ir.Constant(_V4F, [0.0] * 4),
-                                           ir.Constant(_V4I, [0, 1, 2, 4]))
-            half = lanes([ir.Constant(_F32, 0.5)] * 4)
-            level = builder.fptosi(builder.fadd(total, half), _V4I)
+            half = lanes([ir.Constant(_F32, 0.5)] * 8)
+            level = builder.fptosi(builder.fadd(total, half), _V8I)
+            # the two triples side by side, the 4th lanes dropped, zeros after them
+            level = builder.shuffle_vector(level, ir.Constant(_V8I, [0] * 8),
+                                           ir.Constant(_V8I, [0, 1, 2, 4, 5, 6, 8, 8]))
             if line.dtype == types.uint8:
-                value = builder.trunc(level, ir.VectorType(ir.IntType(8), 4))
+                value = builder.trunc(level, ir.VectorType(ir.IntType(8), 8))
             else:
-                value = builder.fadd(builder.fmul(builder.sitofp(level, _V4F), lanes(ma[:3])),
-                                     lanes(ma[3:]))
+                value = builder.fadd(builder.fmul(builder.sitofp(level, _V8F),
+                                                  lanes(ma[:3] * 2), flags=fast),
+                                     lanes(ma[3:] * 2), flags=fast)
             out = builder.gep(data(line, line_v), [d_v])
-            is_wide = builder.icmp_unsigned('!=', wide_v, ir.Constant(wide_v.type, 0))
-            with builder.if_else(is_wide) as (four, three):
-                with four:
+            count = builder.sext(count_v, _I64) if count_v.type.width < 64 else count_v
+            is_wide = builder.icmp_signed('==', count, ir.Constant(count.type, 8))
+            with builder.if_else(is_wide) as (wide, narrow):
+                with wide:
                     builder.store(value, builder.bitcast(out, value.type.as_pointer()), align=1)
-                with three:
-                    for lane in range(3):
-                        builder.store(builder.extract_element(value, ir.Constant(_I32, lane)),
-                                      builder.gep(out, [ir.Constant(_I64, lane)]))
+                with narrow:
+                    for lane in range(6):
+                        inside = builder.icmp_signed('>', count, ir.Constant(count.type, lane))
+                        with builder.if_then(inside):
+                            builder.store(builder.extract_element(value, ir.Constant(_I32, lane)),
+                                          builder.gep(out, [ir.Constant(_I64, lane)]))
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return pixel
+    return pair
 
 
-_pixel2, _pixel3 = _pixel_intrinsic(2), _pixel_intrinsic(3)
+_pair2, _pair3 = _pair_intrinsic(2), _pair_intrinsic(3)
