@@ -447,3 +447,20 @@ def test_leaving_endless_batches_ends_a_thread_that_decoded_its_whole_epoch(beto
     worker.start()
     worker.join(timeout=120)
     assert finished == [True], 'leaving endless_batches waits forever for the thread'
+
+
+def test_a_new_centre_ratio_takes_effect_at_the_next_epoch(betons):
+    """The decoder hands ffcv the same code while its settings stay (it is asked for
+    code every epoch); a changed ratio must still give new code, and new crops."""
+    def first_batch(loader):
+        return next(iter(loader))[0].clone()
+    loader = val_loader(betons[1], batch_size=8, resolution=32, num_workers=2,
+                        center_ratio=1.0)
+    whole = first_batch(loader)
+    assert torch.equal(first_batch(loader), whole)
+    loader.center_ratio = 0.5
+    half = first_batch(loader)
+    fresh = val_loader(betons[1], batch_size=8, resolution=32, num_workers=2,
+                       center_ratio=0.5)
+    assert not torch.equal(half, whole)
+    assert torch.equal(half, first_batch(fresh))
