@@ -19,8 +19,7 @@
 # The tests run from a copy of the checkout without ffcv_imagenet/, so that they import
 # the installed package (the checkout's sources lack the compiled extension).
 set -uo pipefail
-OUT=${1:?usage: $0 OUT_DIR}
-mkdir -p "$OUT"
+mkdir -p "${1:?usage: $0 OUT_DIR}" && OUT=$(cd "$1" && pwd)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${GPU_CHECK_WORK:-/tmp/gpu_node_check}
 PY=${PYTHON:-python3}
@@ -35,10 +34,16 @@ stamp() { echo "== $* (t=$((SECONDS - T0)) s)"; }
     stamp install
     # the documented way first (into the node's environment); a read-only environment
     # falls back to a target folder
-    if ! "$PY" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" ffcv_imagenet; then
+    # (then reinstalled: a rebuilt wheel keeps its version, which pip would skip on a
+    # machine kept warm between two runs)
+    rm -rf "$WORK/site"
+    if "$PY" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" ffcv_imagenet; then
+        "$PY" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" --no-deps \
+            --force-reinstall ffcv_imagenet
+    else
         stamp "install into the environment failed; --target $WORK/site"
         "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" \
-            "$ROOT"/wheelhouse/{ffcv,fastargs,ffcv_imagenet,terminaltables}-*.whl || exit 1
+            "$ROOT"/wheelhouse/{ffcv,fastargs,ffcv_imagenet,terminaltables}-*.whl
         export PYTHONPATH=$WORK/site
     fi
     stamp environment
@@ -47,42 +52,59 @@ stamp() { echo "== $* (t=$((SECONDS - T0)) s)"; }
     "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|numpy|numba|ffcv|fastargs|opencv|pytest)'
     "$PY" -c 'import ffcv_imagenet.data.jpeg_region as j, ffcv; print("imports ok", j.__file__)'
 } > "$OUT/env.txt" 2>&1 || { echo "install failed: see env.txt"; cat "$OUT/env.txt"; exit 1; }
-[[ -n ${PYTHONPATH:-} ]] || [[ ! -d $WORK/site ]] || export PYTHONPATH=$WORK/site
 tail -n 4 "$OUT/env.txt"
 
 check() {  # check NAME SECONDS ARGS...: gpu-check into $WORK/NAME sharing the data
     local name=$1 limit=$2; shift 2
     mkdir -p "$WORK/$name"
     [[ $name == data || -e $WORK/$name/data ]] || ln -s "$WORK/data/data" "$WORK/$name/data"
-    timeout "$limit" "$PY" -m ffcv_imagenet gpu-check --out "$WORK/$name" "$@"
+    # (-k: a hung child, torchrun say, would hold the GPU into the next phase)
+    timeout -k 15 "$limit" "$PY" -m ffcv_imagenet gpu-check --out "$WORK/$name" "$@"
     local rc=$?
     cp "$WORK/$name/gpu_check.json" "$OUT/$name.json" 2>/dev/null
     [[ $name == speed ]] && cp "$WORK/$name/gpu_check.md" "$OUT/speed.md" 2>/dev/null
     stamp "$name exit $rc"
+    return "$rc"
 }
 
 cd "$WORK/.." 2>/dev/null || cd /tmp
-stamp data; check data 90 --skip cuda-tests crops training speed > "$OUT/data.log" 2>&1
+stamp data
+# (the later phases would otherwise each write the data at once, into one folder)
+check data 90 --skip cuda-tests crops training speed > "$OUT/data.log" 2>&1 \
+    || { tail -n 20 "$OUT/data.log"; exit 1; }
 tail -n 2 "$OUT/data.log"
 
 # the checkout without its package sources (tests read files at its root at collection)
 rm -rf "$WORK/clone" && mkdir -p "$WORK/clone"
-tar -C "$ROOT" --exclude=./.git --exclude=./ffcv_imagenet --exclude=./wheelhouse -cf - . \
-    | tar -C "$WORK/clone" -xf -
+tar -C "$ROOT" --exclude=./.git --exclude=./ffcv_imagenet --exclude=./wheelhouse \
+    --exclude='./.venv*' --exclude=./.wheels --exclude=./data -cf - . | tar -C "$WORK/clone" -xf -
 wants() { [[ " $PHASES " == *" $1 "* ]]; }
-wants tests && (
-    check tests 100 --skip training speed --tests "$WORK/clone/tests"
-    [[ $BROAD_TESTS == 1 ]] || exit 0
-    stamp "test files with CUDA present"
-    cd "$WORK/clone" && timeout 120 "$PY" -m pytest -q -ra -p no:cacheprovider -m 'not slow' \
-        -n 4 tests/test_loaders.py tests/test_ffcv_loader.py tests/test_gpu_paths.py \
-        tests/test_trainer.py 2>&1 | tail -n 40
-    stamp "tests done"
-) > "$OUT/tests.log" 2>&1 &
-wants train && ( check train 220 --skip cuda-tests crops speed ) > "$OUT/train.log" 2>&1 &
-wait
+failed=0
+jobs_started=()
+if wants tests; then
+    (
+        check tests 100 --skip training speed --tests "$WORK/clone/tests"; rc=$?
+        [[ $BROAD_TESTS == 1 ]] || exit $rc
+        stamp "test files with CUDA present"
+        cd "$WORK/clone" && timeout -k 15 120 "$PY" -m pytest -q -ra -p no:cacheprovider \
+            -m 'not slow' -n 4 tests/test_loaders.py tests/test_ffcv_loader.py \
+            tests/test_gpu_paths.py tests/test_trainer.py 2>&1 | tail -n 40
+        (( rc == 0 && PIPESTATUS[0] == 0 )) || rc=1
+        stamp "tests done"
+        exit $rc
+    ) > "$OUT/tests.log" 2>&1 &
+    jobs_started+=($!)
+fi
+if wants train; then
+    check train 220 --skip cuda-tests crops speed > "$OUT/train.log" 2>&1 &
+    jobs_started+=($!)
+fi
+for job in "${jobs_started[@]}"; do wait "$job" || failed=1; done
 grep -h '^\[' "$OUT"/{tests,train}.log 2>/dev/null
-wants speed || { stamp end; exit 0; }
-stamp speed; check speed 250 --skip cuda-tests crops training > "$OUT/speed.log" 2>&1
-cat "$OUT/speed.log"; cat "$OUT/speed.md" 2>/dev/null
-stamp end
+if wants speed; then
+    stamp speed
+    check speed 250 --skip cuda-tests crops training > "$OUT/speed.log" 2>&1 || failed=1
+    cat "$OUT/speed.log"; cat "$OUT/speed.md" 2>/dev/null
+fi
+stamp "end ($( ((failed)) && echo 'a phase FAILED' || echo 'every phase passed'))"
+exit $failed

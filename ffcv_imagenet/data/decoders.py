@@ -128,8 +128,9 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         # 500-image val epoch. The same loader (its reader) and settings get the
         # function made before; a new loader gets its own (no dispatcher is shared
         # between two loaders' threads).
-        settings = (Compiler.is_enabled, self.random_crop, self.flip, self.scale.tobytes(),
-                    repr(self.ratio), self.normalize)
+        settings = (Compiler.is_enabled, Compiler.get_iterator(), self.random_crop,
+                    self.flip, self.scale.tobytes(), np.asarray(self.ratio).tobytes(),
+                    self.normalize)
         made = self._made
         if made is None or made[0] is not self.memory_read or made[1] != settings:
             made = self._made = (self.memory_read, settings, self._decode_function())

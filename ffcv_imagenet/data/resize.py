@@ -70,7 +70,9 @@ def scratch_sizes(max_height: int, max_width: int, out_h: int, out_w: int
     images up to ``max_height`` x ``max_width`` pixels resized to ``out_h`` x ``out_w``."""
     del max_height, out_h  # the vertical taps are computed row by row
     taps_per_column = max_width // max(out_w, 1) + 3
-    # 2-3 taps also take the vector loop's copy: 4 lanes per tap, in pairs of columns
+    # 2-3 taps also take the vector loop's copy: 4 lanes per tap, in pairs of columns.
+    # The weights follow the row, so the vector loop's read of one float past the row
+    # stays inside the scratch.
     return max_width * 3 + out_w * max(taps_per_column, 15) + 24, 2 * out_w + 2
 
 
@@ -127,8 +129,8 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
         pair_columns, pair_weights = _vector_layout(columns, weights, kx, out_w, flip,
                                                     scratch[n + out_w * kx:])
     out_flat = out.reshape(-1)
-    # the levels themselves (uint8 output, or float output left unnormalised) take a
-    # cheaper rounding than normalised levels
+    # (the loop for 4 or more taps) the levels themselves (uint8 output, or float
+    # output left unnormalised) take a cheaper rounding than normalised levels
     plain = _holds_levels(out) or (mul[0] == 1 and mul[1] == 1 and mul[2] == 1
                                    and add[0] == 0 and add[1] == 0 and add[2] == 0)
     for y in range(out_h):
@@ -259,12 +261,20 @@ def _pair_intrinsic(kx: int):
     Written as LLVM vector code because numba leaves LLVM's SLP vectoriser off, so
     the same loop in numba computes the channels one at a time: 1.5-1.7x slower per
     resize (BENCHMARKS.md, issue 14.2). Each tap loads 4 floats per pixel, its triple
-    and the next pixel's first channel (the row's scratch always holds one more
-    float), which is dropped. The level is ``sum + 1/2`` truncated: the sums are never
+    and the next pixel's first channel, which is dropped: past the row's last pixel
+    that is the first of the weights, which follow the row in the scratch memory. The level is ``sum + 1/2`` truncated: the sums are never
     negative, so truncating rounds them."""
 
     @intrinsic
     def pair(typingctx, line, d, row, b0, b1, weights, i, m0, m1, m2, a0, a1, a2, count):
+        # the code below is for these types only: others get numba's typing error
+        if not (isinstance(line, types.Array) and line.dtype in (types.uint8, types.float32)
+                and all(isinstance(a, types.Array) and a.dtype == types.float32
+                        for a in (row, weights))
+                and all(isinstance(v, types.Integer) for v in (d, b0, b1, i))
+                and all(v == types.float32 for v in (m0, m1, m2, a0, a1, a2))
+                and isinstance(count, types.Integer) and count.signed):
+            return None
         sig = types.void(line, d, row, b0, b1, weights, i, m0, m1, m2, a0, a1, a2, count)
 
         def codegen(context, builder, signature, args):
