@@ -67,7 +67,6 @@ check() {  # check NAME SECONDS ARGS...: gpu-check into $WORK/NAME sharing the d
     return "$rc"
 }
 
-cd "$WORK/.." 2>/dev/null || cd /tmp
 stamp data
 # (the later phases would otherwise each write the data at once, into one folder)
 check data 90 --skip cuda-tests crops training speed > "$OUT/data.log" 2>&1 \

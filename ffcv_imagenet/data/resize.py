@@ -238,12 +238,13 @@ def _vector_columns(row, pair_columns, pair_weights, kx, line, out_w, mul, add):
         # overwrite; at the row's end only the values of the row are stored
         left = 3 * (out_w - d)
         count = 8 if left >= 8 else left
+        # (one call per tap count: an intrinsic's code is chosen when numba compiles)
         if kx == 2:
             _pair2(line, _U(3 * d), row, pair_columns[d], pair_columns[d + 1], pair_weights,
-                   _U(16 * pair), m0, m1, m2, a0, a1, a2, count)
+                   _U(8 * kx * pair), m0, m1, m2, a0, a1, a2, count)
         else:
             _pair3(line, _U(3 * d), row, pair_columns[d], pair_columns[d + 1], pair_weights,
-                   _U(24 * pair), m0, m1, m2, a0, a1, a2, count)
+                   _U(8 * kx * pair), m0, m1, m2, a0, a1, a2, count)
 
 
 _I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -262,8 +263,9 @@ def _pair_intrinsic(kx: int):
     the same loop in numba computes the channels one at a time: 1.5-1.7x slower per
     resize (BENCHMARKS.md, issue 14.2). Each tap loads 4 floats per pixel, its triple
     and the next pixel's first channel, which is dropped: past the row's last pixel
-    that is the first of the weights, which follow the row in the scratch memory. The level is ``sum + 1/2`` truncated: the sums are never
-    negative, so truncating rounds them."""
+    that is the first of the weights, which follow the row in the scratch memory.
+    The level is ``sum + 1/2`` truncated: the sums are never negative, so truncating
+    rounds them."""
 
     @intrinsic
     def pair(typingctx, line, d, row, b0, b1, weights, i, m0, m1, m2, a0, a1, a2, count):
