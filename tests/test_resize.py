@@ -3,6 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
+from numba import njit
+
+from ffcv_imagenet.data import resize as resize_module
+from ffcv_imagenet.data import resize_vector
 from ffcv_imagenet.data.resize import resize_crop_area, resize_kernel, scratch_sizes
 
 ONE, ZERO = (np.full(3, v, np.float32) for v in (1.0, 0.0))
@@ -134,16 +138,17 @@ def test_each_pipeline_gets_its_own_kernel_whose_machine_code_comes_from_disk():
 
 
 @pytest.mark.parametrize('dtype', [np.uint8, np.float32])
-@pytest.mark.parametrize('crop', [(60, 70), (150, 170)])  # 2 and 3 taps: the vector loop
+# 2 and 3 taps (the vector loops), and 3 taps spread so wide that a block takes 4 pixels
+@pytest.mark.parametrize('crop', [(60, 70), (150, 170), (150, 210)])
 @pytest.mark.parametrize('flip', [False, True])
 @pytest.mark.parametrize('out_w', [112, 111])  # the row ends in a pair, or in one pixel
 def test_the_vector_loop_writes_nothing_past_the_image(dtype, crop, flip, out_w):
-    """Its 8-lane stores reach two values into the next pixel: the row's last pixels
-    must store only theirs, or the values after the image (the next image of the
-    batch) change."""
-    image = smooth_image(200, 180, seed=5)
+    """Their stores reach values of the next pixels (8 lanes for 6 values, 16 for 12
+    or 15): the row's last pixels must store only theirs, or the values after the
+    image (the next image of the batch) change."""
+    image = smooth_image(200, 240, seed=5)
     out_h = 96
-    floats, indices = scratch_sizes(200, 180, out_h, out_w)
+    floats, indices = scratch_sizes(200, 240, out_h, out_w)
     memory = np.full(out_h * out_w * 3 + 4, 77, dtype)
     out = memory[:-4].reshape(out_h, out_w, 3)
     resize_crop_area(image, 5, 2, *crop, out, flip, ONE, ZERO,
@@ -151,3 +156,62 @@ def test_the_vector_loop_writes_nothing_past_the_image(dtype, crop, flip, out_w)
     assert (memory[-4:] == 77).all()
     np.testing.assert_array_equal(out, resize(image, 5, 2, *crop, out_h, out_w, dtype=dtype,
                                               flip=flip))
+
+
+@pytest.mark.slow
+def test_the_block_and_pair_loops_and_emulated_permutes_give_the_same_pixels(monkeypatch):
+    """The horizontal pass for 2-3 taps has two vector loops: blocks of 4-5 pixels
+    (AVX-512 permutes) and pairs (every other CPU). Each is compiled here as the
+    resize would be on such a CPU, and the block loop once more with its permutes
+    computed lane by lane (the code LLVM gets where AVX-512 is missing); all must
+    give the scalar loop's pixels, over enlarging, 1.1-1.9x shrinking and flips."""
+    def compiled(blocks: bool, native_permutes: bool):
+        # numba reads these module constants when it compiles, on the first call
+        monkeypatch.setattr(resize_module, 'WIDE_PERMUTE', blocks)
+        monkeypatch.setattr(resize_vector, 'WIDE_PERMUTE', native_permutes)
+        kernel = njit(fastmath=True, nogil=True)(resize_crop_area.py_func)
+        for dtype in (np.uint8, np.float32):
+            resize(smooth_image(8, 8), 0, 0, 8, 8, 4, 4, dtype=dtype, kernel=kernel)
+        return kernel
+
+    native = resize_vector.has_wide_permute()
+    kernels = {'pairs': compiled(False, native), 'emulated blocks': compiled(True, False)}
+    if native:
+        kernels['blocks'] = compiled(True, True)
+    image = smooth_image(260, 300, seed=7)
+    mul = np.array([1 / 50, 1 / 60, 1 / 70], np.float32)
+    add = np.array([-2.0, -1.5, -1.0], np.float32)
+    for crop_w in (37, 100, 150, 190, 212):  # over 111 or 112 pixels: 0.33-1.91x
+        for out_w in (111, 112):
+            for flip in (False, True):
+                for dtype, scale, shift in ((np.uint8, ONE, ZERO), (np.float32, mul, add)):
+                    results = {name: resize(image, 3, 5, 150, crop_w, 90, out_w, dtype=dtype,
+                                            flip=flip, mul=scale, add=shift, kernel=kernel)
+                               for name, kernel in kernels.items()}
+                    for name, got in results.items():
+                        np.testing.assert_array_equal(got, results['pairs'], err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_change_in_the_vector_code_compiles_the_resize_anew(monkeypatch, tmp_path):
+    """numba's on-disk cache checks only the cached function's own file, and the
+    vector code is inlined from another: its hash, in the kernel's closure, keeps
+    machine code built from an older resize_vector.py from being loaded."""
+    import hashlib
+    from pathlib import Path
+    monkeypatch.setattr('numba.config.CACHE_DIR', str(tmp_path))
+    image = smooth_image(40, 40, seed=4)
+
+    def cached(version: str):
+        kernel = njit(fastmath=True, nogil=True, cache=True)(
+            resize_module._kernel_keyed_to(version))
+        resize(image, 0, 0, 30, 30, 20, 20, kernel=kernel)
+        return kernel.stats
+
+    assert cached('one version').cache_misses
+    assert cached('one version').cache_hits
+    other = cached('another version')
+    assert other.cache_misses and not other.cache_hits
+    source = Path(resize_vector.__file__).read_bytes()
+    contents = [cell.cell_contents for cell in resize_kernel().py_func.__closure__]
+    assert contents == [hashlib.sha256(source).hexdigest()]

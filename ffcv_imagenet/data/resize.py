@@ -10,8 +10,8 @@ separable passes that LLVM can vectorise:
   whole crop width (contiguous, SIMD);
 * horizontal: each output pixel is a weighted sum of the 2-3 row pixels under it,
   written to its flipped place when flipping, rounded to a whole grey level, then
-  ``level * mul + add`` per channel (float output: normalisation); for 2-3 taps two
-  output pixels at a time, in vector code written for LLVM directly.
+  ``level * mul + add`` per channel (float output: normalisation); for 2-3 taps 2-5
+  output pixels at a time, in vector code written for LLVM (:mod:`.resize_vector`).
 
 The filter is a box: output pixel ``i`` of an axis covers source ``[i * s, (i + 1) * s)``
 of the crop (``s`` = crop / output length) and each source pixel weighs by its overlap.
@@ -24,11 +24,17 @@ Float output is the rounded levels normalised, as uint8 output normalised later 
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 from ffcv.pipeline.compiler import Compiler
+
+from . import resize_vector
+from .resize_vector import (WIDE_PERMUTE, block_layout, block_pass, pair_layout,
+                            pair_pass)
 
 # every index below is unsigned, so numba emits no negative-index wraparound checks
 # (with them, the row loop does not vectorise and runs ~15x slower)
@@ -70,10 +76,11 @@ def scratch_sizes(max_height: int, max_width: int, out_h: int, out_w: int
     images up to ``max_height`` x ``max_width`` pixels resized to ``out_h`` x ``out_w``."""
     del max_height, out_h  # the vertical taps are computed row by row
     taps_per_column = max_width // max(out_w, 1) + 3
-    # 2-3 taps also take the vector loop's copy: 4 lanes per tap, in pairs of columns.
-    # The weights follow the row, so the vector loop's read of one float past the row
-    # stays inside the scratch.
-    return max_width * 3 + out_w * max(taps_per_column, 15) + 24, 2 * out_w + 2
+    # 2-3 taps also take a vector loop's layout: 3 x 16 weights and 16 byte indices
+    # per block of 4-5 pixels, or 3 x 8 weights per pair. The layout follows the row,
+    # so that the vector loops' reads past the row's end (under 32 floats) stay inside
+    # the scratch.
+    return max_width * 3 + out_w * max(taps_per_column, 16) + 48, 2 * out_w + 2
 
 
 def resize_kernel():
@@ -85,10 +92,26 @@ def resize_kernel():
     (``Compiler.set_enabled(False)``, for debugging) it is plain Python."""
     if not Compiler.is_enabled:
         return resize_crop_area.py_func
+    kernel = _kernel_keyed_to(_VECTOR_CODE)
     try:
-        return njit(fastmath=True, nogil=True, cache=True)(resize_crop_area.py_func)
+        return njit(fastmath=True, nogil=True, cache=True)(kernel)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return njit(fastmath=True, nogil=True)(resize_crop_area.py_func)
+        return njit(fastmath=True, nogil=True)(kernel)
+
+
+# numba's cache is valid while this file is unchanged, and keys on the bytecode and the
+# closure of the function it caches; the vector code it inlines lives in another file,
+# whose hash is therefore put in the cached function's closure
+_VECTOR_CODE = hashlib.sha256(Path(resize_vector.__file__).read_bytes()).hexdigest()
+
+
+def _kernel_keyed_to(vector_code: str):
+    """:func:`resize_crop_area` as a function whose closure holds ``vector_code``."""
+    def kernel(image, top, left, crop_h, crop_w, out, flip, mul, add, scratch, columns):
+        vector_code  # noqa: B018 (in the closure: part of numba's cache key)
+        resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
+                         scratch, columns)
+    return kernel
 
 
 @njit(fastmath=True, nogil=True, inline='always')
@@ -125,9 +148,18 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
         columns[x] = _U(first * 3)
         for t in range(kx):
             weights[x * kx + t] = _weight(first + t, x, sx)
+    # 2-3 taps take a vector loop: blocks of 5 (or 4) pixels where AVX-512 exists and
+    # their taps fit its permutes, else pairs
+    block_pixels = 0
     if kx == 2 or kx == 3:
-        pair_columns, pair_weights = _vector_layout(columns, weights, kx, out_w, flip,
-                                                    scratch[n + out_w * kx:])
+        free = scratch[n + out_w * kx:]
+        bases = columns[out_w:]
+        if WIDE_PERMUTE and block_layout(columns, weights, kx, out_w, flip, bases, free, 5):
+            block_pixels = 5
+        elif WIDE_PERMUTE and block_layout(columns, weights, kx, out_w, flip, bases, free, 4):
+            block_pixels = 4
+        else:
+            pair_columns, pair_weights = pair_layout(columns, weights, kx, out_w, flip, free)
     out_flat = out.reshape(-1)
     # (the loop for 4 or more taps) the levels themselves (uint8 output, or float
     # output left unnormalised) take a cheaper rounding than normalised levels
@@ -136,24 +168,55 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
     for y in range(out_h):
         first, count = _taps(y, sy, crop_h)
         base = _U((top + first) * stride + left * 3)
-        w = np.float32(_weight(first, y, sy))
-        src = flat[base:base + _U(n)]
-        for k in range(n):
-            row[k] = w * src[k]
-        for t in range(1, count):
-            w = np.float32(_weight(first + t, y, sy))
-            src = flat[base + _U(t * stride):base + _U(t * stride + n)]
+        # shrinking by less than 2x (after the decoder's DCT scaling, nearly every
+        # crop) an output row takes at most 3 source rows, summed in one pass
+        if count <= 3:
+            _vertical_taps(row, flat, base, _U(stride), n, first, count, y, sy)
+        else:
+            w = np.float32(_weight(first, y, sy))
+            src = flat[base:base + _U(n)]
             for k in range(n):
-                row[k] += w * src[k]
+                row[k] = w * src[k]
+            for t in range(1, count):
+                w = np.float32(_weight(first + t, y, sy))
+                src = flat[base + _U(t * stride):base + _U(t * stride + n)]
+                for k in range(n):
+                    row[k] += w * src[k]
         line = out_flat[_U(y * out_w * 3):_U((y + 1) * out_w * 3)]
         # enlarging takes 2 taps and shrinking by less than 2x (nearly every crop, after
         # the decoder's DCT scaling) at most 3: those two get the vector loop
-        if kx == 2:
-            _vector_columns(row, pair_columns, pair_weights, 2, line, out_w, mul, add)
+        if block_pixels != 0:
+            block_pass(row, bases, free, kx, block_pixels, line, out_w, mul, add)
+        elif kx == 2:
+            pair_pass(row, pair_columns, pair_weights, 2, line, out_w, mul, add)
         elif kx == 3:
-            _vector_columns(row, pair_columns, pair_weights, 3, line, out_w, mul, add)
+            pair_pass(row, pair_columns, pair_weights, 3, line, out_w, mul, add)
         else:
             _columns(row, columns, weights, kx, line, out_w, flip, plain, mul, add)
+
+
+@njit(fastmath=True, nogil=True, inline='always')
+def _vertical_taps(row, flat, base, stride, n, first, count, y, sy):
+    """``row`` = output row ``y``'s ``count`` (1-3) vertical taps: source rows from
+    ``first`` on, the first at ``flat[base:base + n]``, the next ``stride`` further
+    each. One pass over the row, with the sums in the order of the general loop (the
+    same floats)."""
+    w0 = np.float32(_weight(first, y, sy))
+    s0 = flat[base:base + _U(n)]
+    if count == 1:
+        for k in range(n):
+            row[k] = w0 * s0[k]
+        return
+    w1 = np.float32(_weight(first + 1, y, sy))
+    s1 = flat[base + stride:base + stride + _U(n)]
+    if count == 2:
+        for k in range(n):
+            row[k] = w0 * s0[k] + w1 * s1[k]
+        return
+    w2 = np.float32(_weight(first + 2, y, sy))
+    s2 = flat[base + 2 * stride:base + 2 * stride + _U(n)]
+    for k in range(n):
+        row[k] = w0 * s0[k] + w1 * s1[k] + w2 * s2[k]
 
 
 @njit(fastmath=True, nogil=True, inline='always')
@@ -201,137 +264,3 @@ def _holds_levels(out) -> bool:
 def _holds_levels_compiled(out):
     levels = out.dtype == types.uint8
     return lambda out: levels
-
-
-@njit(fastmath=True, nogil=True, inline='always')
-def _vector_layout(columns, weights, kx, out_w, flip, free):
-    """The taps of :func:`_vector_columns`: per output pixel in the order it is
-    written (mirrored when ``flip``; a last, odd pixel padded with a copy), its first
-    source offset, and per pair of pixels and tap 8 weights (4 lanes for each pixel),
-    taken from ``columns`` and ``weights`` (``kx`` per column) and stored in the
-    second half of ``columns`` and in ``free``."""
-    pairs = (out_w + 1) // 2
-    pair_columns = columns[out_w:out_w + 2 * pairs]
-    pair_weights = free[:pairs * kx * 8]
-    for d in range(2 * pairs):
-        x = min(d, out_w - 1)
-        if flip:
-            x = out_w - 1 - x
-        pair_columns[d] = columns[x]
-        for t in range(kx):
-            at = ((d // 2) * kx + t) * 8 + (d % 2) * 4
-            for lane in range(4):
-                pair_weights[at + lane] = weights[x * kx + t]
-    return pair_columns, pair_weights
-
-
-@njit(fastmath=True, nogil=True, inline='always')
-def _vector_columns(row, pair_columns, pair_weights, kx, line, out_w, mul, add):
-    """The horizontal pass of one row for ``kx`` = 2 or 3 taps, two output pixels per
-    vector operation (:func:`_vector_layout` holds their taps), written left to
-    right."""
-    m0, m1, m2 = np.float32(mul[0]), np.float32(mul[1]), np.float32(mul[2])
-    a0, a1, a2 = np.float32(add[0]), np.float32(add[1]), np.float32(add[2])
-    for pair in range((out_w + 1) // 2):
-        d = 2 * pair
-        # an 8-lane store also writes 2 values of the next pixels, which they then
-        # overwrite; at the row's end only the values of the row are stored
-        left = 3 * (out_w - d)
-        count = 8 if left >= 8 else left
-        # (one call per tap count: an intrinsic's code is chosen when numba compiles)
-        if kx == 2:
-            _pair2(line, _U(3 * d), row, pair_columns[d], pair_columns[d + 1], pair_weights,
-                   _U(8 * kx * pair), m0, m1, m2, a0, a1, a2, count)
-        else:
-            _pair3(line, _U(3 * d), row, pair_columns[d], pair_columns[d + 1], pair_weights,
-                   _U(8 * kx * pair), m0, m1, m2, a0, a1, a2, count)
-
-
-_I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
-_V4F, _V8F, _V8I = ir.VectorType(_F32, 4), ir.VectorType(_F32, 8), ir.VectorType(_I32, 8)
-
-
-def _pair_intrinsic(kx: int):
-    """A numba intrinsic storing two output pixels of the horizontal pass with ``kx``
-    taps into ``line[d:d + 6]`` (8 lanes when ``count`` is 8, else the first
-    ``count``): for each, the level (uint8 ``line``) or level * (m0, m1, m2) + (a0,
-    a1, a2) (float32), level = the taps' weighted sum of the RGB triples
-    ``row[b + 3t:b + 3t + 3]`` (``b`` = ``b0``, ``b1``), rounded to a whole grey level;
-    tap ``t``'s weights are the 8 floats ``weights[i + 8t:]``, 4 per pixel.
-
-    Written as LLVM vector code because numba leaves LLVM's SLP vectoriser off, so
-    the same loop in numba computes the channels one at a time: 1.5-1.7x slower per
-    resize (BENCHMARKS.md, issue 14.2). Each tap loads 4 floats per pixel, its triple
-    and the next pixel's first channel, which is dropped: past the row's last pixel
-    that is the first of the weights, which follow the row in the scratch memory.
-    The level is ``sum + 1/2`` truncated: the sums are never negative, so truncating
-    rounds them."""
-
-    @intrinsic
-    def pair(typingctx, line, d, row, b0, b1, weights, i, m0, m1, m2, a0, a1, a2, count):
-        # the code below is for these types only: others get numba's typing error
-        if not (isinstance(line, types.Array) and line.dtype in (types.uint8, types.float32)
-                and all(isinstance(a, types.Array) and a.dtype == types.float32
-                        for a in (row, weights))
-                and all(isinstance(v, types.Integer) for v in (d, b0, b1, i))
-                and all(v == types.float32 for v in (m0, m1, m2, a0, a1, a2))
-                and isinstance(count, types.Integer) and count.signed):
-            return None
-        sig = types.void(line, d, row, b0, b1, weights, i, m0, m1, m2, a0, a1, a2, count)
-
-        def codegen(context, builder, signature, args):
-            line_v, d_v, row_v, b0_v, b1_v, weights_v, i_v, *ma, count_v = args
-
-            def data(ty, value):
-                return context.make_array(ty)(context, builder, value).data
-
-            def load(pointer, index, vector_type):
-                at = builder.gep(pointer, [builder.add(index[0], ir.Constant(_I64, index[1]))])
-                return builder.load(builder.bitcast(at, vector_type.as_pointer()), align=4)
-
-            def lanes(values):
-                vector = ir.Constant(_V8F, [0.0] * 8)
-                for lane, value in enumerate(values):
-                    vector = builder.insert_element(vector, value, ir.Constant(_I32, lane))
-                return vector
-
-            row_p, weights_p = data(row, row_v), data(weights, weights_v)
-            fast = ('fast',)
-            both = ir.Constant(_V8I, list(range(8)))
-            total = None
-            for t in range(kx):
-                taps = builder.shuffle_vector(load(row_p, (b0_v, 3 * t), _V4F),
-                                              load(row_p, (b1_v, 3 * t), _V4F), both)
-                term = builder.fmul(taps, load(weights_p, (i_v, 8 * t), _V8F), flags=fast)
-                total = term if total is None else builder.fadd(total, term, flags=fast)
-            half = lanes([ir.Constant(_F32, 0.5)] * 8)
-            level = builder.fptosi(builder.fadd(total, half), _V8I)
-            # the two triples side by side, the 4th lanes dropped, zeros after them
-            level = builder.shuffle_vector(level, ir.Constant(_V8I, [0] * 8),
-                                           ir.Constant(_V8I, [0, 1, 2, 4, 5, 6, 8, 8]))
-            if line.dtype == types.uint8:
-                value = builder.trunc(level, ir.VectorType(ir.IntType(8), 8))
-            else:
-                value = builder.fadd(builder.fmul(builder.sitofp(level, _V8F),
-                                                  lanes(ma[:3] * 2), flags=fast),
-                                     lanes(ma[3:] * 2), flags=fast)
-            out = builder.gep(data(line, line_v), [d_v])
-            count = builder.sext(count_v, _I64) if count_v.type.width < 64 else count_v
-            is_wide = builder.icmp_signed('==', count, ir.Constant(count.type, 8))
-            with builder.if_else(is_wide) as (wide, narrow):
-                with wide:
-                    builder.store(value, builder.bitcast(out, value.type.as_pointer()), align=1)
-                with narrow:
-                    for lane in range(6):
-                        inside = builder.icmp_signed('>', count, ir.Constant(count.type, lane))
-                        with builder.if_then(inside):
-                            builder.store(builder.extract_element(value, ir.Constant(_I32, lane)),
-                                          builder.gep(out, [ir.Constant(_I64, lane)]))
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return pair
-
-
-_pair2, _pair3 = _pair_intrinsic(2), _pair_intrinsic(3)
