@@ -21,13 +21,19 @@ def smooth_image(height, width, seed=0):
 def resize(image, top, left, crop_h, crop_w, out_h, out_w, dtype=np.uint8, flip=False,
            mul=ONE, add=None, kernel=resize_crop_area):
     floats, indices = scratch_sizes(*image.shape[:2], out_h, out_w)
-    # garbage in the scratch must not leak into the result
-    scratch = np.full(floats, np.nan, np.float32)
-    columns = np.full(indices, 2**40, np.uint64)
-    out = np.zeros((out_h, out_w, 3), dtype)
+    # garbage in the scratch must not leak into the result; the 16 values after each
+    # array (guards) must not change
+    scratch = np.full(floats + 16, np.nan, np.float32)
+    columns = np.full(indices + 16, 2**40, np.uint64)
+    memory = np.full(out_h * out_w * 3 + 16, 77, dtype)
+    out = memory[:-16].reshape(out_h, out_w, 3)
+    out[:] = 0
     if add is None:
         add = ZERO
-    kernel(image, top, left, crop_h, crop_w, out, flip, mul, add, scratch, columns)
+    kernel(image, top, left, crop_h, crop_w, out, flip, mul, add, scratch[:floats],
+           columns[:indices])
+    assert np.isnan(scratch[floats:]).all() and (columns[indices:] == 2**40).all()
+    assert (memory[-16:] == 77).all()
     return out
 
 
@@ -141,7 +147,8 @@ def test_each_pipeline_gets_its_own_kernel_whose_machine_code_comes_from_disk():
 # 2 and 3 taps (the vector loops), and 3 taps spread so wide that a block takes 4 pixels
 @pytest.mark.parametrize('crop', [(60, 70), (150, 170), (150, 210)])
 @pytest.mark.parametrize('flip', [False, True])
-@pytest.mark.parametrize('out_w', [112, 111])  # the row ends in a pair, or in one pixel
+# the row ends in a pair or in one pixel; in a block of 5, 2, or exactly 5 pixels
+@pytest.mark.parametrize('out_w', [112, 111, 110])
 def test_the_vector_loop_writes_nothing_past_the_image(dtype, crop, flip, out_w):
     """Their stores reach values of the next pixels (8 lanes for 6 values, 16 for 12
     or 15): the row's last pixels must store only theirs, or the values after the
@@ -163,8 +170,10 @@ def test_the_block_and_pair_loops_and_emulated_permutes_give_the_same_pixels(mon
     """The horizontal pass for 2-3 taps has two vector loops: blocks of 4-5 pixels
     (AVX-512 permutes) and pairs (every other CPU). Each is compiled here as the
     resize would be on such a CPU, and the block loop once more with its permutes
-    computed lane by lane (the code LLVM gets where AVX-512 is missing); all must
-    give the scalar loop's pixels, over enlarging, 1.1-1.9x shrinking and flips."""
+    computed lane by lane (what LLVM gets where AVX-512 is missing); all must give
+    the same pixels (the other tests hold the loops to OpenCV's), over enlarging,
+    1.1-1.9x shrinking and flips, and write nothing past their arrays (``resize``'s
+    guards)."""
     def compiled(blocks: bool, native_permutes: bool):
         # numba reads these module constants when it compiles, on the first call
         monkeypatch.setattr(resize_module, 'WIDE_PERMUTE', blocks)
@@ -182,7 +191,7 @@ def test_the_block_and_pair_loops_and_emulated_permutes_give_the_same_pixels(mon
     mul = np.array([1 / 50, 1 / 60, 1 / 70], np.float32)
     add = np.array([-2.0, -1.5, -1.0], np.float32)
     for crop_w in (37, 100, 150, 190, 212):  # over 111 or 112 pixels: 0.33-1.91x
-        for out_w in (111, 112):
+        for out_w in (110, 111, 112):
             for flip in (False, True):
                 for dtype, scale, shift in ((np.uint8, ONE, ZERO), (np.float32, mul, add)):
                     results = {name: resize(image, 3, 5, 150, crop_w, 90, out_w, dtype=dtype,

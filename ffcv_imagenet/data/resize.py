@@ -199,8 +199,7 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
 def _vertical_taps(row, flat, base, stride, n, first, count, y, sy):
     """``row`` = output row ``y``'s ``count`` (1-3) vertical taps: source rows from
     ``first`` on, the first at ``flat[base:base + n]``, the next ``stride`` further
-    each. One pass over the row, with the sums in the order of the general loop (the
-    same floats)."""
+    each. One pass over the row, the taps summed in the order of the general loop."""
     w0 = np.float32(_weight(first, y, sy))
     s0 = flat[base:base + _U(n)]
     if count == 1:

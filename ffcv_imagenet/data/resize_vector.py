@@ -10,8 +10,9 @@ pixels are those of the scalar loop (tests/test_resize.py):
   operation. The values under one block of output pixels lie within 32 floats of the
   row, so each tap is one two-register permute (``vpermi2ps``) of those 32 floats with
   indices laid out once per image, then a multiply by the taps' weights.
-* ``pair``, elsewhere (and where a block's taps spread past 32 floats): two output
-  pixels per 8-lane operation, each tap loading 4 floats per pixel.
+* ``pair``, elsewhere: two output pixels per 8-lane operation, each tap loading 4
+  floats per pixel. (It would also take blocks whose taps spread past 32 floats, but
+  with 2-3 taps a block of 4 pixels always fits.)
 
 Both lay out the taps once per image in the order the pixels are written (mirrored when
 flipping), so the row loops have no flip logic, and round each value by truncating
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import binding, ir
+from llvmlite import ir
 from numba import njit, types
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 _U = np.uint64  # unsigned indices: no negative-index wraparound code in the loops
@@ -30,10 +32,12 @@ _U = np.uint64  # unsigned indices: no negative-index wraparound code in the loo
 
 def has_wide_permute() -> bool:
     """Whether numba compiles for a CPU with AVX-512F (16-lane permutes of two
-    registers), which the ``block`` kernel needs."""
-    if numba.config.CPU_NAME not in (None, 'host'):  # numba compiles for another CPU
-        return '+avx512f' in (numba.config.CPU_FEATURES or '')
-    return bool(binding.get_host_cpu_features().get('avx512f', False))
+    registers), which the ``block`` kernel needs: the features numba itself compiles
+    for, so ``NUMBA_CPU_FEATURES`` and ``NUMBA_ENABLE_AVX=0`` count."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    return '+avx512f' in features.split(',')
 
 
 # read by the compiled resize as a constant: numba's on-disk cache keys on the CPU
@@ -215,7 +219,8 @@ class _Code:
 
     def permute(self, low, indices, high):
         """``concat(low, high)[indices]``, 16 lanes of two 16-float registers: one
-        AVX-512 instruction, else lane by lane (correct, slow; unused by the resize)."""
+        AVX-512 instruction, else lane by lane (correct and slow: where AVX-512 is
+        missing the resize compiles it but never runs it)."""
         b = self.builder
         if WIDE_PERMUTE:
             signature = ir.FunctionType(low.type, [low.type, indices.type, high.type])
