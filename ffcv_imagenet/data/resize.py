@@ -168,8 +168,7 @@ def resize_crop_area(image, top, left, crop_h, crop_w, out, flip, mul, add,
     for y in range(out_h):
         first, count = _taps(y, sy, crop_h)
         base = _U((top + first) * stride + left * 3)
-        # shrinking by less than 2x (after the decoder's DCT scaling, nearly every
-        # crop) an output row takes at most 3 source rows, summed in one pass
+        # up to 3 source rows (shrinking by less than 2x: nearly every crop) in one pass
         if count <= 3:
             _vertical_taps(row, flat, base, _U(stride), n, first, count, y, sy)
         else:

@@ -181,6 +181,15 @@ class _Code:
         at = b.gep(pointer, [b.add(offset, ir.Constant(_I64, constant))])
         return b.load(b.bitcast(at, vector_type.as_pointer()), align=4)
 
+    def weighted_sum(self, terms):
+        """The sum of ``taps * weights`` over ``terms``, (taps, weights) vector pairs,
+        added in order."""
+        total = None
+        for taps, weights in terms:
+            term = self.builder.fmul(taps, weights, flags=('fast',))
+            total = term if total is None else self.builder.fadd(total, term, flags=('fast',))
+        return total
+
     def lanes(self, values):
         vector = ir.Constant(_vector(_F32, len(values)), [0.0] * len(values))
         for lane, value in enumerate(values):
@@ -261,13 +270,10 @@ def _block_intrinsic(kx: int):
             v16f, v16i = _vector(_F32, 16), _vector(_I32, 16)
             low = code.load(row_p, base_v, 0, v16f)
             high = code.load(row_p, base_v, 16, v16f)
-            total = None
             first = builder.zext(code.load(weights_p, i_v, 16 * kx, _vector(_I8, 16)), v16i)
-            for t in range(kx):
-                indices = builder.add(first, ir.Constant(v16i, [3 * t] * 16))
-                term = builder.fmul(code.permute(low, indices, high),
-                                    code.load(weights_p, i_v, 16 * t, v16f), flags=('fast',))
-                total = term if total is None else builder.fadd(total, term, flags=('fast',))
+            total = code.weighted_sum(
+                (code.permute(low, builder.add(first, ir.Constant(v16i, [3 * t] * 16)), high),
+                 code.load(weights_p, i_v, 16 * t, v16f)) for t in range(kx))
             return code.store_levels(line, line_v, d_v, total, factors, count_v, 15)
 
         return sig, codegen
@@ -300,13 +306,10 @@ def _pair_intrinsic(kx: int):
             row_p, weights_p = code.data(row, row_v), code.data(weights, weights_v)
             v4f, v8f, v8i = _vector(_F32, 4), _vector(_F32, 8), _vector(_I32, 8)
             both = ir.Constant(v8i, list(range(8)))
-            total = None
-            for t in range(kx):
-                taps = builder.shuffle_vector(code.load(row_p, b0_v, 3 * t, v4f),
-                                              code.load(row_p, b1_v, 3 * t, v4f), both)
-                term = builder.fmul(taps, code.load(weights_p, i_v, 8 * t, v8f),
-                                    flags=('fast',))
-                total = term if total is None else builder.fadd(total, term, flags=('fast',))
+            total = code.weighted_sum(
+                (builder.shuffle_vector(code.load(row_p, b0_v, 3 * t, v4f),
+                                        code.load(row_p, b1_v, 3 * t, v4f), both),
+                 code.load(weights_p, i_v, 8 * t, v8f)) for t in range(kx))
             # the two triples side by side, the 4th lanes dropped (they are rounded
             # with the rest, then stored nowhere)
             total = builder.shuffle_vector(total, ir.Constant(v8f, [0.0] * 8),
