@@ -144,7 +144,7 @@ demo: install bench preview train
 	    "$(DATA)/train_batch.png, training log and checkpoints in $(DEMO_RUN)"
 
 test: install
-	$(PY) -m pytest -q -ra $(PYTEST_PARALLEL) tests
+	$(PY) -m pytest -q -ra --durations=5 $(PYTEST_PARALLEL) tests
 	$(MAKE) test-gpu-image
 
 # the fast tests and the offline-install test with a GPU image's versions

@@ -55,7 +55,7 @@ TAG=cp3${BASH_REMATCH[1]}
 [[ $(uname -sm) == "Linux x86_64" ]] || die "builds x86-64 Linux wheels on x86-64 Linux only"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CI=$ROOT/.ci
+CI_SCRIPTS=$ROOT/.ci  # not CI: CI=true is in the environment of a CI run
 WORK=${FFCV_IMAGENET_WHEELHOUSE_WORK:-${XDG_CACHE_HOME:-$HOME/.cache}/ffcv_imagenet/wheelhouse-$TAG}
 mkdir -p "$WORK" "$OUT"
 WORK=$(cd "$WORK" && pwd)
@@ -196,7 +196,7 @@ PLAT=$(basename "$REPAIRED" .whl | awk -F- '{print $NF}' | tr '.' '\n' | grep -E
 GLIBC_MINOR=$(cut -d_ -f3 <<<"$PLAT")
 
 say "rewriting its metadata as ffcv $LOCAL_VERSION"
-"$VPY" "$CI/portable_wheel.py" rewrite "$REPAIRED" --version "$LOCAL_VERSION" \
+"$VPY" "$CI_SCRIPTS/portable_wheel.py" rewrite "$REPAIRED" --version "$LOCAL_VERSION" \
     --out "$WORK/stage"
 
 # ---- 3. fastargs (no wheel on PyPI) and this project -------------------------------------
@@ -229,7 +229,7 @@ download() {
         --implementation cp --abi "$TAG" "${PLATFORMS[@]}" -d "$WORK/deps" -r "$1"
 }
 requirements() {
-    "$VPY" "$CI/portable_wheel.py" requirements "$WORK/stage" --python-version "$PYVER" \
+    "$VPY" "$CI_SCRIPTS/portable_wheel.py" requirements "$WORK/stage" --python-version "$PYVER" \
         --node-provides "$NODE_PROVIDED_RE" "$@"
 }
 requirements --pins "$ROOT/requirements.txt" > "$WORK/build/deps-pinned.txt"
@@ -252,7 +252,7 @@ for w in "$WORK"/deps/*.whl; do
 done
 
 # every declared requirement must be met by the wheelhouse or by what the node brings
-"$VPY" "$CI/portable_wheel.py" check "$WORK/stage" --python-version "$PYVER" \
+"$VPY" "$CI_SCRIPTS/portable_wheel.py" check "$WORK/stage" --python-version "$PYVER" \
     --node-provides "$NODE_PROVIDED_RE" \
     || die "the wheelhouse would not install: see MISSING above"
 

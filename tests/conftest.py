@@ -1,4 +1,6 @@
-"""Small synthetic datasets shared by the tests (generated once per session)."""
+"""Small synthetic datasets shared by the tests (generated once per session), and a
+last-resort end for a test that hangs."""
+import faulthandler
 import sys
 from pathlib import Path
 
@@ -11,6 +13,27 @@ if str(ROOT) not in sys.path:  # the entry points live at the repository root
 from ffcv_imagenet.data.folders import list_tree  # noqa: E402
 from ffcv_imagenet.data.synthetic import generate  # noqa: E402
 from ffcv_imagenet.data.writer import write_beton  # noqa: E402
+
+# after pytest-timeout's limit (pyproject.toml), for the signal to be handled
+BACKSTOP_SECONDS = 60
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """pytest-timeout fails a hung test by a signal, which a call in C that retries its
+    wait never sees: this ends the process a minute later (pytest-xdist then reports the
+    test as crashed and starts a new worker), so that the suite always finishes."""
+    config = item.config
+    # a node with no pytest-timeout (the GPU check's bare pytest) has no limit to back
+    limit = (float(config.getoption('timeout') or config.getini('timeout') or 0)
+             if config.pluginmanager.hasplugin('timeout') else 0)
+    if limit:
+        faulthandler.dump_traceback_later(limit + BACKSTOP_SECONDS, exit=True,
+                                          file=sys.__stderr__)
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope='session')
