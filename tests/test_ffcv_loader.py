@@ -99,3 +99,49 @@ def test_epochs_started_before_the_last_was_read_keep_their_own_buffers(betons):
         images = [next(t for t in batch if t.ndim == 4).clone() for batch in epoch]
         assert torch.equal(torch.cat(images), expected)
 
+
+
+def _batches(loader, batches_per_launch):
+    loader.loader.batches_per_launch = batches_per_launch
+    return [(images.clone(), labels.clone()) for images, labels in loader]
+
+
+@pytest.mark.parametrize('batches_per_launch', [2, 4])
+def test_batches_decoded_together_are_the_batches_decoded_one_by_one(betons,
+                                                                      batches_per_launch):
+    """Same pixels (random crops and flips seeded by each image's own batch), labels and
+    batch sizes, a short last batch too, over epochs whose groups start at other slots."""
+    def make():
+        # train: 48 images, 4 batches of 11 (the short one dropped); val: 20, 6+6+6+2
+        return (train_loader(betons[0], batch_size=11, resolution=32, num_workers=2,
+                             seed=7, batches_ahead=2),
+                val_loader(betons[1], batch_size=6, resolution=32, num_workers=2,
+                           batches_ahead=2))
+    grouped, single = make(), make()
+    for _ in range(3):
+        for loader, one_by_one, sizes in zip(grouped, single, ([11] * 4, [6, 6, 6, 2])):
+            got, expected = _batches(loader, batches_per_launch), _batches(one_by_one, 1)
+            assert [len(labels) for _, labels in got] == sizes
+            for (images, labels), (images_1, labels_1) in zip(got, expected, strict=True):
+                assert torch.equal(labels, labels_1) and torch.equal(images, images_1)
+
+
+def test_a_batch_is_not_written_over_while_its_consumer_holds_it(betons):
+    """While a group of batches is decoded, the consumer holds one batch and the queue
+    ``batches_ahead`` more: each batch stays as it was until the next is asked for."""
+    loader = train_loader(betons[0], batch_size=4, resolution=32, num_workers=2,
+                          batches_ahead=1)  # 12 batches, groups of 4 in 6 slots
+    loader.loader.batches_per_launch = 4
+    epoch = iter(loader.loader)
+    deadline = time.monotonic() + 60
+    count = 0
+    for batch in epoch:
+        held = [t.clone() for t in batch]
+        # the thread decodes until it waits to queue a batch (or has ended)
+        while not epoch.output_queue.full() and epoch.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        time.sleep(0.05)
+        assert all(torch.equal(t, h) for t, h in zip(batch, held))
+        count += 1
+    assert count == 12

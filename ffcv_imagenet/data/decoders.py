@@ -13,7 +13,8 @@ numba-parallel loop:
 4. optionally flip horizontally (probability 1/2) and normalise to float32.
 
 Randomness (crop, flip) is reproducible: each image reseeds numba's per-thread
-generator from its own index and the index that leads its batch. The order of an
+generator from its own index and the index that leads its batch (``images_per_batch``
+says where batches start when one call decodes several). The order of an
 epoch is itself seeded (``seed + epoch``), so the same seed gives the same
 augmentations whatever thread decodes an image, and a new epoch gives new ones.
 
@@ -87,6 +88,9 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         flip: flip each image horizontally with probability 1/2.
         mean, std: per-channel statistics on the 0-1 scale; when given, the output is
             float32 ``(pixel / 255 - mean) / std``, else uint8 pixels.
+
+    ``images_per_batch``, set by the loader before it compiles: its batch size, when one
+    call may decode several batches (0: each call is one batch).
     """
 
     def __init__(self, output_size: tuple[int, int], random_crop: bool = True,
@@ -100,6 +104,7 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         self.ratio = np.array(ratio, dtype=np.float64) if random_crop else float(center_ratio)
         self.flip = flip
         self._made = None  # generate_code's last (memory reader, settings, function)
+        self.images_per_batch = 0
         self.normalize = mean is not None
         if self.normalize:
             self.scale_px = (1.0 / (255.0 * np.asarray(std))).astype(np.float32)
@@ -130,7 +135,7 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         # between two loaders' threads).
         settings = (Compiler.is_enabled, Compiler.get_iterator(), self.random_crop,
                     self.flip, self.scale.tobytes(), np.asarray(self.ratio).tobytes(),
-                    self.normalize)
+                    self.normalize, self.images_per_batch)
         made = self._made
         if made is None or made[0] is not self.memory_read or made[1] != settings:
             made = self._made = (self.memory_read, settings, self._decode_function())
@@ -150,6 +155,7 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
         scale, ratio = self.scale, self.ratio
         do_flip = self.flip
         reseed = self.random_crop or self.flip
+        per_batch = self.images_per_batch
         mul = self.scale_px if self.normalize else np.ones(3, np.float32)
         add = self.shift_px if self.normalize else np.zeros(3, np.float32)
 
@@ -164,7 +170,8 @@ class FusedCropDecoder(ResizedCropRGBImageDecoder):
                 slot = np.int64(numba.get_thread_id()) if per_thread else np.int64(k)
                 field = metadata[batch_indices[k]]
                 if reseed:
-                    np.random.seed(sample_seed(batch_indices[0], batch_indices[k]))
+                    lead = batch_indices[k - k % per_batch] if per_batch else batch_indices[0]
+                    np.random.seed(sample_seed(lead, batch_indices[k]))
                 image_data = mem_read(field['data_ptr'], storage_state)
                 height, width = np.uint32(field['height']), np.uint32(field['width'])
                 top, left, crop_h, crop_w = get_crop_c(height, width, scale, ratio)

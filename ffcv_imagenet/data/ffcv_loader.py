@@ -6,6 +6,8 @@
 * If the thread fails, the consumer gets the error. With ffcv's own thread, the
   consumer waits forever for the next batch.
 * With ``reuse_buffers``, batch buffers are kept from one epoch to the next.
+* With ``batches_per_launch`` > 1 (CPU pipelines only), one launch of the compiled
+  pipeline decodes that many batches.
 
 Why reuse the buffers: ffcv allocates ``batches_ahead + 2`` slots of batch memory
 every epoch. Each is a whole batch of decoded output plus each image's working
@@ -24,9 +26,19 @@ Reusing buffers is safe only if nothing still reads or writes the old slots:
   thread.
 
 The price: a CPU loader's buffers stay allocated between its epochs.
+
+Why several batches per launch: every launch of the pipeline's parallel loop ends with
+one thread idle while the other finishes the last image, and costs the epoch thread
+its Python work (ffcv's arguments, numba's dispatch, the queue). At 64 images per
+batch on 2 threads that was 3-4% of a val loader's time (BENCHMARKS.md, issue 14.2).
+The group's batches lie in consecutive slots, so the pipeline sees one batch of their
+images; each is queued on its own, as ffcv would. The consumer may hold one batch and
+the queue ``batches_ahead`` more while a group is decoded, so the loader keeps
+``batches_ahead + 1 + batches_per_launch`` slots (ffcv's ``batches_ahead + 2`` at 1).
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 from typing import Callable
 
@@ -37,6 +49,10 @@ from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.compiler import Compiler
 from queue import Full
 
+# what ImageLoader asks of a CPU loader: 4 batches per launch made the val loader 1.04x
+# (float32, 64 images per batch, 2 threads), for 3 more slots of batch memory
+CPU_BATCHES_PER_LAUNCH = 4
+
 
 class _SetUpEpochIterator(EpochIterator):
     """ffcv's epoch thread, which calls ``thread_setup()`` before its first CUDA call,
@@ -44,10 +60,11 @@ class _SetUpEpochIterator(EpochIterator):
     and tells its loader when the consumer has read it to its end."""
 
     def __init__(self, loader: Loader, order: np.ndarray, thread_setup: Callable[[], None],
-                 first_slot: int = 0, number: int = 0):
+                 first_slot: int = 0, number: int = 0, batches_per_launch: int = 1):
         # set before ffcv's constructor, which starts the thread
         self.thread_setup, self.error, self.first_slot = thread_setup, None, first_slot
         self.number = number  # of the loader's epochs started, this one's
+        self.batches_per_launch = batches_per_launch
         super().__init__(loader, order)
 
     def run(self) -> None:
@@ -59,15 +76,77 @@ class _SetUpEpochIterator(EpochIterator):
             # BENCHMARKS.md, issue 14.2)
             numba.set_parallel_chunksize(1)
             self.current_batch_slot = self.first_slot  # ffcv's constructor set 0
-            super().run()
+            if self.batches_per_launch > 1 and self._buffers_are_arrays():
+                self._run_groups()
+            else:
+                super().run()
         except Exception as error:  # re-raised in the consumer, by __next__
             self.error = error
-            while not self.terminate_event.is_set():
-                try:
-                    self.output_queue.put(None, timeout=0.5)
+            self._put(None)  # after the batches before it, once the consumer takes them
+
+    def _buffers_are_arrays(self) -> bool:
+        """Whether every batch buffer is one array over the slots, as a group needs (a
+        torch-typed one, such as ToDevice's, is a list of tensors, one per slot)."""
+        def arrays(buffer) -> bool:
+            if isinstance(buffer, tuple):
+                return all(map(arrays, buffer))
+            return buffer is None or isinstance(buffer, np.ndarray)
+        return all(arrays(buffer) for kind in self.memory_allocations.values()
+                   for buffer in kind.values())
+
+    def _run_groups(self) -> None:
+        """ffcv's ``run`` for a CPU pipeline, decoding up to ``batches_per_launch``
+        batches at a time, in consecutive slots (a group stops at the last slot)."""
+        slots = self.loader.batches_ahead + 1 + self.batches_per_launch
+        Compiler.set_num_threads(self.loader.num_workers)
+        first = 0  # the group's first batch, counted in the epoch
+        while True:
+            slot = self.current_batch_slot
+            group = list(itertools.islice(self.iter_ixes,
+                                          min(self.batches_per_launch, slots - slot)))
+            if not group:
+                self._put(None)
+                return
+            self.current_batch_slot = (slot + len(group)) % slots
+            for offset, batch in enumerate(self._decode(first, group, slot)):
+                if not self._put((slot + offset, batch)):
                     return
-                except Full:  # the consumer has not taken the batches before it yet
-                    pass
+            first += len(group)
+
+    def _decode(self, first: int, group: list[np.ndarray], slot: int) -> list[tuple]:
+        """The pipeline's outputs for each batch of ``group`` (sample indices), decoded
+        by one launch into slots ``slot``, ``slot + 1``, ..."""
+        for batch in range(first, first + len(group)):
+            self.memory_context.start_batch(batch)
+        indices = np.concatenate(group)
+
+        def slots_as_one_batch(buffer):  # (slots, batch, ...) -> (images, ...)
+            if isinstance(buffer, tuple):
+                return tuple(map(slots_as_one_batch, buffer))
+            if buffer is None:
+                return None
+            return buffer[slot:slot + len(group)].reshape(-1, *buffer.shape[2:])[:len(indices)]
+        args = {'batch_indices': indices, 'storage_state': self.storage_state,
+                'metadata': self.metadata}
+        for kind, prefix in (('operation', 'memory_'), ('shared', 'shared_memory_')):
+            args.update((prefix + str(node), slots_as_one_batch(buffer))
+                        for node, buffer in self.memory_allocations[kind].items())
+        code, outputs = self.loader.code
+        for stage, defines in code:
+            args.update(zip((f'result_{node}' for node in defines), stage(**args)))
+        size = self.loader.batch_size
+        return [tuple(args[f'result_{node}'][start:start + size] for node in outputs)
+                for start in range(0, len(indices), size)]
+
+    def _put(self, item) -> bool:
+        """Queues ``item`` when there is room; False if the epoch was closed first."""
+        while not self.terminate_event.is_set():
+            try:
+                self.output_queue.put(item, timeout=0.5)
+                return True
+            except Full:
+                pass
+        return False
 
     def __next__(self):
         try:
@@ -82,25 +161,29 @@ class _SetUpEpochIterator(EpochIterator):
 class SetUpLoader(Loader):
     """ffcv's ``Loader`` whose epoch threads first call ``thread_setup()`` (settable;
     ``ImageLoader`` makes it select the loader's device), skipping the first
-    ``start_batch`` batches of the epoch, and with ``reuse_buffers``, decoding into
-    the previous epoch's batch buffers when their shapes still fit (see the module's
-    docstring)."""
+    ``start_batch`` batches of the epoch; with ``reuse_buffers``, decoding into the
+    previous epoch's batch buffers when their shapes still fit, and with
+    ``batches_per_launch`` > 1 (for a pipeline that stays on the CPU), that many
+    batches per launch of the pipeline (see the module's docstring)."""
 
     def __init__(self, *args, thread_setup: Callable[[], None] = lambda: None,
-                 reuse_buffers: bool = False, **kwargs):
+                 reuse_buffers: bool = False, batches_per_launch: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
         self.thread_setup = thread_setup
         self.start_batch = 0
         self.reuse_buffers = reuse_buffers
+        if batches_per_launch < 1:
+            raise ValueError(f"batches_per_launch must be positive, got {batches_per_launch}")
+        self.batches_per_launch = batches_per_launch
         # weak references: the reuse adds no reference cycle of its own to ffcv's
         self._latest: weakref.ref | None = None  # the epoch started last
         self._started = 0  # epochs started
         self._read = (0, 0)  # the last epoch read to its end: its number, its next slot
         self._kept: tuple[tuple, dict] | None = None  # (what they fit, the buffers)
-        if reuse_buffers:
-            allocate, loader = self.graph.allocate_memory, weakref.ref(self)
-            self.graph.allocate_memory = lambda batch, slots: loader()._buffers(
-                allocate, batch, slots)
+        # ffcv's epoch asks for batches_ahead + 2 slots: a group needs more
+        allocate, loader = self.graph.allocate_memory, weakref.ref(self)
+        self.graph.allocate_memory = lambda batch, slots: loader()._buffers(
+            allocate, batch, slots + loader().batches_per_launch - 1)
 
     def epoch_read(self, epoch: _SetUpEpochIterator) -> None:
         """Called by ``epoch`` when the consumer has read it to its end."""
@@ -110,6 +193,8 @@ class SetUpLoader(Loader):
         """ffcv's ``allocate_memory(batch_size, slots)``, or the kept buffers (if
         ``__iter__`` kept them for the epoch being started) when the pipeline asks for
         the same shapes."""
+        if not self.reuse_buffers:
+            return allocate(batch_size, slots)
         queries, _ = self.graph.collect_requirements()
         fits = (batch_size, slots, repr(queries))
         if self._kept is None or self._kept[0] != fits:
@@ -136,6 +221,6 @@ class SetUpLoader(Loader):
         first_slot = self._read[1] if reuse else 0
         self._started += 1
         epoch = _SetUpEpochIterator(self, selected_order, self.thread_setup, first_slot,
-                                    self._started)
+                                    self._started, self.batches_per_launch)
         self._latest = weakref.ref(epoch)
         return epoch

@@ -47,7 +47,7 @@ from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .beton import BetonInfo, check_dataset
 from .decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
-from .ffcv_loader import SetUpLoader
+from .ffcv_loader import CPU_BATCHES_PER_LAUNCH, SetUpLoader
 
 
 class ShardedOrder(TraversalOrder):
@@ -153,8 +153,9 @@ class ImageLoader:
     labels: (B,) int64. ``resolution`` (pixels, square) may be set between epochs. A
     batch may live in ffcv's reused buffers: clone it to keep it past the next one.
     ``batches_ahead``: batches decoded ahead of the consumer (one more waits in the
-    decoding thread). Building one for an indexed GPU ('cuda:1') allocates nothing
-    there: iterating does. The file is checked first (see :func:`check_dataset`;
+    decoding thread on a GPU; on the CPU up to ``CPU_BATCHES_PER_LAUNCH``, decoded
+    together). Building one for an indexed GPU ('cuda:1') allocates nothing there:
+    iterating does. The file is checked first (see :func:`check_dataset`;
     ``num_classes`` as there), so a bad one raises ``DatasetError``, not an error from
     inside ffcv; ``info`` holds what the check found.
     """
@@ -169,13 +170,17 @@ class ImageLoader:
         self.device, self.dtype, self.decoder = resolve_device(device), dtype, decoder
         # everything but the batch size, to build ffcv's loader again when it changes
         # (with new pipeline lists: ffcv's loader takes its decoder out of them)
+        on_cpu = self.device.type != 'cuda'
         common = partial(SetUpLoader, str(path), num_workers=num_workers,
                          os_cache=in_memory, order=order, seed=seed, drop_last=drop_last,
                          batches_ahead=batches_ahead,
-                         thread_setup=partial(use_device, self.device),
-                         reuse_buffers=self.device.type != 'cuda')
-        self._make_loader = lambda batch: common(
-            batch_size=batch, pipelines=_pipelines(decoder, self.device, self.info))
+                         thread_setup=partial(use_device, self.device), reuse_buffers=on_cpu,
+                         batches_per_launch=CPU_BATCHES_PER_LAUNCH if on_cpu else 1)
+
+        def make_loader(batch: int) -> SetUpLoader:
+            decoder.images_per_batch = batch  # where each image's batch starts, for its seed
+            return common(batch_size=batch, pipelines=_pipelines(decoder, self.device, self.info))
+        self._make_loader = make_loader
         self.loader = self._make_loader(batch_size)
         self.batches_ahead = batches_ahead
         stats = torch.tensor([IMAGENET_MEAN, IMAGENET_STD]) * 255
