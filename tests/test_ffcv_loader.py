@@ -133,7 +133,7 @@ def test_a_batch_is_not_written_over_while_its_consumer_holds_it(betons):
                           batches_ahead=1)  # 12 batches, groups of 4 in 6 slots
     loader.loader.batches_per_launch = 4
     epoch = iter(loader.loader)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     count = 0
     for batch in epoch:
         held = [t.clone() for t in batch]
@@ -145,3 +145,45 @@ def test_a_batch_is_not_written_over_while_its_consumer_holds_it(betons):
         assert all(torch.equal(t, h) for t, h in zip(batch, held))
         count += 1
     assert count == 12
+
+
+def test_a_cpu_loader_groups_batches_where_cuda_is_available(betons, monkeypatch):
+    """ffcv makes one CUDA stream per slot of its own (batches_ahead + 2) whenever CUDA
+    is available, for any loader, and its consumer waits on the slot's: a group's slots
+    outnumber them, and a CPU pipeline has nothing to wait for."""
+    import ffcv.loader.epoch_iterator as epoch_iterator
+
+    class Stream:
+        def wait_stream(self, other):
+            raise AssertionError('a CPU loader waited on a CUDA stream')
+    monkeypatch.setattr(epoch_iterator, 'IS_CUDA', True)
+    monkeypatch.setattr(torch.cuda, 'Stream', Stream)
+    monkeypatch.setattr(torch.cuda, 'current_stream', Stream)
+    loader = val_loader(betons[1], batch_size=2, resolution=32, num_workers=1,
+                        batches_ahead=1)  # 10 batches in 6 slots, ffcv's streams 3
+    epoch = iter(loader.loader)
+    assert len([batch for batch in epoch]) == 10 and epoch.grouped
+
+
+def test_loaders_reading_pages_from_the_file_decode_one_batch_per_launch(betons):
+    """ffcv's process cache (in_memory off) fetches batch b's pages, once told that b
+    starts, into memory that batch b - 1 read from: every batch of a group would be
+    announced before the first is decoded."""
+    loader = val_loader(betons[1], batch_size=6, resolution=32, num_workers=2,
+                        in_memory=False)
+    in_memory = val_loader(betons[1], batch_size=6, resolution=32, num_workers=2)
+    epoch = iter(loader.loader)
+    got = torch.cat([next(t for t in batch if t.ndim == 4).clone() for batch in epoch])
+    assert not epoch.grouped
+    assert torch.equal(got, _epoch(in_memory))
+
+
+def test_fewer_batches_per_launch_after_an_epoch_ending_in_a_later_slot(betons):
+    """The rotation resumes where the last epoch stopped, within the new slot count."""
+    loader = val_loader(betons[1], batch_size=4, resolution=32, num_workers=1,
+                        batches_ahead=2)  # 5 batches in 7 slots: the epoch ends at slot 5
+    expected = _batches(loader, 4)
+    for batches_per_launch in (1, 4):  # 4 slots, then 7 again
+        got = _batches(loader, batches_per_launch)
+        assert all(torch.equal(a, b) for pair in zip(got, expected, strict=True)
+                   for a, b in zip(*pair))

@@ -45,7 +45,9 @@ from typing import Callable
 import numba
 import numpy as np
 from ffcv.loader import Loader
+from ffcv.loader import epoch_iterator
 from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.memory_managers.os_cache import OSCacheContext
 from ffcv.pipeline.compiler import Compiler
 from queue import Full
 
@@ -60,11 +62,11 @@ class _SetUpEpochIterator(EpochIterator):
     and tells its loader when the consumer has read it to its end."""
 
     def __init__(self, loader: Loader, order: np.ndarray, thread_setup: Callable[[], None],
-                 first_slot: int = 0, number: int = 0, batches_per_launch: int = 1):
+                 first_slot: int = 0, number: int = 0):
         # set before ffcv's constructor, which starts the thread
         self.thread_setup, self.error, self.first_slot = thread_setup, None, first_slot
         self.number = number  # of the loader's epochs started, this one's
-        self.batches_per_launch = batches_per_launch
+        self.grouped = False  # set by the thread before it queues anything
         super().__init__(loader, order)
 
     def run(self) -> None:
@@ -76,7 +78,12 @@ class _SetUpEpochIterator(EpochIterator):
             # BENCHMARKS.md, issue 14.2)
             numba.set_parallel_chunksize(1)
             self.current_batch_slot = self.first_slot  # ffcv's constructor set 0
-            if self.batches_per_launch > 1 and self._buffers_are_arrays():
+            # ffcv's process cache (in_memory off) reads batch b's pages into memory that
+            # batch b - 1 was read from, once told that b starts: a group would be told
+            # before its first batches are decoded
+            self.grouped = (self.loader.batches_per_launch > 1 and self._buffers_are_arrays()
+                            and isinstance(self.memory_context, OSCacheContext))
+            if self.grouped:
                 self._run_groups()
             else:
                 super().run()
@@ -95,15 +102,15 @@ class _SetUpEpochIterator(EpochIterator):
                    for buffer in kind.values())
 
     def _run_groups(self) -> None:
-        """ffcv's ``run`` for a CPU pipeline, decoding up to ``batches_per_launch``
-        batches at a time, in consecutive slots (a group stops at the last slot)."""
-        slots = self.loader.batches_ahead + 1 + self.batches_per_launch
+        """ffcv's ``run`` for a CPU pipeline, decoding up to the loader's
+        ``batches_per_launch`` batches at a time, in consecutive slots (a group stops at
+        the last slot)."""
+        slots, most = self.loader._slots(), self.loader.batches_per_launch
         Compiler.set_num_threads(self.loader.num_workers)
         first = 0  # the group's first batch, counted in the epoch
         while True:
             slot = self.current_batch_slot
-            group = list(itertools.islice(self.iter_ixes,
-                                          min(self.batches_per_launch, slots - slot)))
+            group = list(itertools.islice(self.iter_ixes, min(most, slots - slot)))
             if not group:
                 self._put(None)
                 return
@@ -149,8 +156,19 @@ class _SetUpEpochIterator(EpochIterator):
         return False
 
     def __next__(self):
+        # ffcv's __next__, whose wait on the slot's CUDA stream (ffcv makes one per slot
+        # of its own whenever CUDA is available) a group skips: its slots outnumber the
+        # streams, and a CPU pipeline has nothing to wait for. ``grouped`` is read after
+        # the thread queued something, so after the thread set it.
         try:
-            return super().__next__()
+            item = self.output_queue.get()
+            if item is None:
+                self.close()
+                raise StopIteration()
+            slot, result = item
+            if epoch_iterator.IS_CUDA and not self.grouped:
+                self.current_stream.wait_stream(self.cuda_streams[slot])
+            return result
         except StopIteration:
             if self.error is not None:
                 raise RuntimeError("the loader's decoding thread failed") from self.error
@@ -182,12 +200,17 @@ class SetUpLoader(Loader):
         self._kept: tuple[tuple, dict] | None = None  # (what they fit, the buffers)
         # ffcv's epoch asks for batches_ahead + 2 slots: a group needs more
         allocate, loader = self.graph.allocate_memory, weakref.ref(self)
-        self.graph.allocate_memory = lambda batch, slots: loader()._buffers(
-            allocate, batch, slots + loader().batches_per_launch - 1)
+        self.graph.allocate_memory = lambda batch, _: loader()._buffers(
+            allocate, batch, loader()._slots())
 
     def epoch_read(self, epoch: _SetUpEpochIterator) -> None:
         """Called by ``epoch`` when the consumer has read it to its end."""
         self._read = (epoch.number, epoch.current_batch_slot)
+
+    def _slots(self) -> int:
+        """Batch slots per epoch: ffcv's batches_ahead + 2, and one more for each batch
+        decoded in a launch after the first."""
+        return self.batches_ahead + 1 + self.batches_per_launch
 
     def _buffers(self, allocate: Callable, batch_size: int, slots: int) -> dict:
         """ffcv's ``allocate_memory(batch_size, slots)``, or the kept buffers (if
@@ -218,9 +241,10 @@ class SetUpLoader(Loader):
             latest.join()  # it ends right after queuing the end the consumer has read
         if not reuse:
             self._kept = None
-        first_slot = self._read[1] if reuse else 0
+        # new buffers (another slot count among them) may start anywhere
+        first_slot = self._read[1] % self._slots() if reuse else 0
         self._started += 1
         epoch = _SetUpEpochIterator(self, selected_order, self.thread_setup, first_slot,
-                                    self._started, self.batches_per_launch)
+                                    self._started)
         self._latest = weakref.ref(epoch)
         return epoch
