@@ -25,6 +25,14 @@ def _epoch(loader):
     return torch.cat([images.clone() for images, _ in loader])
 
 
+def _wait_until_the_thread_waits(epoch, deadline: float) -> None:
+    """Until the epoch's thread has filled the queue (it then waits to queue the next
+    batch, having decoded it) or has ended."""
+    while not epoch.output_queue.full() and epoch.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def test_epochs_reuse_the_buffers_until_their_shapes_change(betons, allocations):
     loader = val_loader(betons[1], batch_size=8, resolution=32, num_workers=2)  # 8, 8, 4
     first = _epoch(loader)
@@ -64,10 +72,8 @@ def test_the_last_batch_survives_until_the_next_epoch_is_asked_for_a_batch(beton
     *_, (held, _) = loader  # a view into the buffers, kept past the loop
     kept = held.clone()
     epoch = iter(loader.loader)
-    deadline = time.monotonic() + 60
-    while not epoch.output_queue.full():  # all 3 batches decoded ahead
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    _wait_until_the_thread_waits(epoch, time.monotonic() + 60)  # 3 batches decoded ahead
+    assert epoch.output_queue.full()
     assert torch.equal(held, kept)
     assert len(list(epoch)) == 3
 
@@ -98,7 +104,6 @@ def test_epochs_started_before_the_last_was_read_keep_their_own_buffers(betons):
     for epoch in epochs:
         images = [next(t for t in batch if t.ndim == 4).clone() for batch in epoch]
         assert torch.equal(torch.cat(images), expected)
-
 
 
 def _batches(loader, batches_per_launch):
@@ -137,10 +142,7 @@ def test_a_batch_is_not_written_over_while_its_consumer_holds_it(betons):
     count = 0
     for batch in epoch:
         held = [t.clone() for t in batch]
-        # the thread decodes until it waits to queue a batch (or has ended)
-        while not epoch.output_queue.full() and epoch.is_alive():
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        _wait_until_the_thread_waits(epoch, deadline)
         time.sleep(0.05)
         assert all(torch.equal(t, h) for t, h in zip(batch, held))
         count += 1

@@ -200,8 +200,7 @@ class SetUpLoader(Loader):
         self._kept: tuple[tuple, dict] | None = None  # (what they fit, the buffers)
         # ffcv's epoch asks for batches_ahead + 2 slots: a group needs more
         allocate, loader = self.graph.allocate_memory, weakref.ref(self)
-        self.graph.allocate_memory = lambda batch, _: loader()._buffers(
-            allocate, batch, loader()._slots())
+        self.graph.allocate_memory = lambda batch, _: loader()._buffers(allocate, batch)
 
     def epoch_read(self, epoch: _SetUpEpochIterator) -> None:
         """Called by ``epoch`` when the consumer has read it to its end."""
@@ -212,10 +211,11 @@ class SetUpLoader(Loader):
         decoded in a launch after the first."""
         return self.batches_ahead + 1 + self.batches_per_launch
 
-    def _buffers(self, allocate: Callable, batch_size: int, slots: int) -> dict:
-        """ffcv's ``allocate_memory(batch_size, slots)``, or the kept buffers (if
-        ``__iter__`` kept them for the epoch being started) when the pipeline asks for
-        the same shapes."""
+    def _buffers(self, allocate: Callable, batch_size: int) -> dict:
+        """ffcv's ``allocate_memory(batch_size, self._slots())``, or the kept buffers
+        (if ``__iter__`` kept them for the epoch being started) when the pipeline asks
+        for the same shapes."""
+        slots = self._slots()
         if not self.reuse_buffers:
             return allocate(batch_size, slots)
         queries, _ = self.graph.collect_requirements()
@@ -241,7 +241,8 @@ class SetUpLoader(Loader):
             latest.join()  # it ends right after queuing the end the consumer has read
         if not reuse:
             self._kept = None
-        # new buffers (another slot count among them) may start anywhere
+        # the rotation goes on in the same buffers; a changed slot count comes with new
+        # buffers, where any start is safe
         first_slot = self._read[1] % self._slots() if reuse else 0
         self._started += 1
         epoch = _SetUpEpochIterator(self, selected_order, self.thread_setup, first_slot,
