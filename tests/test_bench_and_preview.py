@@ -1,6 +1,8 @@
 import contextlib
 import json
 import math
+import subprocess
+import textwrap
 
 import numpy as np
 import pytest
@@ -8,52 +10,103 @@ import torch
 from PIL import Image
 
 from ffcv_imagenet.data.loaders import endless_batches
-from ffcv_imagenet.tools import bench, bench_loader, preview
+from ffcv_imagenet.tools import bench, bench_loader, preview, revision
 from ffcv_imagenet.training.models import build_model
+
+
+def _older_revision(root, loaders_source):
+    """A git checkout at ``root`` whose one commit holds a package ``ffcv_imagenet``
+    with ``data/loaders.py`` = ``loaders_source``; returns the commit's hash."""
+    package = root / 'ffcv_imagenet'
+    (package / 'data').mkdir(parents=True)
+    (package / '__init__.py').write_text('')
+    (package / 'data' / '__init__.py').write_text('')
+    (package / 'data' / 'loaders.py').write_text(loaders_source)
+    git = ['git', '-C', str(root), '-c', 'user.name=t', '-c', 'user.email=t@t']
+    subprocess.run(git + ['init', '-q'], check=True)
+    subprocess.run(git + ['add', '.'], check=True)
+    subprocess.run(git + ['commit', '-q', '-m', 'older'], check=True)
+    return subprocess.run(git + ['rev-parse', 'HEAD'], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 @pytest.mark.slow
 def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons, tmp_path,
-                                                                  capsys):
+                                                                  capsys, monkeypatch):
     train, val = betons
     out = tmp_path / 'bench.json'
+    # an "older revision" whose loaders are today's: the plumbing, not the speed, is
+    # under test
+    older = _older_revision(tmp_path / 'checkout',
+                            'from ffcv_imagenet.data.loaders import train_loader, val_loader\n')
+    monkeypatch.setattr(revision, 'checkout_root', lambda: tmp_path / 'checkout')
+    timed = []  # the order in which the passes ran
+    interleave = bench_loader.interleave
+
+    def recording(passes, rounds):
+        def run(i):
+            timed.append(i)
+            return passes[i]()
+        return interleave([lambda i=i: run(i) for i in range(len(passes))], rounds)
+    monkeypatch.setattr(bench_loader, 'interleave', recording)
     bench.main(['loader', '--beton', str(train), '--val-beton', str(val), '--folder',
                 str(synth / 'train'), '--resolution', '32', '--batch-size', '8',
-                '--workers', '2', '--epochs', '2', '--decoder-dtype', 'both',
-                '--json', str(out)])
+                '--workers', '2', '--epochs', '3', '--decoder-dtype', 'both',
+                '--reference', older[:7], '--json', str(out)])
     result = json.loads(out.read_text())
     # both output paths: uint8 (the path CUDA takes) and float32 (the CPU's)
     assert result['settings']['decoder_dtype'] == 'both'
     assert result['settings']['decoder_dtypes'] == ['uint8', 'float32']
+    assert result['settings']['reference'] == older[:10]
     names = [row['pipeline'] for row in result['rows']]
+    old = f'ffcv_imagenet {older[:10]}'
     # on the CPU the uint8 batches are timed as decoded: normalising them is a GPU's work
     assert names == ['ffcv_imagenet train loader, uint8 as decoded',
                      'ffcv_imagenet val loader, uint8 as decoded',
+                     f'{old} train loader, uint8 as decoded',
+                     f'{old} val loader, uint8 as decoded',
                      'ffcv_imagenet train loader, float32', 'ffcv_imagenet val loader, float32',
+                     f'{old} train loader, float32', f'{old} val loader, float32',
                      'decode only, train crops (ceiling)', 'decode only, train, crop regions',
                      'decode only, val crops (ceiling)', 'decode only, val, crop regions',
                      'torchvision ImageFolder + DataLoader']
     assert all(row['images_per_sec'] > 0 for row in result['rows'])
-    # the ceilings, timed before and after the loaders, pool both times' passes
-    assert [row['epochs_timed'] for row in result['rows']] == [1] * 4 + [2] * 4 + [1]
-    assert [row['normalised'] for row in result['rows'][:4]] == [False, False, True, True]
+    assert [row['epochs_timed'] for row in result['rows']] == [2] * 13
+    assert all(len(row['rates']) == 3 for row in result['rows'])
+    # one pass of each of the 12 interleaved pipelines per round, the order reversed
+    # every other round (the baseline is timed alone, before them)
+    assert timed == list(range(12)) + list(range(11, -1, -1)) + list(range(12))
+    assert [row['normalised'] for row in result['rows'][:8]] == [False] * 4 + [True] * 4
+    assert [row.get('revision') for row in result['rows'][:8]] == ([None] * 2
+                                                                   + [older[:10]] * 2) * 2
     rates = [row['images_per_sec'] for row in result['rows']]
-    # the headline ratio sets the normalised train loader against torchvision's output
-    assert result['ratio_train_vs_torchvision'] == pytest.approx(rates[2] / rates[-1])
-    ceiling = {row['loader']: row['images_per_sec'] for row in result['rows'][4:8:2]}
+    # the headline ratio sets today's normalised train loader against torchvision's output
+    assert result['ratio_train_vs_torchvision'] == pytest.approx(rates[4] / rates[-1])
+
+    def paired(row, other):  # the median of the two timed rounds' ratios
+        return sum(a / b for a, b in zip(row['rates'][1:], other['rates'][1:])) / 2
+    rows = result['rows']
+    ceiling = {row['loader']: row for row in rows[8:12:2]}
     # the loaders and the decoding of crop regions (what the loaders do), against the
-    # full-frame ceilings
-    for row in result['rows'][:4] + result['rows'][5:9:2]:
-        assert row['share_of_ceiling'] == pytest.approx(row['images_per_sec']
-                                                        / ceiling[row['loader']])
+    # full-frame ceilings of the same rounds
+    for row in rows[:8] + rows[9:13:2]:
+        assert row['share_of_ceiling'] == pytest.approx(paired(row, ceiling[row['loader']]))
+    # today's loaders against the older revision's of the same kind and output path
+    for today, older_row in [(0, 2), (1, 3), (4, 6), (5, 7)]:
+        assert rows[today]['vs_reference'] == pytest.approx(paired(rows[today],
+                                                                   rows[older_row]))
+        assert 'vs_reference' not in rows[older_row]
     assert result['ceiling_images'] == {'train': {'jpeg_images': 48, 'raw_images': 0},
                                         'val': {'jpeg_images': 20, 'raw_images': 0}}
     table = capsys.readouterr().out
     assert table.strip() == bench.format_loader_table(result)
     assert 'epoch 1 = warm-up' in table and 'vs torchvision' in table
     assert 'decoder output uint8 and float32' in table and 'share of ceiling' in table
-    assert f"{result['rows'][0]['share_of_ceiling']:.1%}" in table.splitlines()[2]
+    assert f"{rows[0]['share_of_ceiling']:.1%}" in table.splitlines()[2]
     assert 'as decoded: batches timed as ffcv yields them' in table
+    assert 'pipelines interleaved' in table
+    assert (f"ffcv_imagenet val loader, float32: {rows[5]['vs_reference']:.2f}x the loader "
+            f"of {older[:10]}") in table
 
 
 def test_loader_table_gives_each_loader_its_share_and_names_raw_images():
@@ -75,13 +128,44 @@ def test_loader_table_gives_each_loader_its_share_and_names_raw_images():
                         "pixels are not decoded, nor counted")
 
 
-def test_each_row_gets_its_share_of_its_own_loaders_ceiling():
-    rows = [{'kind': kind, 'loader': loader, 'images_per_sec': rate}
-            for kind, loader, rate in [('loader', 'val', 300.0), ('peer', 'train', 200.0),
-                                       ('ceiling', 'train', 1000.0), ('region', 'train', 1200.0),
-                                       ('ceiling', 'val', 600.0), ('baseline', None, 50.0)]]
+def test_each_row_gets_its_share_of_its_own_loaders_ceiling_round_by_round():
+    rows = [{'kind': kind, 'loader': loader, 'rates': rates}
+            for kind, loader, rates in [
+                ('loader', 'val', [1.0, 300.0, 200.0, 300.0]),
+                ('peer', 'train', [1.0, 200.0, 100.0, 100.0]),
+                ('ceiling', 'train', [1.0, 1000.0, 500.0, 1000.0]),
+                ('region', 'train', [1.0, 1200.0, 600.0, 1000.0]),
+                ('ceiling', 'val', [1.0, 600.0, 400.0, 300.0]),
+                ('baseline', None, [1.0, 50.0, 50.0, 50.0])]]
     bench_loader.add_shares(rows)
+    # medians of the timed rounds' ratios (the first pass is not timed): val 0.5, 0.5,
+    # 1.0; train peer 0.2, 0.2, 0.1; region 1.2, 1.2, 1.0
     assert [row.get('share_of_ceiling') for row in rows] == [0.5, 0.2, None, 1.2, None, None]
+
+
+def test_interleaved_rounds_alternate_their_order_and_pair_the_rounds():
+    timed = []
+    passes = [lambda i=i: timed.append(i) or float(10 * (i + 1)) for i in range(3)]
+    rates = bench_loader.interleave(passes, 4)
+    assert timed == [0, 1, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0]
+    assert rates == [[10.0] * 4, [20.0] * 4, [30.0] * 4]
+    # a drift that slows everything in the last round leaves a paired ratio alone
+    assert bench_loader.paired_ratio([9.0, 2.0, 2.0, 1.0], [1.0, 4.0, 4.0, 2.0]) == 0.5
+    with pytest.raises(ValueError):  # rounds are paired one to one
+        bench_loader.paired_ratio([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_rows_compare_with_the_older_revisions_row_of_the_same_kind_and_path():
+    def row(loader, dtype, rates, **extra):
+        return {'kind': 'loader', 'loader': loader, 'decoder_dtype': dtype,
+                'rates': [1.0] + rates, **extra}
+    rows = [row('train', 'uint8', [200.0, 300.0]), row('val', 'uint8', [100.0, 100.0]),
+            row('train', 'float32', [90.0, 90.0]),
+            row('train', 'uint8', [100.0, 100.0], revision='abc'),
+            row('train', 'float32', [30.0, 45.0], revision='abc'),
+            {'kind': 'ceiling', 'loader': 'train', 'rates': [1.0, 9.0, 9.0]}]
+    bench_loader.add_reference_ratios(rows)
+    assert [r.get('vs_reference') for r in rows] == [2.5, None, 2.5, None, None, None]
 
 
 def test_loader_benchmark_defaults_to_the_devices_own_output_path():

@@ -62,21 +62,44 @@ def test_dali_cpu_pipeline_gives_normalised_batches_in_a_new_order(betons):
 
 
 @pytest.mark.slow
-def test_peer_rows_time_the_peers_and_name_a_missing_dali(betons, monkeypatch):
+def test_peer_passes_time_the_peers_and_name_a_missing_dali(betons, monkeypatch):
     if not peer_pipelines.dali_available():
         expected = ['ffcv stock decoder, train']
     else:  # both rows where it is installed; the note where it is not
         expected = ['ffcv stock decoder, train', 'DALI CPU pipeline, train']
-    rows, notes = bench_loader.peer_rows(str(betons[0]), resolution=32, batch_size=8,
-                                         workers=2, epochs=2)
+    pipelines, notes = bench_loader.peer_passes(str(betons[0]), resolution=32,
+                                                batch_size=8, workers=2)
+    rows = bench_loader.timed_rows(pipelines, 2)
     assert [row['pipeline'] for row in rows] == expected
     for row in rows:
         assert row['kind'] == 'peer' and row['loader'] == 'train' and row['normalised']
         assert row['images_per_sec'] > 0 and row['epochs_timed'] == 1
     assert (notes == []) == peer_pipelines.dali_available()
     monkeypatch.setattr(peer_pipelines, 'dali_available', lambda: False)
-    rows, notes = bench_loader.peer_rows(str(betons[0]), resolution=32, batch_size=8,
-                                         workers=2, epochs=2)
-    assert [row['pipeline'] for row in rows] == ['ffcv stock decoder, train']
+    pipelines, notes = bench_loader.peer_passes(str(betons[0]), resolution=32,
+                                                batch_size=8, workers=2)
+    assert [fields['pipeline'] for fields, _ in pipelines] == ['ffcv stock decoder, train']
     assert notes == [f"DALI CPU pipeline: not installed here (pip install "
                      f"{peer_pipelines.DALI_PACKAGE} adds its row)"]
+
+
+def test_dali_batches_start_the_next_epoch_only_when_it_is_asked_for():
+    class Iterator:  # DALI's iterator: an epoch of batches, then reset() to rewind
+        def __init__(self):
+            self.calls = []
+
+        def __iter__(self):
+            self.calls.append('epoch')
+            return iter([[{'images': torch.zeros(2, 3, 4, 4),
+                           'labels': torch.tensor([[1], [2]])}]])
+
+        def reset(self):
+            self.calls.append('reset')
+    iterator = Iterator()
+    batches = peer_pipelines.DaliBatches(iterator)
+    assert [labels.tolist() for _, labels in batches] == [[1, 2]]
+    # DALI decodes ahead on reset: nothing may run between epochs, while the benchmark
+    # times another pipeline
+    assert iterator.calls == ['epoch']
+    assert [labels.tolist() for _, labels in batches] == [[1, 2]]
+    assert iterator.calls == ['epoch', 'reset', 'epoch']

@@ -24,6 +24,7 @@ decoder does instead: only the part of each frame around its crop
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -233,14 +234,22 @@ def decode_pass(jpegs: StoredJpegs, plan: Plan, workers: int, checksum: bool = F
     return seconds, sums
 
 
+def next_pass(jpegs: StoredJpegs, plan_for: Callable[[int], Plan], workers: int,
+              region: bool = False) -> Callable[[], float]:
+    """A timer of passes: its ``p``-th call (from 0) decodes ``plan_for(p)`` (computed
+    before the clock starts) with :func:`decode_pass`, whole frames or, with
+    ``region``, the parts around the crops, and returns its images/sec."""
+    passes = itertools.count()
+
+    def run() -> float:
+        plan = plan_for(next(passes))
+        seconds, _ = decode_pass(jpegs, plan, workers, region=region)
+        return len(plan.positions) / seconds
+    return run
+
+
 def ceiling_rates(jpegs: StoredJpegs, plan_for: Callable[[int], Plan], passes: int,
                   workers: int, region: bool = False) -> list[float]:
-    """Images/sec of each of ``passes`` calls of :func:`decode_pass`, pass ``p``
-    decoding ``plan_for(p)`` (computed before its clock starts), whole frames or, with
-    ``region``, the parts around the crops."""
-    rates = []
-    for index in range(passes):
-        plan = plan_for(index)
-        seconds, _ = decode_pass(jpegs, plan, workers, region=region)
-        rates.append(len(plan[0]) / seconds)
-    return rates
+    """Images/sec of ``passes`` passes of :func:`next_pass`, one after another."""
+    run = next_pass(jpegs, plan_for, workers, region)
+    return [run() for _ in range(passes)]

@@ -116,8 +116,14 @@ class DaliBatches:
 
     def __init__(self, iterator):
         self.iterator = iterator
+        self._ended = False
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # reset when the next epoch is asked for, not when one ends: DALI starts
+        # decoding the next epoch's first batches on reset, which after an epoch would
+        # run in the background while the benchmark times another pipeline
+        if self._ended:
+            self.iterator.reset()
         for (batch,) in self.iterator:  # one pipeline: a list of one dict
             yield batch['images'], batch['labels'].view(-1)
-        self.iterator.reset()
+        self._ended = True

@@ -21,7 +21,11 @@ normalise in torch on the device; on a CPU device that normalisation is timed on
 CPU), ``float32`` (the CPU path: normalised in the decoder) or ``both`` (a train and
 a val row for each, against the same ceilings); the default is the device's own.
 ``--peers`` adds ffcv's stock train pipeline and NVIDIA DALI's CPU pipeline (when it
-is installed) on the train ``.beton``'s images, timed on the CPU.
+is installed) on the train ``.beton``'s images, timed on the CPU. ``--reference REV``
+adds the loaders of an older git revision of this package (one without the compiled
+extension, such as 5aecb75), and gives each of today's loaders its ratio to them.
+All but torchvision are timed interleaved, an epoch of each per round, and shares and
+ratios are the medians of the rounds' ratios: the machine's speed drifts during a run.
 Details: :mod:`.bench_loader`.
 
     python -m ffcv_imagenet bench train --beton data/betons/train.beton \
@@ -257,6 +261,10 @@ def _parser() -> argparse.ArgumentParser:
     loader.add_argument('--peers', action='store_true',
                         help="also time ffcv's stock train pipeline and DALI's CPU "
                              "pipeline (when installed) on the train .beton's images")
+    loader.add_argument('--reference', metavar='REV',
+                        help='also time the loaders of this git revision of the package '
+                             '(pure Python, before the compiled extension) beside '
+                             "today's, e.g. 5aecb75")
     loader.add_argument('--json', help='also write the result here')
     train = commands.add_parser('train', help='training images/sec: model alone vs end to end')
     train.add_argument('--beton', required=True, help='train .beton')
@@ -298,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_loaders(args.beton, args.folder, args.val_beton,
                                resolution=args.resolution, batch_size=args.batch_size,
                                workers=args.workers, epochs=args.epochs, device=args.device,
-                               decoder_dtype=args.decoder_dtype, peers=args.peers)
+                               decoder_dtype=args.decoder_dtype, peers=args.peers,
+                               reference=args.reference)
         print(format_loader_table(result))
         _write_json(args.json, result)
         return

@@ -9,11 +9,16 @@ the same crops, on the same number of threads, and thrown away (see
 only the region of each frame around its crop; (d) a plain torchvision ``ImageFolder``
 pipeline; with ``peers``, (e) ffcv's stock train pipeline and (f) NVIDIA DALI's CPU
 pipeline (when installed) on the train ``.beton``'s images (see
-:mod:`ffcv_imagenet.data.peer_pipelines`). Each loader and peer row also gets its share
-of its ceiling (images/sec over the ceiling's), as does the crop-region decoding; the
-ceilings are timed before and after the loaders, and each pools both (the machine's
-speed drifts within a run). Every row leaves out its first pass (numba compilation,
-worker start-up, cold caches) and reports the median of the others.
+:mod:`ffcv_imagenet.data.peer_pipelines`); with ``reference``, (g) the loaders of an
+older git revision of this package, beside today's (see :mod:`.revision`).
+
+All but the baseline are timed interleaved, one epoch (or decoding pass) of each per
+round, because this machine's speed drifts within a run by more than the differences
+measured. Each loader and peer row gets its share of its ceiling, as does the
+crop-region decoding, and each loader the ratio to the older revision's: the median
+over rounds of the two rows' ratio in the same round. Every row leaves out its first
+pass (numba compilation, worker start-up, cold caches) and reports the median of the
+others.
 """
 from __future__ import annotations
 
@@ -21,14 +26,16 @@ import gc
 import os
 import platform
 import statistics
+import tempfile
 import time
+from types import ModuleType
 from typing import Callable, Iterable
 
 import torch
 
-from ..data import decode_ceiling, peer_pipelines
+from ..data import decode_ceiling, loaders, peer_pipelines
 from ..data.beton import read_labels
-from ..data.loaders import train_loader, val_loader
+from . import revision
 from ..data.torchvision_pipelines import folder_loader, normalized_tensor
 
 DECODER_DTYPES = ('uint8', 'float32')
@@ -70,19 +77,54 @@ def torchvision_baseline(folder: str, resolution: int, batch_size: int, workers:
                          workers=workers, shuffle=True, drop_last=True)
 
 
-def _rates(loader: Iterable, epochs: int, device: torch.device) -> list[float]:
-    """:func:`epoch_rates` of ``epochs`` passes over ``loader``, which is dropped on
-    return."""
-    return epoch_rates(lambda: loader, epochs, device)
+# times one more pass of a pipeline (an epoch of a loader, a decoding pass) and
+# returns its images/sec
+Pass = Callable[[], float]
+# a row's fields (its name under 'pipeline') and its pipeline's Pass
+Timed = tuple[dict, Pass]
+
+
+def _epochs(loader: Iterable, device: torch.device) -> Pass:
+    """Times one more epoch of ``loader`` per call (:func:`epoch_rates`)."""
+    return lambda: epoch_rates(lambda: loader, 1, device)[0]
+
+
+def interleave(passes: list[Pass], rounds: int) -> list[list[float]]:
+    """Images/sec of ``rounds`` passes of each of ``passes``, timed round by round: one
+    pass of each per round, in the given order in even rounds and reversed in odd ones.
+    This machine's speed drifts within a run by more than the differences measured; so
+    each pipeline meets the same minutes, a steady drift cancels over each pair of
+    rounds, and a pipeline is set against its ceiling of the same round."""
+    rates = [[] for _ in passes]
+    for index in range(rounds):
+        order = range(len(passes)) if index % 2 == 0 else range(len(passes) - 1, -1, -1)
+        for i in order:
+            rates[i].append(passes[i]())
+    return rates
+
+
+def timed_rows(pipelines: list[Timed], rounds: int) -> list[dict]:
+    """The rows (:func:`summarise`) of ``pipelines`` timed by :func:`interleave`."""
+    rates = interleave([run for _, run in pipelines], rounds)
+    return [summarise(fields['pipeline'], passes,
+                      **{k: v for k, v in fields.items() if k != 'pipeline'})
+            for (fields, _), passes in zip(pipelines, rates)]
+
+
+def paired_ratio(rates: list[float], against: list[float]) -> float:
+    """The median over the timed rounds (all but the first) of ``rates[r] /
+    against[r]``: two pipelines compared within each round of :func:`interleave`."""
+    return statistics.median(a / b for a, b in zip(rates[1:], against[1:], strict=True))
 
 
 def summarise(name: str, rates: list[float], **extra) -> dict:
     """A row: the median images/sec of ``rates`` after the first (untimed) pass, with
-    its min, max and count, the first pass's rate, and ``extra`` fields."""
+    its min, max and count, the first pass's rate, every pass's (``rates``) and
+    ``extra`` fields."""
     timed = rates[1:]  # bench_loaders guarantees at least 2 epochs
     return {'pipeline': name, 'images_per_sec': statistics.median(timed),
             'min': min(timed), 'max': max(timed), 'epochs_timed': len(timed),
-            'first_epoch_images_per_sec': rates[0], **extra}
+            'first_epoch_images_per_sec': rates[0], 'rates': list(rates), **extra}
 
 
 def decoder_dtype_for(name: str | None, device: torch.device) -> torch.dtype:
@@ -103,13 +145,14 @@ def decoder_dtypes_for(name: str | None, device: torch.device) -> list[torch.dty
     return [decoder_dtype_for(name, device)]
 
 
-def ceiling_rates(beton: str, val_beton: str | None, *, resolution: int, batch_size: int,
-                  workers: int, epochs: int) -> tuple[dict[tuple[str, str], list[float]], dict]:
-    """Images/sec of ``epochs`` decode-only passes, per (loader, what): train crops
-    (``beton``) then val crops (``val_beton``, when given), 'ceiling' (whole frames)
-    and 'region' (the region around each crop: the decoding the loaders do); and a dict
-    of the JPEG and raw-pixel image counts per ``.beton``."""
-    rates, counts = {}, {}
+def ceiling_passes(beton: str, val_beton: str | None, *, resolution: int,
+                   batch_size: int, workers: int) -> tuple[list[Timed], dict]:
+    """The decode-only pipelines: per loader kind, train crops (``beton``) then val crops
+    (``val_beton``, when given), the ceiling (whole frames) and the region around each
+    crop (the decoding the loaders do), each pass ``p`` decoding the crops of the
+    loader's epoch ``p``; and a dict of the JPEG and raw-pixel image counts per
+    ``.beton``."""
+    pipelines, counts = [], {}
     kinds = [('train', beton)] + ([('val', val_beton)] if val_beton else [])
     for kind, path in kinds:
         jpegs = decode_ceiling.load_jpegs(path)
@@ -121,128 +164,140 @@ def ceiling_rates(beton: str, val_beton: str | None, *, resolution: int, batch_s
             fixed = decode_ceiling.val_plan(jpegs, resolution)
             plan_for = lambda _epoch, fixed=fixed: fixed  # noqa: E731
         for what, region in (('ceiling', False), ('region', True)):
-            rates[kind, what] = decode_ceiling.ceiling_rates(jpegs, plan_for, epochs,
-                                                             workers, region=region)
+            name = (f'decode only, {kind} crops (ceiling)' if what == 'ceiling'
+                    else f'decode only, {kind}, crop regions')
+            pipelines.append(({'pipeline': name, 'kind': what, 'loader': kind},
+                              decode_ceiling.next_pass(jpegs, plan_for, workers, region)))
         counts[kind] = {'jpeg_images': len(jpegs.sizes), 'raw_images': jpegs.raw_images}
-        del jpegs  # the buffer holds all the file's JPEG bytes
-    return rates, counts
-
-
-def ceiling_rows(rates: dict[tuple[str, str], list[float]]) -> list[dict]:
-    """The decode-only rows of :func:`ceiling_rates`' passes (the first one of each
-    list untimed)."""
-    rows = []
-    for (kind, what), passes in rates.items():
-        name = (f'decode only, {kind} crops (ceiling)' if what == 'ceiling'
-                else f'decode only, {kind}, crop regions')
-        rows.append(summarise(name, passes, kind=what, loader=kind))
-    return rows
+    return pipelines, counts
 
 
 def add_shares(rows: list[dict]) -> None:
     """Gives every loader, peer and crop-region row of ``rows`` its share of the
-    ceiling row of the same loader kind (images/sec over the ceiling's)."""
-    ceilings = {row['loader']: row['images_per_sec'] for row in rows
-                if row['kind'] == 'ceiling'}
+    ceiling row of the same loader kind: :func:`paired_ratio` of their ``rates``."""
+    ceilings = {row['loader']: row['rates'] for row in rows if row['kind'] == 'ceiling'}
     for row in rows:
         if row['kind'] in ('loader', 'peer', 'region'):
-            row['share_of_ceiling'] = row['images_per_sec'] / ceilings[row['loader']]
+            row['share_of_ceiling'] = paired_ratio(row['rates'], ceilings[row['loader']])
 
 
-def _loader_rows(beton: str, val_beton: str | None, decoded: torch.dtype, epochs: int,
-                 **common) -> list[dict]:
-    """The train (and val) loader rows for one output path.
+def loader_passes(loaders: ModuleType, beton: str, val_beton: str | None,
+                  decoded: torch.dtype, *, label: str = 'ffcv_imagenet',
+                  **common) -> list[Timed]:
+    """The train (and val) loaders of the module ``loaders`` (this package's, or an
+    older revision's) for one output path, named ``'{label} train loader, ...'``.
     uint8 batches on a CPU device are timed as ffcv yields them (``normalised``: False):
     normalising them is a GPU's work in training."""
     name = str(decoded).removeprefix('torch.')
-    kinds = [('train', train_loader, beton)]
+    kinds = [('train', loaders.train_loader, beton)]
     if val_beton:
-        kinds.append(('val', val_loader, val_beton))
+        kinds.append(('val', loaders.val_loader, val_beton))
     device = common['device']
     # uint8 is CUDA's path, where the device normalises the batch; on a CPU that would
     # be torch work on the consumer's thread, so the batches are timed as decoded
     as_decoded = decoded == torch.uint8 and device.type != 'cuda'
-    label = f'{name} as decoded' if as_decoded else name
-    rows = []
+    text = f'{name} as decoded' if as_decoded else name
+    pipelines = []
     for kind, make, path in kinds:
         loader = make(path, decoder_dtype=decoded, **common)
-        rates = _rates(loader.loader if as_decoded else loader, epochs, device)
-        row = summarise(f'ffcv_imagenet {kind} loader, {label}', rates, kind='loader',
-                        loader=kind, decoder_dtype=name, normalised=not as_decoded)
-        rows.append(row)
-        # frees the loader's numba functions now, not in the next loader's epoch thread
-        # while it compiles, where numba's finalizer fails
-        del loader
-        gc.collect()
-    return rows
+        fields = {'pipeline': f'{label} {kind} loader, {text}', 'kind': 'loader',
+                  'loader': kind, 'decoder_dtype': name, 'normalised': not as_decoded}
+        pipelines.append((fields, _epochs(loader.loader if as_decoded else loader, device)))
+    return pipelines
 
 
-def peer_rows(beton: str, *, resolution: int, batch_size: int, workers: int,
-              epochs: int) -> tuple[list[dict], list[str]]:
-    """The peers' train rows on ``beton`` (ffcv's stock pipeline, then DALI's CPU
+def peer_passes(beton: str, *, resolution: int, batch_size: int,
+                workers: int) -> tuple[list[Timed], list[str]]:
+    """The peers' train pipelines on ``beton`` (ffcv's stock pipeline, then DALI's CPU
     pipeline if it imports), timed on the CPU like the loaders; and notes for the
     table (DALI missing)."""
     cpu = torch.device('cpu')
     common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers)
+    fields = dict(kind='peer', loader='train', normalised=True)
     stock = peer_pipelines.ffcv_stock_loader(beton, **common)
-    rows = [summarise("ffcv stock decoder, train", _rates(stock, epochs, cpu))]
-    del stock
-    gc.collect()  # as in _loader_rows: numba functions freed before the next compiles
+    pipelines = [({'pipeline': 'ffcv stock decoder, train', **fields}, _epochs(stock, cpu))]
     notes = []
     if peer_pipelines.dali_available():
         jpegs = decode_ceiling.load_jpegs(beton)
         labels = read_labels(beton)[jpegs.positions >= 0]
         dali = peer_pipelines.dali_cpu_loader(jpegs, labels, **common)
-        rows.append(summarise("DALI CPU pipeline, train", _rates(dali, epochs, cpu)))
-        del dali, jpegs
+        pipelines.append(({'pipeline': 'DALI CPU pipeline, train', **fields},
+                          _epochs(dali, cpu)))
     else:
         notes.append(f"DALI CPU pipeline: not installed here (pip install "
                      f"{peer_pipelines.DALI_PACKAGE} adds its row)")
+    return pipelines, notes
+
+
+def add_reference_ratios(rows: list[dict]) -> None:
+    """Gives every loader row of this package the :func:`paired_ratio` of its
+    ``rates`` over those of the older revision's row of the same loader and output
+    path (``vs_reference``), where there is one."""
+    older = {(row['loader'], row['decoder_dtype']): row for row in rows
+             if row['kind'] == 'loader' and 'revision' in row}
     for row in rows:
-        row.update(kind='peer', loader='train', normalised=True)
-    return rows, notes
+        reference = older.get((row.get('loader'), row.get('decoder_dtype')))
+        if row['kind'] == 'loader' and 'revision' not in row and reference:
+            row['vs_reference'] = paired_ratio(row['rates'], reference['rates'])
 
 
 def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                   resolution: int = 160, batch_size: int = 64, workers: int = 2,
                   epochs: int = 5, device: str = 'cpu',
-                  decoder_dtype: str | None = None, peers: bool = False) -> dict:
-    """Times the torchvision baseline, the ceilings (:func:`ceiling_rates`, before and
-    after the rest), the loaders (per output path: :func:`decoder_dtypes_for`) and,
-    with ``peers``, the peers (:func:`peer_rows`); returns a dict with the settings, the rows (loaders,
-    peers, ceilings, baseline last; images/sec), the ceilings' image counts, notes for
-    the table and ``ratio_train_vs_torchvision`` (of the first train loader row that
-    is normalised, as torchvision's output is, if any)."""
+                  decoder_dtype: str | None = None, peers: bool = False,
+                  reference: str | None = None) -> dict:
+    """Times the torchvision baseline, then, interleaved (:func:`interleave`, ``epochs``
+    rounds), the loaders (per output path: :func:`decoder_dtypes_for`), with
+    ``reference`` (a git revision of this package, pure Python: see
+    :mod:`.revision`) that revision's loaders beside them, with ``peers`` the peers,
+    and the ceilings (:func:`ceiling_passes`). Returns a dict with the settings, the
+    rows (loaders, reference loaders, peers, ceilings, baseline last; images/sec), the
+    ceilings' image counts, notes for the table and ``ratio_train_vs_torchvision`` (of
+    the first train loader row that is normalised, as torchvision's output is, if
+    any)."""
     if epochs < 2:
         raise ValueError("need at least 2 epochs: the first one is not timed")
     dev = torch.device(device)
     dtypes = decoder_dtypes_for(decoder_dtype, dev)
-    # once _rates returns, the baseline's worker processes stop before ours are timed
-    baseline_row = summarise(BASELINE, _rates(torchvision_baseline(
-        folder, resolution, batch_size, workers), epochs, dev), kind='baseline')
-    # the ceilings are timed before and after the loaders and each pools both: this
-    # machine's speed drifts within a run, and a share must set a loader against the
-    # ceiling of the same minutes
-    timing = dict(resolution=resolution, batch_size=batch_size, workers=workers,
-                  epochs=epochs)
-    before, counts = ceiling_rates(beton, val_beton, **timing)
-    rows = [row for decoded in dtypes
-            for row in _loader_rows(beton, val_beton, decoded, epochs,
-                                    batch_size=batch_size, resolution=resolution,
-                                    num_workers=workers, device=dev)]
-    notes = []
-    if peers:
-        peer, notes = peer_rows(beton, **timing)
-        rows += peer
-    after, _ = ceiling_rates(beton, val_beton, **timing)
-    rows += ceiling_rows({key: passes + after[key][1:] for key, passes in before.items()})
-    rows.append(baseline_row)
+    with tempfile.TemporaryDirectory(prefix='bench-reference-') as folder_of_reference:
+        # a bad revision fails before anything is timed
+        older = (revision.import_revision(reference, folder_of_reference)
+                 if reference else None)
+        baseline = torchvision_baseline(folder, resolution, batch_size, workers)
+        baseline_row = summarise(BASELINE, epoch_rates(lambda: baseline, epochs, dev),
+                                 kind='baseline')
+        del baseline  # its worker processes stop before ours are timed
+        timing = dict(resolution=resolution, batch_size=batch_size, workers=workers)
+        common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers,
+                      device=dev)
+        pipelines, counts = ceiling_passes(beton, val_beton, **timing)
+        for decoded in dtypes:
+            pipelines += loader_passes(loaders, beton, val_beton, decoded, **common)
+            if older:
+                module, commit = older
+                for fields, run in loader_passes(module, beton, val_beton, decoded,
+                                                 label=f'ffcv_imagenet {commit}', **common):
+                    pipelines.append(({**fields, 'revision': commit}, run))
+        notes = []
+        if peers:
+            peer, notes = peer_passes(beton, **timing)
+            pipelines += peer
+        rows = timed_rows(pipelines, epochs)
+        # the loaders' numba functions are freed here, not later in another loader's
+        # epoch thread while it compiles, where numba's finalizer fails
+        del pipelines
+        gc.collect()
+    decoding = ('ceiling', 'region')
+    rows = ([row for row in rows if row['kind'] not in decoding]
+            + [row for row in rows if row['kind'] in decoding] + [baseline_row])
     add_shares(rows)
+    add_reference_ratios(rows)
     names = [str(dtype).removeprefix('torch.') for dtype in dtypes]
     return {
         'settings': {'beton': beton, 'val_beton': val_beton, 'folder': folder,
                      'resolution': resolution, 'batch_size': batch_size, 'workers': workers,
                      'epochs': epochs, 'device': device, 'peers': peers,
+                     'reference': older[1] if older else None,
                      'decoder_dtype': names[0] if len(names) == 1 else BOTH,
                      'decoder_dtypes': names, 'cpus': os.cpu_count(),
                      'machine': platform.processor() or platform.machine(),
@@ -258,7 +313,8 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
 def _headline_row(rows: list[dict]) -> dict:
     """The train loader row to set against torchvision: the first normalised one (the
     baseline normalises too), else the first."""
-    train = [row for row in rows if row.get('loader') == 'train' and row['kind'] == 'loader']
+    train = [row for row in rows if row.get('loader') == 'train' and row['kind'] == 'loader'
+             and 'revision' not in row]
     return next((row for row in train if row['normalised']), train[0])
 
 
@@ -266,18 +322,19 @@ def format_loader_table(result: dict) -> str:
     """A plain-text table of a :func:`bench_loaders` result."""
     s = result['settings']
     baseline = next(row for row in result['rows'] if row['kind'] == 'baseline')
+    width = max(40, *(len(row['pipeline']) for row in result['rows']))
     lines = [f"loader benchmark: {s['resolution']} px, batch {s['batch_size']}, "
              f"{s['workers']} workers, device {s['device']}, decoder output "
              f"{' and '.join(s['decoder_dtypes'])}, {s['cpus']} CPUs; "
              f"epochs 2-{s['epochs']} timed (epoch 1 = warm-up/compilation, left out)",
-             f"{'pipeline':<40} {'images/sec':>11} {'(min-max)':>15} {'vs torchvision':>15} "
-             f"{'share of ceiling':>17}"]
+             f"{'pipeline':<{width}} {'images/sec':>11} {'(min-max)':>15} "
+             f"{'vs torchvision':>15} {'share of ceiling':>17}"]
     for row in result['rows']:
         spread = f"{row['min']:.0f}-{row['max']:.0f}"
         ratio = row['images_per_sec'] / baseline['images_per_sec']
         share = f"{row['share_of_ceiling']:.1%}" if 'share_of_ceiling' in row else ''
-        lines.append(f"{row['pipeline']:<40} {row['images_per_sec']:>11.0f} {spread:>15} "
-                     f"{ratio:>14.2f}x {share:>17}".rstrip())
+        lines.append(f"{row['pipeline']:<{width}} {row['images_per_sec']:>11.0f} "
+                     f"{spread:>15} {ratio:>14.2f}x {share:>17}".rstrip())
     if any(row.get('normalised') is False for row in result['rows']):
         lines.append("as decoded: batches timed as ffcv yields them, uint8, not normalised "
                      "(on a GPU the device normalises them)")
@@ -286,5 +343,11 @@ def format_loader_table(result: dict) -> str:
             lines.append(f"ceiling, {kind}: {count['jpeg_images']} JPEG images per pass; "
                          f"{count['raw_images']} stored as raw pixels are not decoded, "
                          f"nor counted")
+    lines.append("pipelines interleaved: one epoch (pass) of each per round; a share is the "
+                 "median of the rounds' ratios")
+    for row in result['rows']:
+        if 'vs_reference' in row:
+            lines.append(f"{row['pipeline']}: {row['vs_reference']:.2f}x the loader of "
+                         f"{s['reference']} (median of the rounds' ratios)")
     lines += result.get('notes', [])
     return '\n'.join(lines)
