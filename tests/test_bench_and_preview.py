@@ -100,9 +100,12 @@ def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons
                                         'val': {'jpeg_images': 20, 'raw_images': 0}}
     table = capsys.readouterr().out
     assert table.strip() == bench.format_loader_table(result)
-    assert 'epoch 1 = warm-up' in table and 'vs torchvision' in table
+    assert 'pass 1 = warm-up' in table and 'vs torchvision' in table
     assert 'decoder output uint8 and float32' in table and 'share of ceiling' in table
     assert f"{rows[0]['share_of_ceiling']:.1%}" in table.splitlines()[2]
+    # 48 train images, 20 val: a val pass is 2 epochs, as many images as a train epoch
+    assert [row.get('epochs_per_pass') for row in rows] == [1, 2] * 4 + [1, 1, 2, 2, None]
+    assert 'a val pass is 2 epochs of the val set' in table
     assert 'as decoded: batches timed as ffcv yields them' in table
     assert 'pipelines interleaved' in table
     assert (f"ffcv_imagenet val loader, float32: {rows[5]['vs_reference']:.2f}x the loader "
@@ -141,6 +144,12 @@ def test_each_row_gets_its_share_of_its_own_loaders_ceiling_round_by_round():
     # medians of the timed rounds' ratios (the first pass is not timed): val 0.5, 0.5,
     # 1.0; train peer 0.2, 0.2, 0.1; region 1.2, 1.2, 1.0
     assert [row.get('share_of_ceiling') for row in rows] == [0.5, 0.2, None, 1.2, None, None]
+
+
+def test_a_repeated_pass_is_its_images_over_its_total_time():
+    rates = iter([100.0, 300.0, 50.0])
+    run = bench_loader.repeated(lambda: next(rates), 2)
+    assert run() == pytest.approx(150.0)  # 2 passes of n images in n/100 + n/300 s
 
 
 def test_interleaved_rounds_alternate_their_order_and_pair_the_rounds():

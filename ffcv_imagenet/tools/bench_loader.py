@@ -12,9 +12,10 @@ pipeline (when installed) on the train ``.beton``'s images (see
 :mod:`ffcv_imagenet.data.peer_pipelines`); with ``reference``, (g) the loaders of an
 older git revision of this package, beside today's (see :mod:`.revision`).
 
-All but the baseline are timed interleaved, one epoch (or decoding pass) of each per
-round, because this machine's speed drifts within a run by more than the differences
-measured. Each loader and peer row gets its share of its ceiling, as does the
+All but the baseline are timed interleaved, one pass of each per round, because this
+machine's speed drifts within a run by more than the differences measured; a pass is
+an epoch of the train set, or as many epochs of the smaller val set as make about as
+many images. Each loader and peer row gets its share of its ceiling, as does the
 crop-region decoding, and each loader the ratio to the older revision's: the median
 over rounds of the two rows' ratio in the same round. Every row leaves out its first
 pass (numba compilation, worker start-up, cold caches) and reports the median of the
@@ -87,6 +88,12 @@ Timed = tuple[dict, Pass]
 def _epochs(loader: Iterable, device: torch.device) -> Pass:
     """Times one more epoch of ``loader`` per call (:func:`epoch_rates`)."""
     return lambda: epoch_rates(lambda: loader, 1, device)[0]
+
+
+def repeated(run: Pass, times: int) -> Pass:
+    """A pass of ``times`` passes of ``run`` (each over the same number of images):
+    their images over their total time, in images/sec."""
+    return lambda: times / sum(1 / run() for _ in range(times))
 
 
 def interleave(passes: list[Pass], rounds: int) -> list[list[float]]:
@@ -282,6 +289,16 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
         if peers:
             peer, notes = peer_passes(beton, **timing)
             pipelines += peer
+        # a val set is small (an epoch of make demo's takes about 0.1 s here), and a
+        # pause of the machine of a few tens of ms would weigh on one epoch alone: each
+        # val pass runs as many epochs as make an epoch of the train set
+        per_pass = {'train': 1}
+        if val_beton:
+            images = {kind: sum(count.values()) for kind, count in counts.items()}
+            per_pass['val'] = max(1, round(images['train'] / images['val']))
+        pipelines = [({**fields, 'epochs_per_pass': per_pass[fields['loader']]},
+                      repeated(run, per_pass[fields['loader']]))
+                     for fields, run in pipelines]
         rows = timed_rows(pipelines, epochs)
         # the loaders' numba functions are freed here, not later in another loader's
         # epoch thread while it compiles, where numba's finalizer fails
@@ -326,7 +343,7 @@ def format_loader_table(result: dict) -> str:
     lines = [f"loader benchmark: {s['resolution']} px, batch {s['batch_size']}, "
              f"{s['workers']} workers, device {s['device']}, decoder output "
              f"{' and '.join(s['decoder_dtypes'])}, {s['cpus']} CPUs; "
-             f"epochs 2-{s['epochs']} timed (epoch 1 = warm-up/compilation, left out)",
+             f"passes 2-{s['epochs']} timed (pass 1 = warm-up/compilation, left out)",
              f"{'pipeline':<{width}} {'images/sec':>11} {'(min-max)':>15} "
              f"{'vs torchvision':>15} {'share of ceiling':>17}"]
     for row in result['rows']:
@@ -343,8 +360,13 @@ def format_loader_table(result: dict) -> str:
             lines.append(f"ceiling, {kind}: {count['jpeg_images']} JPEG images per pass; "
                          f"{count['raw_images']} stored as raw pixels are not decoded, "
                          f"nor counted")
-    lines.append("pipelines interleaved: one epoch (pass) of each per round; a share is the "
+    lines.append("pipelines interleaved: one pass of each per round; a share is the "
                  "median of the rounds' ratios")
+    per_pass = max((row.get('epochs_per_pass', 1) for row in result['rows']
+                    if row.get('loader') == 'val'), default=1)
+    if per_pass > 1:
+        lines.append(f"a val pass is {per_pass} epochs of the val set, about as many "
+                     f"images as a train epoch")
     for row in result['rows']:
         if 'vs_reference' in row:
             lines.append(f"{row['pipeline']}: {row['vs_reference']:.2f}x the loader of "
