@@ -248,6 +248,41 @@ def add_reference_ratios(rows: list[dict]) -> None:
             row['vs_reference'] = paired_ratio(row['rates'], reference['rates'])
 
 
+def _pipelines(beton: str, val_beton: str | None, dtypes: list[torch.dtype],
+               older: tuple[ModuleType, str] | None, peers: bool, *, resolution: int,
+               batch_size: int, workers: int, device: torch.device
+               ) -> tuple[list[Timed], dict, list[str]]:
+    """What :func:`bench_loaders` interleaves: the ceilings, the loaders per output
+    path (each followed by the ``older`` revision's (loaders module, commit), if any)
+    and, with ``peers``, the peers; val pipelines with :func:`repeated` epochs. Returns
+    them, the ceilings' image counts and the notes for the table."""
+    timing = dict(resolution=resolution, batch_size=batch_size, workers=workers)
+    common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers,
+                  device=device)
+    pipelines, counts = ceiling_passes(beton, val_beton, **timing)
+    for decoded in dtypes:
+        pipelines += loader_passes(loaders, beton, val_beton, decoded, **common)
+        if older:
+            module, commit = older
+            for fields, run in loader_passes(module, beton, val_beton, decoded,
+                                             label=f'ffcv_imagenet {commit}', **common):
+                pipelines.append(({**fields, 'revision': commit}, run))
+    notes = []
+    if peers:
+        peer, notes = peer_passes(beton, **timing)
+        pipelines += peer
+    # a val set is small (an epoch of make demo's takes about 0.1 s here), and a pause
+    # of the machine of a few tens of ms would weigh on one epoch alone: each val pass
+    # runs as many epochs as make an epoch of the train set
+    per_pass = {'train': 1}
+    if val_beton:
+        images = {kind: sum(count.values()) for kind, count in counts.items()}
+        per_pass['val'] = max(1, round(images['train'] / images['val']))
+    pipelines = [({**fields, 'epochs_per_pass': per_pass[fields['loader']]},
+                  repeated(run, per_pass[fields['loader']])) for fields, run in pipelines]
+    return pipelines, counts, notes
+
+
 def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                   resolution: int = 160, batch_size: int = 64, workers: int = 2,
                   epochs: int = 5, device: str = 'cpu',
@@ -274,31 +309,9 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
         baseline_row = summarise(BASELINE, epoch_rates(lambda: baseline, epochs, dev),
                                  kind='baseline')
         del baseline  # its worker processes stop before ours are timed
-        timing = dict(resolution=resolution, batch_size=batch_size, workers=workers)
-        common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers,
-                      device=dev)
-        pipelines, counts = ceiling_passes(beton, val_beton, **timing)
-        for decoded in dtypes:
-            pipelines += loader_passes(loaders, beton, val_beton, decoded, **common)
-            if older:
-                module, commit = older
-                for fields, run in loader_passes(module, beton, val_beton, decoded,
-                                                 label=f'ffcv_imagenet {commit}', **common):
-                    pipelines.append(({**fields, 'revision': commit}, run))
-        notes = []
-        if peers:
-            peer, notes = peer_passes(beton, **timing)
-            pipelines += peer
-        # a val set is small (an epoch of make demo's takes about 0.1 s here), and a
-        # pause of the machine of a few tens of ms would weigh on one epoch alone: each
-        # val pass runs as many epochs as make an epoch of the train set
-        per_pass = {'train': 1}
-        if val_beton:
-            images = {kind: sum(count.values()) for kind, count in counts.items()}
-            per_pass['val'] = max(1, round(images['train'] / images['val']))
-        pipelines = [({**fields, 'epochs_per_pass': per_pass[fields['loader']]},
-                      repeated(run, per_pass[fields['loader']]))
-                     for fields, run in pipelines]
+        pipelines, counts, notes = _pipelines(
+            beton, val_beton, dtypes, older, peers, resolution=resolution,
+            batch_size=batch_size, workers=workers, device=dev)
         rows = timed_rows(pipelines, epochs)
         # the loaders' numba functions are freed here, not later in another loader's
         # epoch thread while it compiles, where numba's finalizer fails
