@@ -334,3 +334,28 @@ def test_train_benchmark_leaves_cores_to_the_main_thread(monkeypatch):
     assert bench.default_workers() == 14
     args = bench._parser().parse_args(['train', '--beton', 'b'])
     assert args.workers == 14
+
+
+def test_a_kind_stored_raw_gets_no_ceiling_and_its_rows_no_share():
+    from ffcv_imagenet.data.decode_ceiling import StoredJpegs
+    empty = np.zeros(0, np.int64)
+    raw = StoredJpegs(data=np.zeros(0, np.uint8), offsets=empty, sizes=empty,
+                      heights=empty, widths=empty, positions=np.full(5, -1), raw_images=5)
+    pipelines, counts = bench_loader.ceiling_passes({'val': raw}, resolution=32,
+                                                    batch_size=4, workers=1)
+    assert pipelines == [] and counts == {'val': {'jpeg_images': 0, 'raw_images': 5}}
+    rows = [{'kind': 'loader', 'loader': 'val', 'rates': [1.0, 2.0]}]
+    bench_loader.add_shares(rows)
+    assert 'share_of_ceiling' not in rows[0]
+
+
+def test_a_reference_whose_loaders_take_no_decoder_dtype_is_refused_in_one_line(
+        monkeypatch):
+    class Older:  # the loaders of a revision before the decoder_dtype argument
+        def train_loader(path, *, batch_size, resolution, num_workers):
+            pass
+        val_loader = train_loader
+    monkeypatch.setattr(revision, 'import_revision', lambda rev, into: (Older, 'abcdef0123'))
+    with pytest.raises(ValueError, match=r'revision old \(abcdef0123\): its train_loader '
+                                         r'takes no decoder_dtype'):
+        bench_loader._reference_loaders('old', '/nowhere')

@@ -54,6 +54,12 @@ def test_a_revision_is_imported_under_its_own_name_and_reads_its_own_code(checko
     assert revision.import_revision(first, into, root=root)[0] is old
 
 
+def test_a_root_below_the_top_of_the_checkout_reads_the_same_revision(checkout, tmp_path):
+    root, first, _ = checkout
+    module, short = revision.import_revision(first, tmp_path, root=root / 'ffcv_imagenet')
+    assert (module.WHICH, short) == ('first', first[:10])
+
+
 def test_bad_revisions_are_refused_in_one_line(checkout, tmp_path):
     root, _, _ = checkout
     with pytest.raises(ValueError, match=r"'nope' names no commit of the checkout at"):
@@ -67,5 +73,34 @@ def test_bad_revisions_are_refused_in_one_line(checkout, tmp_path):
         revision.import_revision(built, tmp_path, root=root)
     other = tmp_path / 'other'
     _commit(other, {'README': 'no package here\n'})
-    with pytest.raises(ValueError, match='did not match any files'):
+    with pytest.raises(ValueError, match=r'\(\w{10}\) has no ffcv_imagenet/ at the top'):
         revision.import_revision('HEAD', tmp_path, root=other)
+
+
+FILING_DAY = '5aecb75'  # the loader of the day issue 14 was filed: pure Python
+
+
+@pytest.mark.slow
+def test_an_older_loader_of_this_project_runs_beside_todays(betons, tmp_path):
+    import torch
+    from ffcv_imagenet.data import decoders, loaders
+    root = revision.checkout_root()
+    known = subprocess.run(['git', '-C', str(root), 'cat-file', '-e',
+                            f'{FILING_DAY}^{{commit}}'], capture_output=True)
+    if known.returncode:
+        pytest.skip(f'needs a git checkout that holds {FILING_DAY}')
+    try:
+        older, short = revision.import_revision(FILING_DAY, tmp_path)
+        old = older.train_loader(str(betons[0]), batch_size=8, resolution=32,
+                                 num_workers=2, decoder_dtype=torch.uint8)
+        new = loaders.train_loader(str(betons[0]), batch_size=8, resolution=32,
+                                   num_workers=2, decoder_dtype=torch.uint8)
+        # its own decoder, not today's, whose class it would share under one name
+        old_decoders = sys.modules[f'ffcv_imagenet_{short}.data.decoders']
+        assert old_decoders.FusedCropDecoder is not decoders.FusedCropDecoder
+        for loader in (old, new):
+            shapes = [tuple(images.shape) for images, _ in loader]
+            assert shapes == [(8, 3, 32, 32)] * 6  # 48 images
+    finally:
+        for name in [name for name in sys.modules if name.startswith('ffcv_imagenet_')]:
+            del sys.modules[name]

@@ -12,8 +12,8 @@ the same crops, on as many threads, and thrown away (no ffcv ``Loader``, no Pyth
 work per image), and beside it what the loaders' decoder decodes instead (only the
 part of each JPEG around its crop), (d) a plain torchvision ``ImageFolder`` + ``RandomResizedCrop`` +
 flip + ``ToTensor`` + ``Normalize`` pipeline through a ``DataLoader`` reading the
-source folder. Each loader row also prints its share of its ceiling. The first epoch
-(pass) of each is left out (numba compilation; worker start-up and a cold file
+source folder. Each loader row also prints its share of its ceiling. The first pass
+(an epoch; for val, as many epochs as make about a train epoch) of each is left out (numba compilation; worker start-up and a cold file
 cache for torchvision); the figure is the median over the remaining ones (on a GPU,
 queued work is waited for before each clock reading). ``--decoder-dtype`` picks the
 ffcv loaders' output path: ``uint8`` (what a CUDA device takes: decode to uint8,
@@ -24,7 +24,7 @@ a val row for each, against the same ceilings); the default is the device's own.
 is installed) on the train ``.beton``'s images, timed on the CPU. ``--reference REV``
 adds the loaders of an older git revision of this package (one without the compiled
 extension, such as 5aecb75), and gives each of today's loaders its ratio to them.
-All but torchvision are timed interleaved, an epoch of each per round, and shares and
+All but torchvision are timed interleaved, a pass of each per round, and shares and
 ratios are the medians of the rounds' ratios: the machine's speed drifts during a run.
 Details: :mod:`.bench_loader`.
 

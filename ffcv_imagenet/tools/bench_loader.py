@@ -24,6 +24,7 @@ others.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import platform
 import statistics
@@ -100,8 +101,8 @@ def interleave(passes: list[Pass], rounds: int) -> list[list[float]]:
     """Images/sec of ``rounds`` passes of each of ``passes``, timed round by round: one
     pass of each per round, in the given order in even rounds and reversed in odd ones.
     This machine's speed drifts within a run by more than the differences measured; so
-    each pipeline meets the same minutes, a steady drift cancels over each pair of
-    rounds, and a pipeline is set against its ceiling of the same round."""
+    each pipeline meets the same minutes, none is always timed first or last, and a
+    pipeline is set against its ceiling of the same round."""
     rates = [[] for _ in passes]
     for index in range(rounds):
         order = range(len(passes)) if index % 2 == 0 else range(len(passes) - 1, -1, -1)
@@ -152,17 +153,18 @@ def decoder_dtypes_for(name: str | None, device: torch.device) -> list[torch.dty
     return [decoder_dtype_for(name, device)]
 
 
-def ceiling_passes(beton: str, val_beton: str | None, *, resolution: int,
+def ceiling_passes(stored: dict[str, decode_ceiling.StoredJpegs], *, resolution: int,
                    batch_size: int, workers: int) -> tuple[list[Timed], dict]:
-    """The decode-only pipelines: per loader kind, train crops (``beton``) then val crops
-    (``val_beton``, when given), the ceiling (whole frames) and the region around each
-    crop (the decoding the loaders do), each pass ``p`` decoding the crops of the
-    loader's epoch ``p``; and a dict of the JPEG and raw-pixel image counts per
-    ``.beton``."""
+    """The decode-only pipelines of the JPEGs ``stored`` per loader kind ('train', then
+    'val' when given): the ceiling (whole frames) and the region around each crop (the
+    decoding the loaders do), each pass ``p`` decoding the crops of the loader's epoch
+    ``p``; and a dict of the JPEG and raw-pixel image counts per kind. A kind without
+    JPEGs (all stored raw) gets no pipelines: there is nothing to decode."""
     pipelines, counts = [], {}
-    kinds = [('train', beton)] + ([('val', val_beton)] if val_beton else [])
-    for kind, path in kinds:
-        jpegs = decode_ceiling.load_jpegs(path)
+    for kind, jpegs in stored.items():
+        counts[kind] = {'jpeg_images': len(jpegs.sizes), 'raw_images': jpegs.raw_images}
+        if not len(jpegs.sizes):
+            continue
         if kind == 'train':
             def plan_for(epoch, jpegs=jpegs):  # the train loader's epochs 0, 1, ...
                 return decode_ceiling.train_plan(jpegs, resolution, epoch,
@@ -175,16 +177,16 @@ def ceiling_passes(beton: str, val_beton: str | None, *, resolution: int,
                     else f'decode only, {kind}, crop regions')
             pipelines.append(({'pipeline': name, 'kind': what, 'loader': kind},
                               decode_ceiling.next_pass(jpegs, plan_for, workers, region)))
-        counts[kind] = {'jpeg_images': len(jpegs.sizes), 'raw_images': jpegs.raw_images}
     return pipelines, counts
 
 
 def add_shares(rows: list[dict]) -> None:
     """Gives every loader, peer and crop-region row of ``rows`` its share of the
-    ceiling row of the same loader kind: :func:`paired_ratio` of their ``rates``."""
+    ceiling row of the same loader kind, where there is one: :func:`paired_ratio` of
+    their ``rates``."""
     ceilings = {row['loader']: row['rates'] for row in rows if row['kind'] == 'ceiling'}
     for row in rows:
-        if row['kind'] in ('loader', 'peer', 'region'):
+        if row['kind'] in ('loader', 'peer', 'region') and row['loader'] in ceilings:
             row['share_of_ceiling'] = paired_ratio(row['rates'], ceilings[row['loader']])
 
 
@@ -213,11 +215,12 @@ def loader_passes(loaders: ModuleType, beton: str, val_beton: str | None,
     return pipelines
 
 
-def peer_passes(beton: str, *, resolution: int, batch_size: int,
-                workers: int) -> tuple[list[Timed], list[str]]:
+def peer_passes(beton: str, *, resolution: int, batch_size: int, workers: int,
+                jpegs: decode_ceiling.StoredJpegs | None = None
+                ) -> tuple[list[Timed], list[str]]:
     """The peers' train pipelines on ``beton`` (ffcv's stock pipeline, then DALI's CPU
-    pipeline if it imports), timed on the CPU like the loaders; and notes for the
-    table (DALI missing)."""
+    pipeline if it imports, on ``jpegs``, the file's JPEGs if already in memory),
+    timed on the CPU like the loaders; and notes for the table (DALI missing)."""
     cpu = torch.device('cpu')
     common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers)
     fields = dict(kind='peer', loader='train', normalised=True)
@@ -225,7 +228,7 @@ def peer_passes(beton: str, *, resolution: int, batch_size: int,
     pipelines = [({'pipeline': 'ffcv stock decoder, train', **fields}, _epochs(stock, cpu))]
     notes = []
     if peer_pipelines.dali_available():
-        jpegs = decode_ceiling.load_jpegs(beton)
+        jpegs = jpegs if jpegs is not None else decode_ceiling.load_jpegs(beton)
         labels = read_labels(beton)[jpegs.positions >= 0]
         dali = peer_pipelines.dali_cpu_loader(jpegs, labels, **common)
         pipelines.append(({'pipeline': 'DALI CPU pipeline, train', **fields},
@@ -259,7 +262,11 @@ def _pipelines(beton: str, val_beton: str | None, dtypes: list[torch.dtype],
     timing = dict(resolution=resolution, batch_size=batch_size, workers=workers)
     common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers,
                   device=device)
-    pipelines, counts = ceiling_passes(beton, val_beton, **timing)
+    # every JPEG's bytes, in memory for the whole run: the ceilings' (and DALI's) input
+    stored = {'train': decode_ceiling.load_jpegs(beton)}
+    if val_beton:
+        stored['val'] = decode_ceiling.load_jpegs(val_beton)
+    pipelines, counts = ceiling_passes(stored, **timing)
     for decoded in dtypes:
         pipelines += loader_passes(loaders, beton, val_beton, decoded, **common)
         if older:
@@ -269,7 +276,7 @@ def _pipelines(beton: str, val_beton: str | None, dtypes: list[torch.dtype],
                 pipelines.append(({**fields, 'revision': commit}, run))
     notes = []
     if peers:
-        peer, notes = peer_passes(beton, **timing)
+        peer, notes = peer_passes(beton, jpegs=stored['train'], **timing)
         pipelines += peer
     # a val set is small (an epoch of make demo's takes about 0.1 s here), and a pause
     # of the machine of a few tens of ms would weigh on one epoch alone: each val pass
@@ -283,6 +290,18 @@ def _pipelines(beton: str, val_beton: str | None, dtypes: list[torch.dtype],
     return pipelines, counts, notes
 
 
+def _reference_loaders(reference: str, folder: str) -> tuple[ModuleType, str]:
+    """:func:`revision.import_revision`'s loaders module of ``reference`` and its
+    commit, refused with a one-line error if its loaders cannot be built as today's
+    are (the ``decoder_dtype`` argument came later than some revisions)."""
+    module, commit = revision.import_revision(reference, folder)
+    for make in (module.train_loader, module.val_loader):
+        if 'decoder_dtype' not in inspect.signature(make).parameters:
+            raise ValueError(f"revision {reference} ({commit}): its {make.__name__} takes "
+                             f"no decoder_dtype, so it cannot be timed beside today's")
+    return module, commit
+
+
 def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                   resolution: int = 160, batch_size: int = 64, workers: int = 2,
                   epochs: int = 5, device: str = 'cpu',
@@ -293,17 +312,19 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
     ``reference`` (a git revision of this package, pure Python: see
     :mod:`.revision`) that revision's loaders beside them, with ``peers`` the peers,
     and the ceilings (:func:`ceiling_passes`). Returns a dict with the settings, the
-    rows (loaders, reference loaders, peers, ceilings, baseline last; images/sec), the
-    ceilings' image counts, notes for the table and ``ratio_train_vs_torchvision`` (of
+    rows (images/sec), the ceilings' image counts, notes for the table and ``ratio_train_vs_torchvision`` (of
     the first train loader row that is normalised, as torchvision's output is, if
-    any)."""
+    any). The rows come per output path (today's train and val loaders, then the older
+    revision's), then the peers, the ceilings and the baseline; a row's
+    ``first_epoch_images_per_sec`` and ``epochs_timed`` count passes (a val pass may
+    be several epochs: ``epochs_per_pass``)."""
     if epochs < 2:
         raise ValueError("need at least 2 epochs: the first one is not timed")
     dev = torch.device(device)
     dtypes = decoder_dtypes_for(decoder_dtype, dev)
     with tempfile.TemporaryDirectory(prefix='bench-reference-') as folder_of_reference:
         # a bad revision fails before anything is timed
-        older = (revision.import_revision(reference, folder_of_reference)
+        older = (_reference_loaders(reference, folder_of_reference)
                  if reference else None)
         baseline = torchvision_baseline(folder, resolution, batch_size, workers)
         baseline_row = summarise(BASELINE, epoch_rates(lambda: baseline, epochs, dev),

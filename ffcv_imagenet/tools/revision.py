@@ -46,11 +46,13 @@ def import_revision(revision: str, into: str | Path, module: str = 'data.loaders
     ``module`` and returns (the module, the commit's 10-character hash).
 
     Raises:
-        ValueError: no git, ``root`` is not a checkout, ``revision`` names no commit,
-            the commit has no ``ffcv_imagenet/``, or it carries a C extension.
+        ValueError: no git, ``root`` is not in a checkout, ``revision`` names no
+            commit, the commit has no ``ffcv_imagenet/`` at the top of the checkout, or
+            it carries a C extension.
     """
-    root = Path(root) if root is not None else checkout_root()
-    _git(root, 'rev-parse', '--git-dir')  # a checkout at all
+    # git archive names paths from the top of the checkout, wherever root lies in it
+    root = Path(_git(Path(root) if root is not None else checkout_root(),
+                     'rev-parse', '--show-toplevel').decode().strip())
     try:
         commit = _git(root, 'rev-parse', '--verify', '--quiet', f'{revision}^{{commit}}'
                       ).decode().strip()
@@ -60,6 +62,9 @@ def import_revision(revision: str, into: str | Path, module: str = 'data.loaders
     name = f'{PACKAGE}_{short}'
     folder = Path(into)
     if not (folder / name).is_dir():
+        if not _git(root, 'ls-tree', '--name-only', commit, PACKAGE).strip():
+            raise ValueError(f"revision {revision} ({short}) has no {PACKAGE}/ at the top "
+                             f"of the checkout at {root}")
         archive = _git(root, 'archive', '--format=tar', commit, PACKAGE)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             members = tar.getmembers()
@@ -68,14 +73,13 @@ def import_revision(revision: str, into: str | Path, module: str = 'data.loaders
                 raise ValueError(f"revision {revision} ({short}) builds a C extension "
                                  f"({extensions[0]}): only pure-Python revisions can be "
                                  f"imported beside this one")
-            if not members:
-                raise ValueError(f"revision {revision} ({short}) has no {PACKAGE}/")
             staging = folder / f'.{name}.partial'
             # (the filter, which refuses links out of the folder, came in Python 3.11.4)
             safe = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}
             tar.extractall(staging, **safe)
         (staging / PACKAGE).rename(folder / name)
         staging.rmdir()
+    importlib.invalidate_caches()  # the finders may have listed the folder before
     sys.path.insert(0, str(folder))
     try:
         return importlib.import_module(f'{name}.{module}'), short
