@@ -108,6 +108,9 @@ def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons
     assert 'a val pass is 2 epochs of the val set' in table
     assert 'as decoded: batches timed as ffcv yields them' in table
     assert 'pipelines interleaved' in table
+    # on Linux the run reports the share of CPU time the hypervisor took during it
+    assert 0 <= result['settings']['steal_share'] <= 1
+    assert 'CPU time taken by the hypervisor during the rounds (steal): ' in table
     assert (f"ffcv_imagenet val loader, float32: {rows[5]['vs_reference']:.2f}x the loader "
             f"of {older[:10]}") in table
 
@@ -359,3 +362,31 @@ def test_a_reference_whose_loaders_take_no_decoder_dtype_is_refused_in_one_line(
     with pytest.raises(ValueError, match=r'revision old \(abcdef0123\): its train_loader '
                                          r'takes no decoder_dtype'):
         bench_loader._reference_loaders('old', '/nowhere')
+
+
+def test_the_hypervisors_share_of_cpu_time_is_read_and_reported(tmp_path):
+    stat = tmp_path / 'stat'
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text('cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n')
+    assert bench_loader.cpu_ticks(str(stat)) == (35, 1000)
+    assert bench_loader.cpu_ticks(str(tmp_path / 'missing')) is None
+    stat.write_text('intr 1 2 3\n')
+    assert bench_loader.cpu_ticks(str(stat)) is None
+    assert bench_loader.steal_share((35, 1000), (135, 1400)) == 0.25
+    assert bench_loader.steal_share(None, (135, 1400)) is None
+    assert bench_loader.steal_share((35, 1000), (35, 1000)) is None
+
+    def table(stolen):
+        result = {'settings': {'resolution': 160, 'batch_size': 64, 'workers': 2,
+                               'device': 'cpu', 'decoder_dtypes': ['float32'], 'cpus': 2,
+                               'epochs': 5, 'steal_share': stolen},
+                  'rows': [{'pipeline': 'torchvision ImageFolder + DataLoader',
+                            'images_per_sec': 100.0, 'min': 90.0, 'max': 110.0,
+                            'kind': 'baseline'}],
+                  'ceiling_images': {}}
+        return bench.format_loader_table(result)
+    assert table(0.25).endswith('CPU time taken by the hypervisor during the rounds '
+                                '(steal): 25%: numbers from this run are skewed; compare '
+                                'them with care')
+    assert table(0.01).endswith('(steal): 1%')
+    assert 'steal' not in table(None)

@@ -43,6 +43,8 @@ from ..data.torchvision_pipelines import folder_loader, normalized_tensor
 DECODER_DTYPES = ('uint8', 'float32')
 BOTH = 'both'
 BASELINE = 'torchvision ImageFolder + DataLoader'
+# a run whose CPUs lost this share of their time to other machines gets a warning
+STEAL_WARNING = 0.05
 
 
 def sync(device: torch.device) -> None:
@@ -89,6 +91,31 @@ Timed = tuple[dict, Pass]
 def _epochs(loader: Iterable, device: torch.device) -> Pass:
     """Times one more epoch of ``loader`` per call (:func:`epoch_rates`)."""
     return lambda: epoch_rates(lambda: loader, 1, device)[0]
+
+
+def cpu_ticks(stat: str = '/proc/stat') -> tuple[int, int] | None:
+    """(stolen, total) CPU time of the whole machine since boot, in clock ticks, from
+    Linux's ``stat`` file; None where it cannot be read. Stolen time is what the
+    hypervisor gave to other machines while this one's CPUs had work."""
+    try:
+        with open(stat) as handle:
+            fields = handle.readline().split()
+        # user nice system idle iowait irq softirq steal (guest time is inside user)
+        ticks = [int(value) for value in fields[1:9]]
+    except (OSError, ValueError):
+        return None
+    if not fields or fields[0] != 'cpu' or len(ticks) < 8:
+        return None
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None
+                ) -> float | None:
+    """The share of the CPU time between two :func:`cpu_ticks` readings that the
+    hypervisor took (0-1), or None when either is unknown or no time passed."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 def repeated(run: Pass, times: int) -> Pass:
@@ -333,7 +360,9 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
         pipelines, counts, notes = _pipelines(
             beton, val_beton, dtypes, older, peers, resolution=resolution,
             batch_size=batch_size, workers=workers, device=dev)
+        before = cpu_ticks()
         rows = timed_rows(pipelines, epochs)
+        stolen = steal_share(before, cpu_ticks())
         # the loaders' numba functions are freed here, not later in another loader's
         # epoch thread while it compiles, where numba's finalizer fails
         del pipelines
@@ -349,6 +378,7 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
                      'resolution': resolution, 'batch_size': batch_size, 'workers': workers,
                      'epochs': epochs, 'device': device, 'peers': peers,
                      'reference': older[1] if older else None,
+                     'steal_share': stolen,
                      'decoder_dtype': names[0] if len(names) == 1 else BOTH,
                      'decoder_dtypes': names, 'cpus': os.cpu_count(),
                      'machine': platform.processor() or platform.machine(),
@@ -396,6 +426,11 @@ def format_loader_table(result: dict) -> str:
                          f"nor counted")
     lines.append("pipelines interleaved: one pass of each per round; a share is the "
                  "median of the rounds' ratios")
+    stolen = s.get('steal_share')
+    if stolen is not None:
+        lines.append(f"CPU time taken by the hypervisor during the rounds (steal): "
+                     f"{stolen:.0%}" + (": numbers from this run are skewed; compare them "
+                                        "with care" if stolen >= STEAL_WARNING else ""))
     per_pass = max((row.get('epochs_per_pass', 1) for row in result['rows']
                     if row.get('loader') == 'val'), default=1)
     if per_pass > 1:
