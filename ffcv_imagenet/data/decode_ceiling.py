@@ -247,9 +247,3 @@ def next_pass(jpegs: StoredJpegs, plan_for: Callable[[int], Plan], workers: int,
         return len(plan.positions) / seconds
     return run
 
-
-def ceiling_rates(jpegs: StoredJpegs, plan_for: Callable[[int], Plan], passes: int,
-                  workers: int, region: bool = False) -> list[float]:
-    """Images/sec of ``passes`` passes of :func:`next_pass`, one after another."""
-    run = next_pass(jpegs, plan_for, workers, region)
-    return [run() for _ in range(passes)]

@@ -13,8 +13,8 @@ work per image), and beside it what the loaders' decoder decodes instead (only t
 part of each JPEG around its crop), (d) a plain torchvision ``ImageFolder`` + ``RandomResizedCrop`` +
 flip + ``ToTensor`` + ``Normalize`` pipeline through a ``DataLoader`` reading the
 source folder. Each loader row also prints its share of its ceiling. The first pass
-(an epoch; for val, as many epochs as make about a train epoch) of each is left out (numba compilation; worker start-up and a cold file
-cache for torchvision); the figure is the median over the remaining ones (on a GPU,
+(an epoch; for val, as many epochs as make about a train epoch) of each is left out
+(numba compilation; worker start-up and a cold file cache for torchvision); the figure is the median over the remaining ones (on a GPU,
 queued work is waited for before each clock reading). ``--decoder-dtype`` picks the
 ffcv loaders' output path: ``uint8`` (what a CUDA device takes: decode to uint8,
 normalise in torch on the device; on a CPU device that normalisation is timed on the

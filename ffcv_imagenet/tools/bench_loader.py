@@ -37,8 +37,8 @@ import torch
 
 from ..data import decode_ceiling, loaders, peer_pipelines
 from ..data.beton import read_labels
-from . import revision
 from ..data.torchvision_pipelines import folder_loader, normalized_tensor
+from . import revision
 
 DECODER_DTYPES = ('uint8', 'float32')
 BOTH = 'both'
@@ -339,9 +339,9 @@ def bench_loaders(beton: str, folder: str, val_beton: str | None = None, *,
     ``reference`` (a git revision of this package, pure Python: see
     :mod:`.revision`) that revision's loaders beside them, with ``peers`` the peers,
     and the ceilings (:func:`ceiling_passes`). Returns a dict with the settings, the
-    rows (images/sec), the ceilings' image counts, notes for the table and ``ratio_train_vs_torchvision`` (of
-    the first train loader row that is normalised, as torchvision's output is, if
-    any). The rows come per output path (today's train and val loaders, then the older
+    rows (images/sec), the ceilings' image counts, notes for the table and
+    ``ratio_train_vs_torchvision`` (of the first train loader row that is normalised,
+    as torchvision's output is, if any). The rows come per output path (today's train and val loaders, then the older
     revision's), then the peers, the ceilings and the baseline; a row's
     ``first_epoch_images_per_sec`` and ``epochs_timed`` count passes (a val pass may
     be several epochs: ``epochs_per_pass``)."""
