@@ -33,7 +33,7 @@ GPU_IMAGE_WHEELS := .wheels/$(GPU_IMAGE_VERSION)
 PYTHON312 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12) \
                          $(shell command -v python3.12))
 WHEEL_SOURCES := pyproject.toml requirements.txt .ci/wheelhouse.sh .ci/portable_wheel.py \
-                 ffcv_imagenet/data/jpeg_region.c
+                 ffcv_imagenet/data/read/jpeg_region.c
 APT_PACKAGES := libturbojpeg0-dev libjpeg-dev libopencv-dev pkg-config build-essential
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One lease of a lent GPU machine, as one prepared command (the device tool's `run`):
+# A GPU node's check as one prepared command, for a machine that is held for minutes:
 # installs the wheelhouse the way a node without internet does, then runs gpu-check's
-# stages, ordered and bounded so that a short lease still returns every finished part.
+# stages, ordered and bounded so that a short hold of the machine still returns every
+# finished part.
 #
 #     make wheelhouse PYTHON_VERSION=3.12           # here, first; `wheelhouse/` is carried
 #     bash .ci/gpu_node_check.sh OUT_DIR            # there (device: carry ["wheelhouse"])
@@ -50,7 +51,7 @@ stamp() { echo "== $* (t=$((SECONDS - T0)) s)"; }
     nvidia-smi
     nproc; free -g | head -2
     "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|numpy|numba|ffcv|fastargs|opencv|pytest)'
-    "$PY" -c 'import ffcv_imagenet.data.jpeg_region as j, ffcv; print("imports ok", j.__file__)'
+    "$PY" -c 'import ffcv_imagenet.data.read.jpeg_region as j, ffcv; print("imports ok", j.__file__)'
 } > "$OUT/env.txt" 2>&1 || { echo "install failed: see env.txt"; cat "$OUT/env.txt"; exit 1; }
 tail -n 4 "$OUT/env.txt"
 

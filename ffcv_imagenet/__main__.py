@@ -14,7 +14,7 @@ COMMANDS = {
                 'image folder -> .beton (what write_datasets.py runs)'),
     'preview': ('ffcv_imagenet.tools.preview', 'main',
                 'PNG grid of one augmented training batch'),
-    'bench': ('ffcv_imagenet.tools.bench', 'main',
+    'bench': ('ffcv_imagenet.tools.bench.command', 'main',
               'images/sec: loaders vs torchvision, training steps'),
     'lr-finder': ('ffcv_imagenet.tools.lr_finder', 'run',
                   'learning-rate range test on a recipe'),

@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:  # the entry points live at the repository root
 
 from ffcv_imagenet.data.folders import list_tree  # noqa: E402
 from ffcv_imagenet.data.synthetic import generate  # noqa: E402
-from ffcv_imagenet.data.writer import write_beton  # noqa: E402
+from ffcv_imagenet.data.write.writer import write_beton  # noqa: E402
 
 # after pytest-timeout's limit (pyproject.toml), for the signal to be handled
 BACKSTOP_SECONDS = 60

@@ -15,9 +15,9 @@ from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderT
 from ffcv.writer import DatasetWriter
 from PIL import Image
 
-from ffcv_imagenet.data.beton import check_beton, check_dataset
+from ffcv_imagenet.data.read.beton import check_beton, check_dataset
 from ffcv_imagenet.data.folders import DatasetError, classes_path, load_classes
-from ffcv_imagenet.data.loaders import train_loader, val_loader
+from ffcv_imagenet.data.read.loaders import train_loader, val_loader
 from train_args import tiny_args
 
 ROOT = Path(__file__).resolve().parents[1]

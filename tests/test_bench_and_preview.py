@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ffcv_imagenet.data.loaders import endless_batches
-from ffcv_imagenet.tools import bench, bench_loader, preview, revision
+from ffcv_imagenet.data.read.loaders import endless_batches
+from ffcv_imagenet.tools import preview
+from ffcv_imagenet.tools.bench import command, loader as bench_loader, revision, steps
 from ffcv_imagenet.training.models import build_model
 
 
@@ -38,7 +39,7 @@ def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons
     # an "older revision" whose loaders are today's: the plumbing, not the speed, is
     # under test
     older = _older_revision(tmp_path / 'checkout',
-                            'from ffcv_imagenet.data.loaders import train_loader, val_loader\n')
+                            'from ffcv_imagenet.data.read.loaders import train_loader, val_loader\n')
     monkeypatch.setattr(revision, 'checkout_root', lambda: tmp_path / 'checkout')
     timed = []  # the order in which the passes ran
     interleave = bench_loader.interleave
@@ -49,7 +50,7 @@ def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons
             return passes[i]()
         return interleave([lambda i=i: run(i) for i in range(len(passes))], rounds)
     monkeypatch.setattr(bench_loader, 'interleave', recording)
-    bench.main(['loader', '--beton', str(train), '--val-beton', str(val), '--folder',
+    command.main(['loader', '--beton', str(train), '--val-beton', str(val), '--folder',
                 str(synth / 'train'), '--resolution', '32', '--batch-size', '8',
                 '--workers', '2', '--epochs', '3', '--decoder-dtype', 'both',
                 '--reference', older[:7], '--json', str(out)])
@@ -99,7 +100,7 @@ def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons
     assert result['ceiling_images'] == {'train': {'jpeg_images': 48, 'raw_images': 0},
                                         'val': {'jpeg_images': 20, 'raw_images': 0}}
     table = capsys.readouterr().out
-    assert table.strip() == bench.format_loader_table(result)
+    assert table.strip() == bench_loader.format_loader_table(result)
     assert 'pass 1 = warm-up' in table and 'vs torchvision' in table
     assert 'decoder output uint8 and float32' in table and 'share of ceiling' in table
     assert f"{rows[0]['share_of_ceiling']:.1%}" in table.splitlines()[2]
@@ -126,7 +127,7 @@ def test_loader_table_gives_each_loader_its_share_and_names_raw_images():
                        row('decode only, train crops (ceiling)', 1000.0, kind='ceiling'),
                        row('torchvision ImageFolder + DataLoader', 100.0, kind='baseline')],
               'ceiling_images': {'train': {'jpeg_images': 30, 'raw_images': 10}}}
-    lines = bench.format_loader_table(result).splitlines()
+    lines = bench_loader.format_loader_table(result).splitlines()
     assert 'share of ceiling' in lines[1]
     assert lines[2].endswith('5.00x             50.0%')
     assert lines[3].endswith('10.00x')  # a ceiling has no share of itself
@@ -181,13 +182,13 @@ def test_rows_compare_with_the_older_revisions_row_of_the_same_kind_and_path():
 
 
 def test_loader_benchmark_defaults_to_the_devices_own_output_path():
-    assert bench.decoder_dtype_for(None, torch.device('cuda', 0)) == torch.uint8
-    assert bench.decoder_dtype_for(None, torch.device('cpu')) == torch.float32
-    assert bench.decoder_dtype_for('uint8', torch.device('cpu')) == torch.uint8
-    assert bench.decoder_dtype_for('float32', torch.device('cuda', 0)) == torch.float32
+    assert bench_loader.decoder_dtype_for(None, torch.device('cuda', 0)) == torch.uint8
+    assert bench_loader.decoder_dtype_for(None, torch.device('cpu')) == torch.float32
+    assert bench_loader.decoder_dtype_for('uint8', torch.device('cpu')) == torch.uint8
+    assert bench_loader.decoder_dtype_for('float32', torch.device('cuda', 0)) == torch.float32
     with pytest.raises(ValueError, match='decoder dtype'):
-        bench.decoder_dtype_for('float16', torch.device('cpu'))
-    assert bench._parser().parse_args(['loader', '--beton', 'b', '--folder', 'f']
+        bench_loader.decoder_dtype_for('float16', torch.device('cpu'))
+    assert command._parser().parse_args(['loader', '--beton', 'b', '--folder', 'f']
                                       ).decoder_dtype is None
     assert bench_loader.decoder_dtypes_for('both', torch.device('cpu')) == [torch.uint8,
                                                                            torch.float32]
@@ -203,17 +204,17 @@ def test_epoch_timer_waits_for_the_gpu_before_each_clock_reading(monkeypatch):
             events.append('batch')
             yield torch.zeros(4, 3, 2, 2), torch.zeros(4)
 
-    rates = bench.epoch_rates(epoch, 2, torch.device('cuda', 1))
+    rates = bench_loader.epoch_rates(epoch, 2, torch.device('cuda', 1))
     gpu = torch.device('cuda', 1)
     assert events == [gpu, 'batch', 'batch', gpu] * 2 and len(rates) == 2
     events.clear()
-    bench.epoch_rates(epoch, 1, torch.device('cpu'))
+    bench_loader.epoch_rates(epoch, 1, torch.device('cpu'))
     assert events == ['batch', 'batch']
 
 
 def test_benchmark_needs_an_untimed_epoch(betons, synth):
     with pytest.raises(ValueError, match='at least 2 epochs'):
-        bench.bench_loaders(str(betons[0]), str(synth / 'train'), epochs=1)
+        bench_loader.bench_loaders(str(betons[0]), str(synth / 'train'), epochs=1)
 
 
 def test_preview_grid_has_a_tile_and_caption_per_image(betons, tmp_path):
@@ -245,16 +246,16 @@ def test_train_benchmark_times_model_alone_and_end_to_end(betons, monkeypatch):
             yield (drawn.append(batch) or batch for batch in batches)
 
     clock_reads = []
-    sync = bench._sync
+    sync = bench_loader.sync
 
     def recording_sync(device):
         clock_reads.append(len(drawn))
         sync(device)
 
-    monkeypatch.setattr(bench, 'build_model', recording_build_model)
-    monkeypatch.setattr(bench, 'endless_batches', counting_endless_batches)
-    monkeypatch.setattr(bench, '_sync', recording_sync)
-    result = bench.bench_train(str(betons[0]), arch='resnet18', resolution=32, batch_size=8,
+    monkeypatch.setattr(steps, 'build_model', recording_build_model)
+    monkeypatch.setattr(steps, 'endless_batches', counting_endless_batches)
+    monkeypatch.setattr(steps, '_sync', recording_sync)
+    result = steps.bench_train(str(betons[0]), arch='resnet18', resolution=32, batch_size=8,
                                steps=3, warmup=2, device='cpu', precision='off', workers=2)
     s = result['settings']
     assert (s['arch'], s['num_classes'], s['resolution']) == ('resnet18', 4, 32)
@@ -265,15 +266,15 @@ def test_train_benchmark_times_model_alone_and_end_to_end(betons, monkeypatch):
     assert len(drawn) == 2 + 4 + 3
     assert clock_reads[-2:] == [2 + 4, 2 + 4 + 3]  # the clock's start and stop
     assert s['device'] == 'cpu' and 'cores' in s['device_name'] and s['torch']
-    assert [row['measurement'] for row in result['rows']] == list(bench.TRAIN_ROWS)
+    assert [row['measurement'] for row in result['rows']] == list(steps.TRAIN_ROWS)
     for row in result['rows']:
         assert row['steps'] == 3 and row['seconds'] > 0
         assert math.isfinite(row['images_per_sec']) and row['images_per_sec'] > 0
         assert math.isfinite(row['last_loss'])
     model_alone, end_to_end = (row['images_per_sec'] for row in result['rows'])
     assert result['ratio_end_to_end_vs_model'] == pytest.approx(end_to_end / model_alone)
-    table = bench.format_train_table(result)
-    assert all(name in table for name in bench.TRAIN_ROWS)
+    table = steps.format_train_table(result)
+    assert all(name in table for name in steps.TRAIN_ROWS)
     assert f"{result['ratio_end_to_end_vs_model']:.3f}" in table
     # a fresh model per measurement, from the same seed, and both were trained
     torch.manual_seed(0)
@@ -287,7 +288,7 @@ def test_train_benchmark_times_model_alone_and_end_to_end(betons, monkeypatch):
 
 def test_train_benchmark_rejects_a_missing_beton(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench.main(['train', '--beton', 'missing.beton', '--arch', 'resnet18',
+        command.main(['train', '--beton', 'missing.beton', '--arch', 'resnet18',
                     '--device', 'cpu', '--precision', 'off'])
     assert exit_info.value.code == 2
     assert 'missing.beton' in capsys.readouterr().err
@@ -296,13 +297,13 @@ def test_train_benchmark_rejects_a_missing_beton(capsys):
 def test_train_table_has_a_pair_of_rows_per_resolution():
     def result(res, ratio):
         rows = [{'measurement': name, 'images_per_sec': 100.0, 'steps': 5, 'seconds': 1.0}
-                for name in bench.TRAIN_ROWS]
+                for name in steps.TRAIN_ROWS]
         return {'settings': {'arch': 'resnet50', 'batch_size': 8, 'precision': 'bf16',
                              'channels_last': True, 'blurpool': True, 'compile': False,
                              'workers': 2, 'device_name': 'GPU', 'torch': '2', 'steps': 5,
                              'warmup': 1, 'untimed_after_warmup': 4, 'resolution': res},
                 'rows': rows, 'ratio_end_to_end_vs_model': ratio}
-    lines = bench.format_train_table([result(160, 0.96), result(192, 0.5)]).splitlines()
+    lines = steps.format_train_table([result(160, 0.96), result(192, 0.5)]).splitlines()
     assert sum(line.lstrip().startswith('160 ') for line in lines) == 2
     assert sum(line.lstrip().startswith('192 ') for line in lines) == 2
     assert '0.960 (96.0%)' in lines[4] and '0.500 (50.0%)' in lines[6]
@@ -312,9 +313,9 @@ def test_train_table_has_a_pair_of_rows_per_resolution():
 def test_time_steps_starts_the_clock_after_the_drained_steps(monkeypatch):
     drawn, clock_reads = [], []
     batches = (drawn.append(i) or (torch.zeros(2, 3, 4, 4), torch.zeros(2)) for i in range(100))
-    monkeypatch.setattr(bench, 'train_step', lambda *args, **kwargs: (torch.tensor(1.0), None))
-    monkeypatch.setattr(bench, '_sync', lambda device: clock_reads.append(len(drawn)))
-    row = bench.time_steps(None, None, bench.resolve_precision('off', torch.device('cpu')),
+    monkeypatch.setattr(steps, 'train_step', lambda *args, **kwargs: (torch.tensor(1.0), None))
+    monkeypatch.setattr(steps, '_sync', lambda device: clock_reads.append(len(drawn)))
+    row = steps.time_steps(None, None, steps.resolve_precision('off', torch.device('cpu')),
                            batches, warmup=5, steps=7, device=torch.device('cpu'), drain=3)
     assert clock_reads == [5 + 3, 5 + 3 + 7] and len(drawn) == 15
     assert row['steps'] == 7 and row['untimed_after_warmup'] == 3
@@ -325,22 +326,22 @@ def test_compiled_benchmarks_use_static_shapes_as_training_does(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.compiler, 'reset', lambda: calls.append('reset'))
     monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: calls.append(kwargs) or model)
-    model, _ = bench._fresh_training('resnet18', 4, blurpool=False, channels_last=True,
+    model, _ = steps._fresh_training('resnet18', 4, blurpool=False, channels_last=True,
                                      compile=True, device=torch.device('cpu'))
     assert calls == ['reset', {'dynamic': False}]
     assert isinstance(model, torch.nn.Module)
 
 
 def test_train_benchmark_leaves_cores_to_the_main_thread(monkeypatch):
-    assert [bench.default_workers(cpus) for cpus in (1, 2, 3, 16)] == [1, 1, 1, 14]
-    monkeypatch.setattr(bench.os, 'cpu_count', lambda: 16)
-    assert bench.default_workers() == 14
-    args = bench._parser().parse_args(['train', '--beton', 'b'])
+    assert [steps.default_workers(cpus) for cpus in (1, 2, 3, 16)] == [1, 1, 1, 14]
+    monkeypatch.setattr(steps.os, 'cpu_count', lambda: 16)
+    assert steps.default_workers() == 14
+    args = command._parser().parse_args(['train', '--beton', 'b'])
     assert args.workers == 14
 
 
 def test_a_kind_stored_raw_gets_no_ceiling_and_its_rows_no_share():
-    from ffcv_imagenet.data.decode_ceiling import StoredJpegs
+    from ffcv_imagenet.tools.bench.decode_ceiling import StoredJpegs
     empty = np.zeros(0, np.int64)
     raw = StoredJpegs(data=np.zeros(0, np.uint8), offsets=empty, sizes=empty,
                       heights=empty, widths=empty, positions=np.full(5, -1), raw_images=5)
@@ -384,7 +385,7 @@ def test_the_hypervisors_share_of_cpu_time_is_read_and_reported(tmp_path):
                             'images_per_sec': 100.0, 'min': 90.0, 'max': 110.0,
                             'kind': 'baseline'}],
                   'ceiling_images': {}}
-        return bench.format_loader_table(result)
+        return bench_loader.format_loader_table(result)
     assert table(0.25).endswith('CPU time taken by the hypervisor during the rounds '
                                 '(steal): 25%: numbers from this run are skewed; compare '
                                 'them with care')

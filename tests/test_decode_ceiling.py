@@ -8,11 +8,12 @@ from ffcv.libffcv import imdecode
 from ffcv.reader import Reader
 from PIL import Image
 
-from ffcv_imagenet.data import decode_ceiling, decoders
+from ffcv_imagenet.data.read import decoders
+from ffcv_imagenet.tools.bench import decode_ceiling
 from ffcv_imagenet.data.folders import list_tree
-from ffcv_imagenet.data.jpeg_region import decode_region, region_of
-from ffcv_imagenet.data.loaders import train_loader, val_loader
-from ffcv_imagenet.data.writer import write_beton
+from ffcv_imagenet.data.read.jpeg_region import decode_region, region_of
+from ffcv_imagenet.data.read.loaders import train_loader, val_loader
+from ffcv_imagenet.data.write.writer import write_beton
 
 
 @pytest.fixture(scope='module')

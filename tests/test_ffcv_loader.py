@@ -5,7 +5,7 @@ import pytest
 import torch
 from ffcv.pipeline.graph import Graph
 
-from ffcv_imagenet.data.loaders import train_loader, val_loader
+from ffcv_imagenet.data.read.loaders import train_loader, val_loader
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_imagenet.data.images import ImageError, check_image, load_rgb
+from ffcv_imagenet.data.write.images import ImageError, check_image, load_rgb
 
 GRADIENT = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (30, 1))  # 30 x 40
 
@@ -88,7 +88,7 @@ def test_a_huge_declared_size_is_refused_from_the_header(tmp_path):
     """100000 x 100000 pixels: refused before any pixel memory exists, so even under a
     64 MiB memory limit the reason is the size, not a MemoryError, and it is quick."""
     from odd_files import png_declaring
-    from ffcv_imagenet.data.sandbox import Limits, run_each
+    from ffcv_imagenet.data.write.sandbox import Limits, run_each
     path = tmp_path / 'bomb.JPEG'
     path.write_bytes(png_declaring(100_000, 100_000))
     start = time.monotonic()

@@ -10,7 +10,7 @@ import pytest
 from ffcv.libffcv import imdecode
 from PIL import Image
 
-from ffcv_imagenet.data.jpeg_region import decode_region, region_of
+from ffcv_imagenet.data.read.jpeg_region import decode_region, region_of
 
 
 def _jpeg(height, width, seed=0, mode='RGB', **save):

@@ -77,8 +77,8 @@ def test_fit_takes_a_run_and_a_log():
 
 
 def test_the_public_api_resolves_to_the_library():
-    from ffcv_imagenet.data.loaders import train_loader
-    from ffcv_imagenet.data.writer import write_beton
+    from ffcv_imagenet.data.read.loaders import train_loader
+    from ffcv_imagenet.data.write.writer import write_beton
     from ffcv_imagenet.training.models import build_model
     assert ffcv_imagenet.train_loader is train_loader
     assert ffcv_imagenet.write_beton is write_beton

@@ -14,11 +14,11 @@ from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.transforms import NormalizeImage, ToDevice
 from PIL import Image
 
-from ffcv_imagenet.data import loaders
+from ffcv_imagenet.data.read import loaders
 from ffcv_imagenet.data.folders import DatasetError
-from ffcv_imagenet.data.decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
-from ffcv_imagenet.data.loaders import ImageLoader, ShardedOrder, train_loader, val_loader
-from ffcv_imagenet.data.writer import write_beton
+from ffcv_imagenet.data.read.decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
+from ffcv_imagenet.data.read.loaders import ImageLoader, ShardedOrder, train_loader, val_loader
+from ffcv_imagenet.data.write.writer import write_beton
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -361,7 +361,7 @@ class BlockCupy(importlib.abc.MetaPathFinder):
             BlockCupy.asked.append(name)
             raise ImportError('cupy is blocked by the test')
 sys.meta_path.insert(0, BlockCupy())
-from ffcv_imagenet.data.loaders import train_loader, val_loader
+from ffcv_imagenet.data.read.loaders import train_loader, val_loader
 for device in ('cpu', 'cuda:0'):
     for make in (train_loader, val_loader):
         make(sys.argv[1], batch_size=4, resolution=16, num_workers=1, device=device)
@@ -396,7 +396,7 @@ def test_decoder_dtype_picks_where_images_are_normalised(square_beton):
 
 _RANK_SCRIPT = """
 import json, sys, torch
-from ffcv_imagenet.data.loaders import val_loader
+from ffcv_imagenet.data.read.loaders import val_loader
 path, rank = sys.argv[1], int(sys.argv[2])
 torch.cuda.set_device(rank)  # as training's select_device does, in the main thread only
 loader = val_loader(path, batch_size=5, resolution=48, num_workers=1, device=f'cuda:{rank}')

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from ffcv.reader import Reader
 
-from ffcv_imagenet.data import writer
+from ffcv_imagenet.data.write import writer
 from ffcv_imagenet.data.folders import DatasetError, list_tree
-from ffcv_imagenet.data.images import check_image, load_rgb
-from ffcv_imagenet.data.writer import skipped_path, write_beton
+from ffcv_imagenet.data.write.images import check_image, load_rgb
+from ffcv_imagenet.data.write.writer import skipped_path, write_beton
 from odd_files import CHATTY, bad_file_bytes, good_file_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_the_chatty_files_do_print_when_read_unguarded(corpus):
     """The premise of the next test: reading these files directly floods stderr."""
     root, bad, _ = corpus
     chatty = [p for p in sorted(bad) if Path(p).stem in CHATTY]
-    code = ('import sys\nfrom ffcv_imagenet.data.images import check_image\n'
+    code = ('import sys\nfrom ffcv_imagenet.data.write.images import check_image\n'
             'for path in sys.argv[1:]:\n    assert check_image(path)\n')
     result = subprocess.run([sys.executable, '-c', code, *chatty], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
@@ -217,8 +217,8 @@ def test_the_memory_limit_applies_to_real_decoding(tmp_path):
         # in a fresh interpreter, as the converter runs: the cap counts new address
         # space, and a test process that has churned through gigabytes hands its
         # forks free heap that a decoder can reuse without growing it
-        script = ("import sys; from ffcv_imagenet.data import writer; "
-                  "from ffcv_imagenet.data.sandbox import Limits; "
+        script = ("import sys; from ffcv_imagenet.data.write import writer; "
+                  "from ffcv_imagenet.data.write.sandbox import Limits; "
                   "[(_, why)] = writer.find_bad_files([sys.argv[1]], 1, "
                   "Limits(seconds=60, memory_mb=int(sys.argv[2]))); print(why)")
         done = subprocess.run([sys.executable, '-c', script, str(path), str(memory_mb)],

@@ -5,11 +5,11 @@ import pytest
 import torch
 from ffcv.reader import Reader
 
-from ffcv_imagenet.data import decode_ceiling, peer_pipelines
-from ffcv_imagenet.data.beton import read_labels
-from ffcv_imagenet.data.decoders import IMAGENET_MEAN, IMAGENET_STD
+from ffcv_imagenet.tools.bench import decode_ceiling, peers as peer_pipelines
+from ffcv_imagenet.data.read.beton import read_labels
+from ffcv_imagenet.data.read.decoders import IMAGENET_MEAN, IMAGENET_STD
 from ffcv_imagenet.data.folders import list_tree
-from ffcv_imagenet.tools import bench_loader
+from ffcv_imagenet.tools.bench import loader as bench_loader
 
 # a normalised 0-255 pixel lies within these, per channel
 LOW = torch.tensor([(0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)])

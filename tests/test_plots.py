@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from ffcv_imagenet.tools import plots
+from ffcv_imagenet.training import plots
 from ffcv_imagenet.training.logs import RunLog, read_log
-from ffcv_imagenet.tools.plots import PLOTS, epoch_series, main, make_figure, plot_run
+from ffcv_imagenet.tools.plots import main
+from ffcv_imagenet.training.plots import PLOTS, epoch_series, make_figure, plot_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ffcv_imagenet.data.loaders import train_loader
+from ffcv_imagenet.data.read.loaders import train_loader
 from ffcv_imagenet.training.checkpoint import checkpoint_dir, load_checkpoint
 from ffcv_imagenet.training.logs import read_log
 from ffcv_imagenet.training.preempt import PREEMPTED_EXIT, CheckpointPeriod, StopSignals

@@ -15,9 +15,9 @@ from torch import nn
 
 import train_imagenet
 from ffcv_imagenet.cli.train import STANDARD_EVAL
-from ffcv_imagenet.data.decoders import IMAGENET_MEAN, IMAGENET_STD
+from ffcv_imagenet.data.read.decoders import IMAGENET_MEAN, IMAGENET_STD
 from ffcv_imagenet.data.folders import DatasetError, classes_path, load_classes
-from ffcv_imagenet.data.torchvision_pipelines import (OnDevice, list_eval_folder,
+from ffcv_imagenet.data.read.torchvision_pipelines import (OnDevice, list_eval_folder,
                                                       standard_eval_loader)
 from ffcv_imagenet.training.checkpoint import TrainState, checkpoint_state, save_checkpoint
 from ffcv_imagenet.training.ema import ModelEMA

@@ -5,9 +5,9 @@ import pytest
 
 from numba import njit
 
-from ffcv_imagenet.data import resize as resize_module
-from ffcv_imagenet.data import resize_vector
-from ffcv_imagenet.data.resize import resize_crop_area, resize_kernel, scratch_sizes
+from ffcv_imagenet.data.read import resize as resize_module
+from ffcv_imagenet.data.read import resize_vector
+from ffcv_imagenet.data.read.resize import resize_crop_area, resize_kernel, scratch_sizes
 
 ONE, ZERO = (np.full(3, v, np.float32) for v in (1.0, 0.0))
 

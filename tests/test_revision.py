@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from ffcv_imagenet.tools import revision
+from ffcv_imagenet.tools.bench import revision
 
 
 def _commit(root, files):
@@ -30,7 +30,7 @@ def checkout(tmp_path):
     root = tmp_path / 'checkout'
     package = {'ffcv_imagenet/__init__.py': '',
                'ffcv_imagenet/data/__init__.py': '',
-               'ffcv_imagenet/data/loaders.py': 'from .version import WHICH\n'}
+               'ffcv_imagenet/data/read/loaders.py': 'from .version import WHICH\n'}
     first = _commit(root, {**package, 'ffcv_imagenet/data/version.py': "WHICH = 'first'\n"})
     second = _commit(root, {'ffcv_imagenet/data/version.py': "WHICH = 'second'\n"})
     yield root, first, second
@@ -83,7 +83,7 @@ FILING_DAY = '5aecb75'  # the loader of the day issue 14 was filed: pure Python
 @pytest.mark.slow
 def test_an_older_loader_of_this_project_runs_beside_todays(betons, tmp_path):
     import torch
-    from ffcv_imagenet.data import decoders, loaders
+    from ffcv_imagenet.data.read import decoders, loaders
     root = revision.checkout_root()
     known = subprocess.run(['git', '-C', str(root), 'cat-file', '-e',
                             f'{FILING_DAY}^{{commit}}'], capture_output=True)

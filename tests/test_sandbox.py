@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ffcv_imagenet.data.sandbox import Limits, Sandbox, one_line, run_each
+from ffcv_imagenet.data.write.sandbox import Limits, Sandbox, one_line, run_each
 
 
 def misbehave(item):

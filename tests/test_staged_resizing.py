@@ -7,7 +7,7 @@ import torch
 
 import train_imagenet
 from ffcv_imagenet.cli.config import ConfigError
-from ffcv_imagenet.data.loaders import train_loader
+from ffcv_imagenet.data.read.loaders import train_loader
 from ffcv_imagenet.training.checkpoint import checkpoint_dir, load_checkpoint
 from ffcv_imagenet.training.logs import read_log
 from ffcv_imagenet.training.schedules import Stage, Stages, staged_lr

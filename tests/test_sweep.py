@@ -22,7 +22,7 @@ from ffcv_imagenet.tools.sweep_summary import (COLUMNS, format_markdown, lock_sw
                                                read_manifest, run_metrics, summarise,
                                                summary_rows, sweep_figure, wall_seconds,
                                                write_manifest)
-from ffcv_imagenet.tools.plots import epoch_series
+from ffcv_imagenet.training.plots import epoch_series
 from ffcv_imagenet.training.logs import read_log
 from train_args import tiny_args
 

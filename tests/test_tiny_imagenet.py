@@ -30,7 +30,7 @@ def test_tiny_imagenet_layout_converts_and_trains_with_its_recipe(tmp_path):
              '--cfg.max_resolution=0', f'--cfg.classes={train}.classes.json')
     listing = json.loads(Path(f'{train}.classes.json').read_text())
     assert listing['names'] == [class_name(c) for c in range(4)]  # from words.txt
-    from ffcv_imagenet.data.beton import check_beton
+    from ffcv_imagenet.data.read.beton import check_beton
     assert check_beton(train, 4).num_samples == 64
     assert check_beton(val, 4).num_samples == 16
     folder = tmp_path / 'run'

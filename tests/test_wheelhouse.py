@@ -96,7 +96,7 @@ def test_the_project_wheel_carries_its_extension_and_libjpeg(wheelhouse):
     _, _, _, tags = parse_wheel_filename(project[0].name)
     assert all(t.platform.startswith('manylinux') and t.interpreter == TAG for t in tags)
     _, _, content = metadata(project[0])
-    assert [n for n in content if re.fullmatch(r'ffcv_imagenet/data/_jpeg_region\..*\.so', n)]
+    assert [n for n in content if re.fullmatch(r'ffcv_imagenet/data/read/_jpeg_region\..*\.so', n)]
     bundled = [n.split('/', 1)[1] for n in content if n.startswith('ffcv_imagenet.libs/')]
     assert [b.split('-')[0] for b in bundled] == ['libjpeg'], bundled
 

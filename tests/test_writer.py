@@ -15,7 +15,7 @@ from ffcv.transforms import ToTensor
 
 import write_datasets
 from ffcv_imagenet.data.folders import DatasetError, list_tree
-from ffcv_imagenet.data.writer import skipped_path, write_beton
+from ffcv_imagenet.data.write.writer import skipped_path, write_beton
 
 from test_images import bad_files, odd_images
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffcv_imagenet.data import writer
+from ffcv_imagenet.data.write import writer
 from ffcv_imagenet.data.folders import DatasetError
-from ffcv_imagenet.data.images import check_image, load_rgb
-from ffcv_imagenet.data.writer import WriteReport, write_beton
+from ffcv_imagenet.data.write.images import check_image, load_rgb
+from ffcv_imagenet.data.write.writer import WriteReport, write_beton
 
 
 def test_the_summary_line_counts_sizes_and_points_at_the_skipped_list(tmp_path):

@@ -25,7 +25,7 @@ from fastargs.validation import And, InRange
 from ..data.folders import (ANNOTATIONS_FILE, SYNSET_FILE, WORDS_FILE, list_annotated,
                             list_flat, list_tree, load_classes,
                             read_synset_names, stratified_subset)
-from ..data.writer import WRITE_MODES, write_beton
+from ..data.write.writer import WRITE_MODES, write_beton
 from .config import ConfigError, Flag, OneOf, parse_config
 from .runner import exit_code
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.folders import DatasetError, classes_path, load_classes
-from ..data.loaders import ImageLoader, train_loader, val_loader
+from ..data.read.loaders import ImageLoader, train_loader, val_loader
 from ..training import distributed
 from ..training.checkpoint import (CheckpointError, TrainState, check_compatible,
                                    checkpoint_dir, find_latest, load_checkpoint, restore)
@@ -32,26 +32,33 @@ from ..training.preempt import CheckpointPeriod
 from ..training.schedules import Stages, epoch_schedule, lr_schedule, resolution_at, \
     staged_lr
 from .config import ConfigError, as_dict
-from .train_config import SECTIONS, check_values, per_gpu_batch, resolution_stages
+from .train_config import SECTIONS, check_values, per_gpu_batch
 
 
 @dataclass
 class Parts:
-    """The objects both training and the LR finder build from a config. ``model`` is
-    wrapped (DDP, compile) as configured; ``module`` is the plain network inside it;
-    ``mixer`` and ``eraser`` are None when MixUp/CutMix and random erasing are off;
-    ``batch`` is images per process."""
+    """The objects both training and the LR finder build from a config."""
+    # the network as trained: wrapped (DDP, compile) as configured
     model: nn.Module
+    # the plain network inside ``model``
     module: nn.Module
     optimizer: torch.optim.Optimizer
+    # the loss scaler of float16 training (a disabled one otherwise)
     scaler: torch.amp.GradScaler
+    # the autocast dtype, resolved for the device
     precision: Precision
     train_loader: ImageLoader
     val_loader: ImageLoader
+    # class names, in label order
     classes: list[str]
+    # images per process per step
     batch: int
+    # MixUp / CutMix (None: off)
     mixer: Mixer | None
+    # random erasing (None: off)
     eraser: RandomErasing | None = None
+    # the parsed resolution.stages (None: the linear ramp)
+    stages: Stages | None = None
 
 
 def setup_distributed(config) -> Dist:
@@ -93,7 +100,8 @@ class Schedules(NamedTuple):
     summary: str
 
 
-def _schedules(config, train: ImageLoader, world_size: int) -> Schedules:
+def _schedules(config, train: ImageLoader, world_size: int,
+               stages: Stages | None) -> Schedules:
     """The learning rate follows the global batch linearly (``lr.lr`` per
     ``lr.reference_batch`` images); with stages, the schedule's shape is a function
     of progress (fractional epochs) and its scale changes with each stage's batch."""
@@ -103,11 +111,10 @@ def _schedules(config, train: ImageLoader, world_size: int) -> Schedules:
     shape = {key: config[f'lr.{key}'] for key in (
         'peak_epoch', 'warmup_epochs', 'step_length', 'step_ratio', 'min_lr', 'pct_start',
         'div_factor', 'final_div_factor')}
-    name, epochs, stages = config['lr.schedule'], config['training.epochs'], \
-        resolution_stages(config)
+    name, epochs = config['lr.schedule'], config['training.epochs']
     try:
         if stages is None:
-            batch = per_gpu_batch(config, world_size)
+            batch = per_gpu_batch(config, world_size, None)
             lr_at = lr_schedule(name, peak_lr=peak_for(batch), epochs=epochs,
                                 steps_per_epoch=len(train), **shape)
         else:
@@ -167,21 +174,21 @@ def build_parts(config, dist: Dist) -> Parts:
     Raises:
         ConfigError: one line naming the key or file.
     """
-    check_values(config)
+    stages = check_values(config)
     train_path, classes = check_dataset(config, 'data.train_dataset')
     val_path, val_classes = check_dataset(config, 'data.val_dataset')
     if val_classes != classes:
         raise ConfigError(f"data.val_dataset: {val_path} was written with a different class "
                           f"list than {train_path}")
-    batch = per_gpu_batch(config, dist.world_size)
+    batch = per_gpu_batch(config, dist.world_size, stages)
     try:
         precision = resolve_precision(config['training.precision'], dist.device)
     except ValueError as err:
         raise ConfigError(f"training.precision: {err}") from None
-    train, val = _loaders(config, dist, precision, train_path, val_path, batch)
+    train, val = _loaders(config, dist, precision, train_path, val_path, batch, stages)
     model, module, optimizer, scaler = _network(config, dist, precision, len(classes))
     return Parts(model, module, optimizer, scaler, precision, train, val, classes, batch,
-                 _mixer(config, len(classes)), _eraser(config))
+                 _mixer(config, len(classes)), _eraser(config), stages)
 
 
 def build_run(config, dist: Dist) -> Run:
@@ -195,7 +202,7 @@ def build_run(config, dist: Dist) -> Run:
     source, note = _agreed_resume_source(config, run_dir, dist)
     saved = load_checkpoint(source) if source else None
     arch = config['model.arch']
-    schedules = _schedules(config, parts.train_loader, dist.world_size)
+    schedules = _schedules(config, parts.train_loader, dist.world_size, parts.stages)
     notes = note.splitlines()
     if saved:
         check_compatible(saved, source, arch=arch, classes=parts.classes)
@@ -321,13 +328,12 @@ def _fit_options(config) -> FitOptions:
 
 
 def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path: str,
-             batch: int) -> tuple[ImageLoader, ImageLoader]:
+             batch: int, stages: Stages | None) -> tuple[ImageLoader, ImageLoader]:
     # the loaders check each .beton's labels against its .classes.json (so that an
     # error names that file)
     common = dict(num_workers=config['data.num_workers'], device=dist.device,
                   in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
                   dtype=precision.input_dtype)
-    stages = resolution_stages(config)
     resolution = config['resolution.min_res'] if stages is None else stages.at(0).resolution
     try:
         train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],

@@ -16,8 +16,8 @@ from __future__ import annotations
 import sys
 
 from ..data.folders import DatasetError
-from ..data.torchvision_pipelines import OnDevice, standard_eval_loader
-from ..tools.plots import plot_run
+from ..data.read.torchvision_pipelines import OnDevice, standard_eval_loader
+from ..training.plots import plot_run
 from ..training.logs import RunLog, format_record
 from ..training.evaluate import validate
 from ..training.loop import NonFiniteLossError, Run, fit

@@ -186,8 +186,10 @@ _FRACTIONS = ('training.label_smoothing', 'model.drop_path_rate', 'ema.decay',
 _PROBABILITIES = ('mix.prob', 'mix.switch_prob')  # [0, 1]
 
 
-def check_values(config) -> None:
-    """Range checks fastargs' type checks cannot express.
+def check_values(config) -> Stages | None:
+    """Range checks fastargs' type checks cannot express. Returns the parsed
+    ``resolution.stages`` (None: the linear ramp instead), which callers pass on
+    rather than parse again.
 
     Raises:
         ConfigError: naming the key and the value.
@@ -208,7 +210,7 @@ def check_values(config) -> None:
         CheckpointPeriod.parse(config['checkpoint.last_every'])
     except ValueError as err:
         raise ConfigError(f"checkpoint.last_every: {err}") from None
-    resolution_stages(config)  # here too, so that a sweep checks it before any run
+    stages = resolution_stages(config)  # a sweep checks its variants before any run
     # the eval-only sweeps and the standard evaluation: well-formed, and eval-only
     for key, parse in (('validation.resolutions', parse_resolutions),
                        ('validation.crop_ratios', parse_crop_ratios),
@@ -237,6 +239,7 @@ def check_values(config) -> None:
         except ImportError:
             raise ConfigError("logging.tensorboard=1 needs the tensorboard package "
                               "(pip install tensorboard)") from None
+    return stages
 
 
 def resolution_stages(config) -> Stages | None:
@@ -256,13 +259,13 @@ def resolution_stages(config) -> Stages | None:
     return stages
 
 
-def per_gpu_batch(config, world_size: int) -> int:
-    """Images per step per process (with ``resolution.stages``: the first stage's).
+def per_gpu_batch(config, world_size: int, stages: Stages | None) -> int:
+    """Images per step per process (with ``stages``, the parsed ``resolution.stages``:
+    the first stage's).
 
     Raises:
         ConfigError: ``training.global_batch_size`` does not divide by the world size.
     """
-    stages = resolution_stages(config)
     if stages is not None:
         return stages.at(0).batch
     total = config['training.global_batch_size']

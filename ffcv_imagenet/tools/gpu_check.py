@@ -38,13 +38,14 @@ from pathlib import Path
 
 import torch
 
-from ..data.decoders import IMAGENET_STD
+from ..data.read.decoders import IMAGENET_STD
 from ..data.folders import list_tree
-from ..data.loaders import endless_batches, train_loader
+from ..data.read.loaders import endless_batches, train_loader
 from ..data.synthetic import generate
-from ..data.writer import write_beton
+from ..data.write.writer import write_beton
 from ..training.logs import read_log
-from .bench import bench_train, default_workers, epoch_rates
+from .bench.loader import epoch_rates
+from .bench.steps import bench_train, default_workers
 
 NO_CUDA = 3
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -52,20 +53,23 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 
 @dataclass(frozen=True)
 class Profile:
-    """Sizes of one check: generated data (classes x images, stored side in pixels),
-    the training check (arch, pixels, batch, epochs) and the speed table (arch,
-    resolutions in pixels, batch, timed and warm-up steps)."""
+    """Sizes of one check (a small one for the CPU, a real one for a GPU)."""
+    # generated data: classes, train and val images per class
     classes: int
     train_per_class: int
     val_per_class: int
+    # the stored images' longer side, in pixels
     stored_side: int
+    # the training check: arch, resolution in pixels, batch per step, epochs
     train_arch: str
     train_resolution: int
     train_batch: int
     train_epochs: int
+    # the speed table: arch, resolutions in pixels, the one also timed compiled
     speed_arch: str
     resolutions: tuple[int, ...]
     compile_resolution: int
+    # the speed table: batch per step, timed steps, untimed warm-up steps before them
     speed_batch: int
     steps: int
     warmup: int

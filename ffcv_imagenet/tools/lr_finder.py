@@ -34,11 +34,11 @@ from ..cli.config import ConfigError, parse_config
 from ..cli.recipe import build_parts, setup_distributed
 from ..cli.runner import exit_code
 from ..cli.train_config import SECTIONS
-from ..data.loaders import endless_batches
+from ..data.read.loaders import endless_batches
 from ..training.logs import Progress
 from ..training.loop import prepare_batch, train_step
 from ..training.optim import set_lr
-from .plots import save_png
+from ..training.plots import save_png
 
 Section('lr_finder', 'learning-rate range test').params(
     start_lr=Param(float, 'first learning rate (for the global batch)', default=1e-4),

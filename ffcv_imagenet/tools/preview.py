@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..data.decoders import IMAGENET_MEAN, IMAGENET_STD
+from ..data.read.decoders import IMAGENET_MEAN, IMAGENET_STD
 from ..data.folders import classes_path, load_classes
-from ..data.loaders import train_loader
+from ..data.read.loaders import train_loader
 
 CAPTION_PX = 14
 

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from ..training.checkpoint import checkpoint_dir
 from ..training.logs import CONFIG_FILE, LOG_FILE, read_log
-from .plots import FIGSIZE, PERCENT, draw_line, epoch_series, finish_axes, \
+from ..training.plots import FIGSIZE, PERCENT, draw_line, epoch_series, finish_axes, \
     replace_atomically, save_png
 
 MANIFEST = 'sweep.json'

@@ -149,18 +149,23 @@ def find_latest(run_dir: str | os.PathLike) -> tuple[Path | None, list[str]]:
 
 @dataclass
 class TrainState:
-    """Progress that a checkpoint must carry: epochs completed, optimizer steps taken,
-    the best value of the best metric (a top-1 fraction) and its epoch, whether early
-    stopping ended the run, the latest metrics, and, inside an epoch, the batches of
-    epoch ``epoch`` already trained (``step``) with that epoch's running sums over
-    all ranks (``partial``: loss sum, correct, images, seconds)."""
+    """Progress that a checkpoint must carry, so that a resumed run continues exactly."""
+    # epochs completed
     epoch: int = 0
+    # optimizer steps taken
     iteration: int = 0
+    # the best value of the best metric so far (a top-1 fraction; -1: none yet)
     best_top1: float = -1.0
+    # the latest epoch's metrics
     metrics: dict = field(default_factory=dict)
+    # the epoch (1-based) of ``best_top1``
     best_epoch: int = 0
+    # early stopping ended the run
     stopped_early: bool = False
+    # inside an epoch: the batches of epoch ``epoch`` already trained (0: at its start)
     step: int = 0
+    # inside an epoch: its running sums over all ranks (loss sum, correct, images,
+    # seconds)
     partial: list[float] | None = None
 
 

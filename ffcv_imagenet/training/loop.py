@@ -53,71 +53,83 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class FitOptions:
-    """Loop settings. Epoch counts are whole epochs; ``grad_clip`` is a max L2 norm
-    (0 = off); ``checkpoint_every`` keeps ``epoch_NNNN.pt`` every that many epochs
-    (0 = off); ``last_every`` (epochs or time) is how often ``last.pt`` is written,
-    besides the last epoch of the run or of this invocation (each write costs rank 0
-    a full save, so short epochs want a longer period); ``stop_after`` ends this
-    invocation after that epoch (0 = run to ``epochs``; the schedules still span
-    ``epochs``). ``best_metric`` (``val_top1`` or ``ema_val_top1``) picks
-    ``best.pt``; with ``patience`` > 0 the run ends once it has not improved for that
-    many epochs, but never before ``min_epochs``; ``best_after`` > 0 considers only
-    the epochs after that one (1-based) for ``best.pt`` and early stopping.
-    ``log_every`` is the number of steps between the ranks' exchanges of running sums
-    and stop flags."""
+    """Loop settings: counts of whole epochs or steps, as each field says."""
+    # epochs of the whole run; the schedules span them
     epochs: int
+    # label smoothing of the cross-entropy (0 = off)
     label_smoothing: float = 0.1
+    # max L2 norm of the gradients (0 = off)
     grad_clip: float = 0.0
+    # validate every this many epochs, and after the last
     eval_every: int = 1
+    # validation averages the logits of each image and its mirror image
     tta: bool = True
+    # keep ``epoch_NNNN.pt`` every this many epochs (0 = off)
     checkpoint_every: int = 0
+    # how often ``last.pt`` is written, in epochs or time, besides the last epoch of the
+    # run or of this invocation (each write costs rank 0 a full save)
     last_every: CheckpointPeriod = field(default_factory=CheckpointPeriod)
+    # end this invocation after this epoch (0 = run to ``epochs``)
     stop_after: int = 0
+    # steps between the ranks' exchanges of running sums and stop flags
     log_every: int = 50
+    # seeds the RNGs of each (epoch, rank)
     seed: int = 0
+    # show a progress bar on rank 0
     progress: bool = True
+    # what picks ``best.pt``: ``val_top1`` or ``ema_val_top1``
     best_metric: str = 'val_top1'
+    # end the run once ``best_metric`` has not improved for this many epochs (0 = off)
     patience: int = 0
+    # early stopping never ends the run before this epoch
     min_epochs: int = 0
+    # only epochs after this one (1-based) count for ``best.pt`` and early stopping
     best_after: int = 0
 
 
 @dataclass
 class Run:
     """A built training run: everything :func:`fit` needs, made by the caller (the
-    recipe builder from a config, or a notebook by hand).
-
-    ``model`` may be DDP- or compile-wrapped; ``module`` is the plain network inside it
-    (validation and checkpoints use it). ``lr_at(iteration)`` gives the learning rate
-    of an optimizer step, ``res_at(epoch)`` the training resolution in pixels of a
-    0-based epoch. ``meta`` (arch, num_classes, classes, config) goes into every
-    checkpoint. ``mixer`` and ``ema`` are None when off. ``resumed_from`` names the
-    checkpoint ``state`` came from, and ``notes`` are lines for the user about how the
-    run was built; the loop reads neither. ``stop`` records scheduler signals (None:
-    signals are not watched); ``eraser`` is random erasing (None when off).
-    ``batch_at(epoch)`` is the per-process batch size of a 0-based epoch, set on the
-    train loader before the epoch (None: the loader's own, never changed).
-    """
+    recipe builder from a config, or a notebook by hand)."""
+    # the network as trained: may be DDP- or compile-wrapped
     model: nn.Module
+    # the plain network inside ``model`` (validation and checkpoints use it)
     module: nn.Module
     optimizer: torch.optim.Optimizer
+    # the loss scaler of float16 training (a disabled one otherwise)
     scaler: torch.amp.GradScaler
+    # the autocast dtype, resolved for the device
     precision: Precision
+    # iterables of (images, labels) device batches
     train_loader: Iterable
     val_loader: Iterable
+    # this process's rank, world size and device
     dist: Dist
     options: FitOptions
+    # epoch, step, best metric and RNG state: fresh or from a checkpoint
     state: TrainState
+    # the learning rate of an optimizer step (0-based iteration)
     lr_at: Callable[[int], float]
+    # the training resolution in pixels of a 0-based epoch
     res_at: Callable[[int], int]
+    # where checkpoints, ``log.jsonl`` and plots go
     run_dir: Path
+    # arch, num_classes, classes and config: written into every checkpoint
     meta: dict
+    # MixUp / CutMix (None: off)
     mixer: Mixer | None = None
+    # the moving average of the weights (None: off)
     ema: ModelEMA | None = None
+    # the checkpoint ``state`` came from; the loop does not read it
     resumed_from: Path | None = None
+    # lines for the user about how the run was built; the loop does not read them
     notes: list[str] = field(default_factory=list)
+    # records scheduler signals (None: signals are not watched)
     stop: StopSignals | None = None
+    # random erasing (None: off)
     eraser: RandomErasing | None = None
+    # the per-process batch size of a 0-based epoch, set on the train loader before
+    # the epoch (None: the loader's own, never changed)
     batch_at: Callable[[int], int] | None = None
 
 

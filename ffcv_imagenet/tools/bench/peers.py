@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .decode_ceiling import StoredJpegs
-from .decoders import IMAGENET_MEAN, IMAGENET_STD
+from ...data.read.decoders import IMAGENET_MEAN, IMAGENET_STD
 
 DALI_PACKAGE = 'nvidia-dali-cuda120'
 

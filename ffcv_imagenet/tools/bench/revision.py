@@ -23,7 +23,7 @@ PACKAGE = 'ffcv_imagenet'
 
 def checkout_root() -> Path:
     """The folder holding this package: a git checkout when installed editable."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]  # ffcv_imagenet/tools/bench/revision.py
 
 
 def _git(root: Path, *args: str) -> bytes:
@@ -39,6 +39,8 @@ def _git(root: Path, *args: str) -> bytes:
     return done.stdout
 
 
+# every pure-Python revision keeps its loaders at data/loaders.py (data/ was split into
+# write/ and read/ only after the C extension came, which refuses a revision anyway)
 def import_revision(revision: str, into: str | Path, module: str = 'data.loaders',
                     root: str | Path | None = None) -> tuple[ModuleType, str]:
     """Exports ``revision`` (any git name of a commit) of the package from the checkout

@@ -13,7 +13,7 @@ Why reuse the buffers: ffcv allocates ``batches_ahead + 2`` slots of batch memor
 every epoch. Each is a whole batch of decoded output plus each image's working
 memory. The kernel then has to fault in and zero the new pages while the batches are
 decoded. On a 500-image epoch, 160 px float32 output, 2 threads, this made the val
-loader 1.36x slower (BENCHMARKS.md, issue 14.2).
+loader 1.36x slower (BENCHMARKS.md, "CPU loader").
 
 Reusing buffers is safe only if nothing still reads or writes the old slots:
 * They are reused only after the consumer has read the previous epoch to its end and
@@ -30,7 +30,7 @@ The price: a CPU loader's buffers stay allocated between its epochs.
 Why several batches per launch: every launch of the pipeline's parallel loop ends with
 one thread idle while the other finishes the last image, and costs the epoch thread
 its Python work (ffcv's arguments, numba's dispatch, the queue). At 64 images per
-batch on 2 threads that was 3-4% of a val loader's time (BENCHMARKS.md, issue 14.2).
+batch on 2 threads that was 3-4% of a val loader's time (BENCHMARKS.md, "CPU loader").
 The group's batches lie in consecutive slots, so the pipeline sees one batch of their
 images; each is queued on its own, as ffcv would. The consumer may hold one batch and
 the queue ``batches_ahead`` more while a group is decoded, so the loader keeps
@@ -75,7 +75,7 @@ class _SetUpEpochIterator(EpochIterator):
             # the decoder's parallel loop, launched from this thread, hands each thread
             # its next image when it is free: crops cost up to ~10x one another, and
             # equal shares left a thread idle at the end of every batch (1.02-1.07x,
-            # BENCHMARKS.md, issue 14.2)
+            # BENCHMARKS.md, "CPU loader")
             numba.set_parallel_chunksize(1)
             self.current_batch_slot = self.first_slot  # ffcv's constructor set 0
             # ffcv's process cache (in_memory off) reads batch b's pages into memory that

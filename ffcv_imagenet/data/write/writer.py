@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .folders import DatasetError, classes_path
+from ..folders import DatasetError, classes_path
 from .images import ImageError, check_image, load_rgb
 from .sandbox import Limits, Outcome, Sandbox, one_line, run_each
 

@@ -5,7 +5,7 @@
   resized to 256 px (bilinear, antialiased), the centre 224 x 224 px cut out,
   ``ToTensor`` and ImageNet mean/std normalisation, no flip averaging.
 * The tensor/normalise tail and the ``DataLoader`` of the loader benchmark's
-  torchvision baseline (:mod:`ffcv_imagenet.tools.bench`).
+  torchvision baseline (:mod:`ffcv_imagenet.tools.bench.command`).
 
 The files and labels of an evaluation folder come from :mod:`.folders`: a class tree
 is listed exactly as ``torchvision.datasets.ImageFolder`` lists it, but labelled by a
@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .decoders import IMAGENET_MEAN, IMAGENET_STD
-from .folders import ANNOTATIONS_FILE, DatasetError, find_classes, list_annotated, list_tree
+from ..folders import ANNOTATIONS_FILE, DatasetError, find_classes, list_annotated, list_tree
 
 STANDARD_RESIZE = 256  # pixels, shorter side
 STANDARD_CROP = 224  # pixels, square centre crop

@@ -1,15 +1,15 @@
 """``bench loader``: the loaders' images/sec beside torchvision's and beside the
-decoding ceiling, on the same images, in one run (usage: :mod:`.bench`).
+decoding ceiling, on the same images, in one run (usage: :mod:`.command`).
 
 Rows: (a) this project's train loader and (b) its val loader, for one output path or
 both (``--decoder-dtype both``); (c) the ceiling of each: the same stored JPEGs, their
 bytes already in memory, decoded in full at the scale the loader's decoder picks for
 the same crops, on the same number of threads, and thrown away (see
-:mod:`ffcv_imagenet.data.decode_ceiling`), and beside it the decoding the loaders do:
+:mod:`ffcv_imagenet.tools.bench.decode_ceiling`), and beside it the decoding the loaders do:
 only the region of each frame around its crop; (d) a plain torchvision ``ImageFolder``
 pipeline; with ``peers``, (e) ffcv's stock train pipeline and (f) NVIDIA DALI's CPU
 pipeline (when installed) on the train ``.beton``'s images (see
-:mod:`ffcv_imagenet.data.peer_pipelines`); with ``reference``, (g) the loaders of an
+:mod:`ffcv_imagenet.tools.bench.peers`); with ``reference``, (g) the loaders of an
 older git revision of this package, beside today's (see :mod:`.revision`).
 
 All but the baseline are timed interleaved, one pass of each per round, because this
@@ -35,10 +35,10 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..data import decode_ceiling, loaders, peer_pipelines
-from ..data.beton import read_labels
-from ..data.torchvision_pipelines import folder_loader, normalized_tensor
-from . import revision
+from ...data.read import loaders
+from ...data.read.beton import read_labels
+from ...data.read.torchvision_pipelines import folder_loader, normalized_tensor
+from . import decode_ceiling, peers, revision
 
 DECODER_DTYPES = ('uint8', 'float32')
 BOTH = 'both'
@@ -251,18 +251,18 @@ def peer_passes(beton: str, *, resolution: int, batch_size: int, workers: int,
     cpu = torch.device('cpu')
     common = dict(batch_size=batch_size, resolution=resolution, num_workers=workers)
     fields = dict(kind='peer', loader='train', normalised=True)
-    stock = peer_pipelines.ffcv_stock_loader(beton, **common)
+    stock = peers.ffcv_stock_loader(beton, **common)
     pipelines = [({'pipeline': 'ffcv stock decoder, train', **fields}, _epochs(stock, cpu))]
     notes = []
-    if peer_pipelines.dali_available():
+    if peers.dali_available():
         jpegs = jpegs if jpegs is not None else decode_ceiling.load_jpegs(beton)
         labels = read_labels(beton)[jpegs.positions >= 0]
-        dali = peer_pipelines.dali_cpu_loader(jpegs, labels, **common)
+        dali = peers.dali_cpu_loader(jpegs, labels, **common)
         pipelines.append(({'pipeline': 'DALI CPU pipeline, train', **fields},
                           _epochs(dali, cpu)))
     else:
         notes.append(f"DALI CPU pipeline: not installed here (pip install "
-                     f"{peer_pipelines.DALI_PACKAGE} adds its row)")
+                     f"{peers.DALI_PACKAGE} adds its row)")
     return pipelines, notes
 
 

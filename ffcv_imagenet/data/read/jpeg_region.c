@@ -14,7 +14,7 @@
  *
  * The decoder (decoders.py) calls decode_region from numba-compiled code through
  * ctypes (jpeg_region.py); this file is built as the extension module
- * ffcv_imagenet.data._jpeg_region only so that setuptools and auditwheel carry it
+ * ffcv_imagenet.data.read._jpeg_region only so that setuptools and auditwheel carry it
  * (and libjpeg) in the wheel.
  */
 #include <Python.h>
@@ -151,7 +151,7 @@ int decode_region(const uint8_t *src, uint64_t size, uint8_t *dst, uint64_t capa
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_jpeg_region",
-    "decode_region() of jpeg_region.c, for ctypes (see ffcv_imagenet.data.jpeg_region)",
+    "decode_region() of jpeg_region.c, for ctypes (see ffcv_imagenet.data.read.jpeg_region)",
     -1, NULL,
 };
 

@@ -1,32 +1,5 @@
-"""Images/sec benchmarks, side by side in one run so that ratios are comparable.
-
-    python -m ffcv_imagenet bench loader --beton data/betons/train.beton \
-        --val-beton data/betons/val.beton --folder data/synthetic/train \
-        --resolution 160 --batch-size 64 --workers 2 --epochs 5 --json bench.json
-
-``loader`` times, on the same images, resolution, batch size and worker count:
-(a) this project's train loader, (b) its val loader, (c) the decoding ceiling of
-each: the same stored JPEGs, their bytes already in memory, decoded in full by
-libjpeg-turbo (ffcv's ``imdecode``) at the reduced scale the loader's decoder picks for
-the same crops, on as many threads, and thrown away (no ffcv ``Loader``, no Python
-work per image), and beside it what the loaders' decoder decodes instead (only the
-part of each JPEG around its crop), (d) a plain torchvision ``ImageFolder`` + ``RandomResizedCrop`` +
-flip + ``ToTensor`` + ``Normalize`` pipeline through a ``DataLoader`` reading the
-source folder. Each loader row also prints its share of its ceiling. The first pass
-(an epoch; for val, as many epochs as make about a train epoch) of each is left out
-(numba compilation; worker start-up and a cold file cache for torchvision); the figure is the median over the remaining ones (on a GPU,
-queued work is waited for before each clock reading). ``--decoder-dtype`` picks the
-ffcv loaders' output path: ``uint8`` (what a CUDA device takes: decode to uint8,
-normalise in torch on the device; on a CPU device that normalisation is timed on the
-CPU), ``float32`` (the CPU path: normalised in the decoder) or ``both`` (a train and
-a val row for each, against the same ceilings); the default is the device's own.
-``--peers`` adds ffcv's stock train pipeline and NVIDIA DALI's CPU pipeline (when it
-is installed) on the train ``.beton``'s images, timed on the CPU. ``--reference REV``
-adds the loaders of an older git revision of this package (one without the compiled
-extension, such as 5aecb75), and gives each of today's loaders its ratio to them.
-All but torchvision are timed interleaved, a pass of each per round, and shares and
-ratios are the medians of the rounds' ratios: the machine's speed drifts during a run.
-Details: :mod:`.bench_loader`.
+"""Training steps timed two ways: the model alone on one batch already on the device
+(the ceiling), and end to end from the ``.beton`` loader.
 
     python -m ffcv_imagenet bench train --beton data/betons/train.beton \
         --arch resnet50 --resolution 160 192 --batch-size 512 --precision auto \
@@ -58,10 +31,8 @@ and the decoding thread's own Python need cores the workers would otherwise take
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
-import json
 import os
 import platform
 import time
@@ -69,20 +40,13 @@ from typing import Iterator
 
 import torch
 
-from ..training.distributed import select_device
-from ..data.folders import classes_path, load_classes
-from ..data.loaders import endless_batches, train_loader
-from ..training.models import ARCHS, build_model
-from ..training.optim import PRECISIONS, Precision, build_sgd, resolve_precision
-from ..training.loop import train_step
-# the loader benchmark lives in bench_loader; its names stay importable from here
-from .bench_loader import (BOTH, DECODER_DTYPES, bench_loaders, decoder_dtype_for,
-                           epoch_rates, format_loader_table, sync as _sync,
-                           torchvision_baseline)
-
-__all__ = ['bench_loaders', 'bench_train', 'decoder_dtype_for', 'default_workers',
-           'epoch_rates', 'format_loader_table', 'format_train_table', 'main',
-           'torchvision_baseline']
+from ...data.folders import classes_path, load_classes
+from ...data.read.loaders import endless_batches, train_loader
+from ...training.distributed import select_device
+from ...training.loop import train_step
+from ...training.models import build_model
+from ...training.optim import Precision, build_sgd, resolve_precision
+from .loader import sync as _sync
 
 TRAIN_ROWS = ('model alone (synthetic batch)', 'end to end (.beton loader)')
 
@@ -237,88 +201,3 @@ def format_train_table(results: dict | list[dict]) -> str:
             lines.append(f"{res:>4} {row['measurement']:<30} {row['images_per_sec']:>11.1f} "
                          f"{row['steps']:>6} {row['seconds']:>8.2f} {tail:>19}")
     return '\n'.join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    commands = parser.add_subparsers(dest='command', required=True)
-    loader = commands.add_parser('loader', help='loader images/sec vs torchvision and vs decoding alone')
-    loader.add_argument('--beton', required=True, help='train .beton')
-    loader.add_argument('--val-beton', help='val .beton (optional)')
-    loader.add_argument('--folder', required=True,
-                        help='the image folder the train .beton was written from')
-    loader.add_argument('--resolution', type=int, default=160, help='pixels')
-    loader.add_argument('--batch-size', type=int, default=64)
-    loader.add_argument('--workers', type=int, default=default_workers(),
-                        help='decoding threads (default: the cores less two, at least one)')
-    loader.add_argument('--epochs', type=int, default=5, help='including the untimed first')
-    loader.add_argument('--device', default='cpu')
-    loader.add_argument('--decoder-dtype', choices=DECODER_DTYPES + (BOTH,),
-                        help="the ffcv loaders' output path: uint8 (normalised in torch "
-                             "after the decoder), float32 (normalised in the decoder) or "
-                             "both (rows for each); default: uint8 on a CUDA device, as "
-                             "training takes, else float32")
-    loader.add_argument('--peers', action='store_true',
-                        help="also time ffcv's stock train pipeline and DALI's CPU "
-                             "pipeline (when installed) on the train .beton's images")
-    loader.add_argument('--reference', metavar='REV',
-                        help='also time the loaders of this git revision of the package '
-                             '(pure Python, before the compiled extension) beside '
-                             "today's, e.g. 5aecb75")
-    loader.add_argument('--json', help='also write the result here')
-    train = commands.add_parser('train', help='training images/sec: model alone vs end to end')
-    train.add_argument('--beton', required=True, help='train .beton')
-    train.add_argument('--arch', choices=ARCHS, default='resnet50')
-    train.add_argument('--resolution', type=int, nargs='+', default=[160],
-                       help='pixels; several values give a pair of rows each')
-    train.add_argument('--batch-size', type=int, default=512)
-    train.add_argument('--precision', choices=PRECISIONS, default='auto')
-    train.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True)
-    train.add_argument('--blurpool', action=argparse.BooleanOptionalAction, default=True)
-    train.add_argument('--compile', action='store_true', help='torch.compile the model')
-    train.add_argument('--workers', type=int, default=default_workers(),
-                       help='decoding threads (default: the cores less two, at least '
-                            'one: the main thread launches the kernels)')
-    train.add_argument('--steps', type=int, default=100, help='timed steps per measurement')
-    train.add_argument('--warmup', type=int, default=20, help='untimed steps before them')
-    train.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
-                       help="'auto': cuda if available")
-    train.add_argument('--json', help='also write the results (a list, one per resolution)')
-    return parser
-
-
-def _write_json(path: str | None, result) -> None:
-    if path:
-        with open(path, 'w') as handle:
-            json.dump(result, handle, indent=1)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    paths = [args.beton]
-    if args.command == 'loader':
-        paths += [args.val_beton, args.folder]
-    for path in paths:
-        if path and not os.path.exists(path):
-            parser.error(f"not found: {path}")
-    if args.command == 'loader':
-        result = bench_loaders(args.beton, args.folder, args.val_beton,
-                               resolution=args.resolution, batch_size=args.batch_size,
-                               workers=args.workers, epochs=args.epochs, device=args.device,
-                               decoder_dtype=args.decoder_dtype, peers=args.peers,
-                               reference=args.reference)
-        print(format_loader_table(result))
-        _write_json(args.json, result)
-        return
-    results = [bench_train(args.beton, arch=args.arch, resolution=res,
-                           batch_size=args.batch_size, precision=args.precision,
-                           channels_last=args.channels_last, blurpool=args.blurpool,
-                           compile=args.compile, workers=args.workers, steps=args.steps,
-                           warmup=args.warmup, device=args.device)
-               for res in args.resolution]
-    print(format_train_table(results))
-    _write_json(args.json, results)
-
-if __name__ == '__main__':
-    main()

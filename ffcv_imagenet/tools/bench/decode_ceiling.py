@@ -36,10 +36,10 @@ from numba import njit, prange
 from ffcv.fields.rgb_image import IMAGE_MODES, get_center_crop, get_random_crop
 from ffcv.libffcv import imdecode
 
-from .beton import read_image_table
-from .decoders import dct_denominator, decoded_crop, sample_seed
-from .jpeg_region import decode_region
-from .loaders import epoch_order
+from ...data.read.beton import read_image_table
+from ...data.read.decoders import dct_denominator, decoded_crop, sample_seed
+from ...data.read.jpeg_region import decode_region
+from ...data.read.loaders import epoch_order
 
 # compiled as ffcv's Compiler compiles the decoder's crop functions (fastmath, numpy
 # error model), so that the same random draws give the same crops

@@ -3,7 +3,7 @@
 OpenCV's ``INTER_AREA`` (which ffcv's ``resize_crop`` calls) takes its generic,
 table-driven path whenever the scale is not an integer, which is nearly always for a
 random-resized crop; on the project's CPU machine that path cost more per image than
-decoding the JPEG (BENCHMARKS.md, issue 14.2). The same filter is computed here as two
+decoding the JPEG (BENCHMARKS.md, "CPU loader"). The same filter is computed here as two
 separable passes that LLVM can vectorise:
 
 * vertical: each output row is a weighted sum of the 2-3 source rows under it, over the

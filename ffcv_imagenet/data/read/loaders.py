@@ -10,7 +10,7 @@
 Where the work happens:
 
 * CPU device: crop, flip and normalisation run per image in the decoder's
-  numba-parallel loop (see :mod:`ffcv_imagenet.data.decoders`), so the batch arrives as
+  numba-parallel loop (see :mod:`ffcv_imagenet.data.read.decoders`), so the batch arrives as
   float32, already normalised.
 * CUDA device: the decoder emits uint8 (a quarter of the bytes to copy), which is
   sent to the GPU without blocking and normalised there, in torch (ffcv's own

@@ -28,7 +28,7 @@ from ffcv.fields import IntField, RGBImageField
 from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, TYPE_ID_HANDLER, FieldDescType,
                         HeaderType)
 
-from .folders import DatasetError, classes_path, load_classes
+from ..folders import DatasetError, classes_path, load_classes
 
 # The fields the loaders decode, and the ffcv field class each must be written with.
 REQUIRED_FIELDS = {'image': RGBImageField, 'label': IntField}
