@@ -1,8 +1,8 @@
 # Two commands do all the set-up on a fresh Debian/Ubuntu machine:
 #   make demo   install, make synthetic data, convert it, benchmark the loader, save a
 #               batch PNG, train ResNet-18 on it (the CPU demo recipe)
-#   make test   install, run the whole test suite, then the fast tests again in a second
-#               environment with a GPU image's versions (what .ci/run calls)
+#   make test   install, run the whole test suite, then the tests of GPU_IMAGE_TESTS again
+#               in a second environment with a GPU image's versions (what .ci/run calls)
 # Both are idempotent: a second run reuses what is installed and generated.
 # And for a GPU node without internet:
 #   make wheelhouse PYTHON_VERSION=3.12   the wheels to copy there (see README)
@@ -30,6 +30,22 @@ GPU_IMAGE_VERSION := 3.12
 GPU_IMAGE_VENV ?= .venv-gpu-image
 GPU_IMAGE_PY := $(GPU_IMAGE_VENV)/bin/python
 GPU_IMAGE_WHEELS := .wheels/$(GPU_IMAGE_VERSION)
+# What that environment runs, all of each (slow tests too), instead of the whole suite:
+# the tests whose outcome can change with its torch, numpy and numba, each after its reason.
+# tests/test_packaging.py fails when a module of ffcv_imagenet/data/ or training/ is
+# imported by no test file under these paths.
+#  the wheelhouse installs offline, then converts and loads with the system's libraries hidden
+GPU_IMAGE_TESTS := tests/test_install_offline.py
+#  every module of the package imports with these versions, also from a wheel installed alone
+GPU_IMAGE_TESTS += tests/test_packaging.py
+#  the read side: numba compiles the decoders, the resize (its vector code) and JPEG region
+GPU_IMAGE_TESTS += tests/data/read
+#  torch: autocast, the gradient scaler, foreach EMA updates, fused SGD, DDP, save and load
+GPU_IMAGE_TESTS += tests/training
+#  the write side too: numpy converts the pixels (16-bit, float, alpha) that ffcv stores
+GPU_IMAGE_TESTS += tests/data/write
+#  numpy's generator draws the generated images (the data of a GPU node's check too)
+GPU_IMAGE_TESTS += tests/data/test_synthetic.py
 PYTHON312 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12) \
                          $(shell command -v python3.12))
 WHEEL_SOURCES := pyproject.toml requirements.txt .ci/wheelhouse.sh .ci/portable_wheel.py \
@@ -144,17 +160,16 @@ demo: install bench preview train
 	    "$(DATA)/train_batch.png, training log and checkpoints in $(DEMO_RUN)"
 
 test: install
-	$(PY) -m pytest -q -ra --durations=5 $(PYTEST_PARALLEL) tests
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_PARALLEL) tests
 	$(MAKE) test-gpu-image
 
-# the fast tests and the offline-install test with a GPU image's versions
+# the tests of GPU_IMAGE_TESTS with a GPU image's versions
 test-gpu-image: $(GPU_IMAGE_VENV)/.installed
 	@# python -m pytest puts this checkout first on the path, so its sources are what the
 	@# tests import: their C extension is built in place for this Python too
 	$(GPU_IMAGE_PY) -W ignore -c 'from setuptools import setup; setup()' -q build_ext --inplace
-	$(GPU_IMAGE_PY) -m pytest -q -ra $(PYTEST_PARALLEL) -m "not slow" tests
 	FFCV_IMAGENET_WHEELHOUSE=$(GPU_IMAGE_WHEELS) $(GPU_IMAGE_PY) -m pytest -q -ra \
-	    tests/test_wheelhouse.py tests/test_offline_install.py
+	    $(PYTEST_PARALLEL) $(GPU_IMAGE_TESTS)
 
 clean:
 	rm -rf $(DATA) $(DEMO_RUN)

@@ -87,8 +87,9 @@ if wants tests; then
         [[ $BROAD_TESTS == 1 ]] || exit $rc
         stamp "test files with CUDA present"
         cd "$WORK/clone" && timeout -k 15 120 "$PY" -m pytest -q -ra -p no:cacheprovider \
-            -m 'not slow' -n 4 tests/test_loaders.py tests/test_ffcv_loader.py \
-            tests/test_gpu_paths.py tests/test_trainer.py 2>&1 | tail -n 40
+            -m 'not slow' -n 4 tests/data/read/test_loaders.py \
+            tests/data/read/test_ffcv_loader.py tests/training tests/cli/test_recipe.py \
+            tests/test_train.py 2>&1 | tail -n 40
         (( rc == 0 && PIPESTATUS[0] == 0 )) || rc=1
         stamp "tests done"
         exit $rc

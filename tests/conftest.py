@@ -1,5 +1,6 @@
-"""Small synthetic datasets shared by the tests (generated once per session), and a
-last-resort end for a test that hangs."""
+"""Fixtures: small synthetic datasets and their .beton files, tiny training runs that
+several test files read (each generated once per test process), the offline wheelhouse;
+and a last-resort end for a test that hangs."""
 import faulthandler
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ if str(ROOT) not in sys.path:  # the entry points live at the repository root
 from ffcv_imagenet.data.folders import list_tree  # noqa: E402
 from ffcv_imagenet.data.synthetic import generate  # noqa: E402
 from ffcv_imagenet.data.write.writer import write_beton  # noqa: E402
+from tests.support import (FEATURES, STAGED, build_or_reuse_wheelhouse,  # noqa: E402
+                           tiny_args, train_tiny)
 
 # after pytest-timeout's limit (pyproject.toml), for the signal to be handled
 BACKSTOP_SECONDS = 60
@@ -54,8 +57,33 @@ def betons(synth, tmp_path_factory):
     return out / 'train.beton', out / 'val.beton'
 
 
+# --- tiny training runs (tests.support.tiny_args), read-only: copy one to change it ---
+
+@pytest.fixture(scope='session')
+def full_run(betons, tmp_path_factory):
+    """An uninterrupted 2-epoch run."""
+    import train_imagenet
+    folder = tmp_path_factory.mktemp('full') / 'run'
+    assert train_imagenet.main(tiny_args(betons, folder)) == 0
+    return folder
+
+
+@pytest.fixture(scope='session')
+def featured(betons, tmp_path_factory):
+    """One uninterrupted 2-epoch run with every recipe feature on."""
+    return train_tiny(betons, tmp_path_factory.mktemp('featured') / 'run', *FEATURES)
+
+
+@pytest.fixture(scope='session')
+def staged_run(betons, tmp_path_factory):
+    """Two epochs: 32 px at batch 16, then 48 px at batch 8 (48 training images)."""
+    import train_imagenet
+    folder = tmp_path_factory.mktemp('staged') / 'run'
+    assert train_imagenet.main(tiny_args(betons, folder, *STAGED)) == 0
+    return folder
+
+
 @pytest.fixture(scope='session')
 def wheelhouse(tmp_path_factory):
-    """The offline wheelhouse (see wheelhouse_build.py), built once per session."""
-    from wheelhouse_build import build_or_reuse
-    return build_or_reuse(tmp_path_factory)
+    """The offline wheelhouse (see tests.support), built once per test process."""
+    return build_or_reuse_wheelhouse(tmp_path_factory)

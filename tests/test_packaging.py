@@ -1,5 +1,8 @@
-"""The set-up files agree with each other and with the README, and the wheel holds
-the whole package tree and the recipes."""
+"""The set-up files agree with each other and with the README, every module of the
+package imports, the wheel holds the whole package tree and the recipes, and CI's second
+environment (a GPU image's versions) runs tests that import every module of data/ and
+training/."""
+import ast
 import os
 import re
 import shutil
@@ -14,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
+PACKAGE = ROOT / 'ffcv_imagenet'
 
 
 def _pins(lines):
@@ -130,3 +135,104 @@ def test_an_installed_wheel_holds_the_tree_and_finds_recipes_by_name(tmp_path):
     script = subprocess.run([str(env / 'bin' / 'ffcv-imagenet')], cwd=work, env=clean,
                             capture_output=True, text=True, timeout=120)
     assert 'convert' in script.stdout and 'train' in script.stdout
+
+
+def _package_modules(folder=PACKAGE):
+    """Every module under ``folder`` (``ffcv_imagenet`` or a sub-package), recursively:
+    packages by their ``__init__``, ``__main__`` left out."""
+    names = []
+    for path in sorted(folder.rglob('*.py')):
+        parts = list(path.relative_to(ROOT).with_suffix('').parts)
+        if parts[-1] == '__main__':
+            continue
+        names.append('.'.join(parts[:-1] if parts[-1] == '__init__' else parts))
+    return names
+
+
+def test_every_module_of_the_package_imports():
+    """In a fresh interpreter, each module on its own: what a version of torch, numpy or
+    numba that a module cannot work with shows first."""
+    modules = _package_modules()
+    assert {'ffcv_imagenet.data.read.loaders', 'ffcv_imagenet.training.loop',
+            'ffcv_imagenet.cli.train', 'ffcv_imagenet.tools.bench.steps'} <= set(modules)
+    code = ('import importlib, sys, traceback\n'
+            'failed = []\n'
+            f'for name in {modules!r}:\n'
+            '    try:\n'
+            '        importlib.import_module(name)\n'
+            '    except Exception:\n'
+            '        failed.append(name + ": " + traceback.format_exc(limit=-1).strip())\n'
+            'print("\\n".join(failed))\n')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == '', done.stdout
+
+
+# --- what CI's second environment runs ---------------------------------------------------
+
+def _gpu_image_tests(makefile=ROOT / 'Makefile'):
+    """The paths of GPU_IMAGE_TESTS, as the Makefile lists them (one assignment a line)."""
+    paths = []
+    for line in makefile.read_text().splitlines():
+        found = re.match(r'GPU_IMAGE_TESTS\s*(\+=|:=|=)\s*([^#]*)', line)
+        if found:
+            paths = (paths if found[1] == '+=' else []) + found[2].split()
+    return paths
+
+
+def _imported_modules(path):
+    """The ``ffcv_imagenet`` modules that the test file ``path`` imports by name:
+    ``import ffcv_imagenet.x.y``, ``from ffcv_imagenet.x.y import ...`` and
+    ``from ffcv_imagenet.x import y`` (anywhere in the file)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {node.module} | {f'{node.module}.{alias.name}' for alias in node.names}
+    return {name for name in names if name.startswith('ffcv_imagenet.')}
+
+
+def _not_covered(listed):
+    """The modules of ffcv_imagenet/data/ and ffcv_imagenet/training/ (recursively) that
+    no test file under the ``listed`` paths imports."""
+    files = set()
+    for entry in map(ROOT.joinpath, listed):
+        files |= {entry} if entry.is_file() else set(entry.rglob('test_*.py'))
+    imported = set().union(*map(_imported_modules, files)) if files else set()
+    library = [name for sub in ('data', 'training') for name in _package_modules(PACKAGE / sub)
+               if not (ROOT / (name.replace('.', '/') + '/__init__.py')).is_file()]
+    return sorted(set(library) - imported)
+
+
+def test_the_gpu_image_list_names_test_files_and_folders_that_exist():
+    listed = _gpu_image_tests()
+    assert 'tests/test_install_offline.py' in listed and 'tests/test_packaging.py' in listed
+    for path in listed:
+        assert path.startswith('tests/') and (ROOT / path).exists(), path
+    assert len(set(listed)) == len(listed)
+
+
+def test_every_data_and_training_module_is_imported_by_a_test_on_the_gpu_image_list():
+    """A module whose tests the second environment would not run fails here: add its
+    test file (or folder) to GPU_IMAGE_TESTS in the Makefile, with the reason."""
+    missing = _not_covered(_gpu_image_tests())
+    assert missing == [], f"imported by no test file of GPU_IMAGE_TESTS: {', '.join(missing)}"
+
+
+def test_the_coverage_check_sees_a_list_that_leaves_modules_out(tmp_path):
+    makefile = tmp_path / 'Makefile'
+    makefile.write_text('GPU_IMAGE_TESTS := tests/training  # a reason\n'
+                        'OTHER := tests/data/read\n'
+                        'GPU_IMAGE_TESTS += tests/data/test_synthetic.py  # another\n')
+    listed = _gpu_image_tests(makefile)
+    assert listed == ['tests/training', 'tests/data/test_synthetic.py']
+    missing = _not_covered(listed)
+    assert 'ffcv_imagenet.data.read.loaders' in missing
+    assert 'ffcv_imagenet.data.write.writer' in missing
+    assert not [name for name in missing if name.startswith('ffcv_imagenet.training.')]
+    assert 'ffcv_imagenet.data.synthetic' not in missing
+    nothing = _not_covered([])  # every module, the packages' __init__ left out
+    assert 'ffcv_imagenet.training.loop' in nothing and 'ffcv_imagenet.data.folders' in nothing
+    assert 'ffcv_imagenet.data.read' not in nothing and 'ffcv_imagenet.training' not in nothing

@@ -1,17 +1,21 @@
-"""Every shipped recipe parses, its numbers say what its comments promise, and a bare
-recipe name is found from any folder."""
+"""The shipped recipes (rn50_configs/): every one parses, its numbers say what its
+comments promise (the published lengths and peak rates, the reference trainers'
+settings), the train command finds one by its bare name, and the CPU versions of the
+advanced and reference recipes train one epoch."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from ffcv_imagenet.cli.config import ConfigError, parse_config
+import train_imagenet
+from ffcv_imagenet.cli.config import parse_config
 from ffcv_imagenet.cli.train_config import SECTIONS
+from ffcv_imagenet.training.checkpoint import checkpoint_dir, load_checkpoint
+from ffcv_imagenet.training.logs import read_log
 from ffcv_imagenet.training.schedules import Stages, lr_schedule, resolution_at
+from tests.support import RECIPES, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / 'rn50_configs').glob('*.yaml'))
+
 EPOCHS = (16, 24, 32, 40, 56, 88)
 
 
@@ -57,51 +61,7 @@ def test_peak_learning_rate_matches_the_published_one(arch, gpus, peak):
     assert lr_at(200) == pytest.approx(peak)
 
 
-def test_a_bare_recipe_name_is_found_from_any_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    by_name = parse_config('test', ['--config', 'rn50_88_epochs.yaml'], SECTIONS)
-    by_path = parse_config('test', ['-C', str(RECIPES[0].parent / 'rn50_88_epochs.yaml')],
-                           SECTIONS)
-    assert by_name['training.epochs'] == by_path['training.epochs'] == 88
-    assert by_name['lr.lr'] == by_path['lr.lr']
-    without_suffix = parse_config('test', ['--config', 'rn18_16_epochs'], SECTIONS)
-    assert without_suffix['training.epochs'] == 16
-    assert without_suffix['model.arch'] == 'resnet18'
-
-
-def test_a_file_in_the_current_folder_wins_over_the_shipped_recipe(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    shipped = (RECIPES[0].parent / 'rn50_88_epochs.yaml').read_text()
-    (tmp_path / 'rn50_88_epochs.yaml').write_text(shipped.replace('epochs: 88', 'epochs: 3'))
-    assert parse_config('test', ['--config', 'rn50_88_epochs.yaml'],
-                        SECTIONS)['training.epochs'] == 3
-
-
-def test_an_unknown_recipe_name_lists_the_shipped_ones(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError) as caught:
-        parse_config('test', ['--config', 'rn50_99_epochs.yaml'], SECTIONS)
-    message = str(caught.value)
-    assert message.startswith('config file not found: rn50_99_epochs.yaml')
-    assert 'rn50_88_epochs.yaml' in message and 'rn18_cpu_demo.yaml' in message
-    assert '\n' not in message
-    with pytest.raises(ConfigError, match=r'^config file not found: sub/rn50_88_epochs\.yaml$'):
-        parse_config('test', ['--config', 'sub/rn50_88_epochs.yaml'], SECTIONS)
-
-
-def test_train_command_takes_a_bare_recipe_name(tmp_path):
-    """The design's own command line: the recipe is found (the error is about the
-    data it names, not about the recipe file)."""
-    done = subprocess.run([sys.executable, str(ROOT / 'train_imagenet.py'), '--config',
-                           'rn50_88_epochs.yaml', '--data.train_dataset=missing.beton',
-                           '--data.val_dataset=missing.beton', '--logging.folder=run'],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip() == ('error: data.train_dataset: .beton file not found: '
-                                   'missing.beton')
-
-
-REFERENCE_TABLE = {  # issue 13's table of the two reference trainers' settings
+REFERENCE_TABLE = {  # the settings of the two reference trainers, key by key
     'rn50_reference_advanced.yaml': {
         'training.epochs': 90, 'resolution.stages': '0:64:256, 30:128:128, 50:224:64',
         'optimizer.name': 'adamw', 'lr.lr': 3e-4, 'optimizer.weight_decay': 1e-4,
@@ -127,3 +87,54 @@ def test_the_reference_recipes_hold_the_references_settings(name):
         assert config[key] == (pytest.approx(value) if isinstance(value, float) else value), key
     text = (ROOT / 'rn50_configs' / name).read_text()
     assert 'NOT a result measured on ImageNet' in text
+
+
+def test_train_command_takes_a_bare_recipe_name(tmp_path):
+    """The design's own command line: the recipe is found (the error is about the
+    data it names, not about the recipe file)."""
+    done = subprocess.run([sys.executable, str(ROOT / 'train_imagenet.py'), '--config',
+                           'rn50_88_epochs.yaml', '--data.train_dataset=missing.beton',
+                           '--data.val_dataset=missing.beton', '--logging.folder=run'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ('error: data.train_dataset: .beton file not found: '
+                                   'missing.beton')
+
+
+def test_the_cpu_advanced_recipe_trains_one_epoch(betons, tmp_path):
+    train_path, val_path = betons
+    folder = tmp_path / 'advanced'
+    assert train_imagenet.main([
+        '-C', str(ROOT / 'rn50_configs' / 'rn50_cpu_advanced.yaml'), f'--data.train_dataset={train_path}',
+        f'--data.val_dataset={val_path}', '--training.batch_size=16',
+        '--validation.batch_size=10', '--training.stop_after=1', '--logging.progress=0',
+        f'--logging.folder={folder}']) == 0
+    (record,) = read_log(folder, 'epoch')
+    assert record['epoch'] == 1 and record['train_top1_label'] == 'dominant label'
+    assert 0 <= record['ema_val_top1'] <= 1 and record['best_ema_val_top1'] is not None
+    saved = load_checkpoint(checkpoint_dir(folder) / 'last.pt')
+    assert saved['arch'] == 'resnet50' and saved['ema'] is not None
+
+
+@pytest.mark.parametrize('name, extra', [
+    # the test split has 48 images: smaller batches than the demo data's
+    ('rn50_cpu_reference_advanced.yaml', '--resolution.stages=0:48:16,1:64:8'),
+    ('rn50_cpu_reference_plain.yaml', '--training.batch_size=16'),
+])
+def test_the_cpu_reference_recipes_train_one_epoch(betons, tmp_path, name, extra):
+    train_path, val_path = betons
+    folder = tmp_path / 'reference'
+    assert train_imagenet.main([
+        '-C', str(ROOT / 'rn50_configs' / name), f'--data.train_dataset={train_path}',
+        f'--data.val_dataset={val_path}', extra, '--validation.batch_size=10',
+        '--training.stop_after=1', '--logging.progress=0', f'--logging.folder={folder}']) == 0
+    (record,) = read_log(folder, 'epoch')
+    assert record['batch_size'] == 16 and 0 <= record['val_top1'] <= 1
+    saved = load_checkpoint(checkpoint_dir(folder) / 'last.pt')
+    names = {p.name for p in checkpoint_dir(folder).glob('*.pt')}
+    if 'advanced' in name:
+        assert saved['ema'] is not None and 'fc.weight' not in saved['model']  # 1x1 head
+        assert record['best_val_top1'] is None and 'best.pt' not in names  # best_after: 4
+    else:
+        assert saved['ema'] is None and 'fc.weight' in saved['model']
+        assert 'best.pt' in names

@@ -1,0 +1,269 @@
+"""The conversion command (write_datasets.py, ``python -m ffcv_imagenet convert``) end
+to end: labels and the class file round trip, a stratified subset, a folder of broken and
+exotic files named .JPEG converted as a user would (every bad file skipped and reported
+with its reason, every odd but valid one stored with its label, nothing the C libraries
+print reaching the terminal, strict mode stopping at the first), one-line errors, an
+interrupted conversion, and Tiny ImageNet's layout through to a training run."""
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ffcv.fields.basics import IntDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import ToTensor
+
+import write_datasets
+from ffcv_imagenet.data.folders import DatasetError, list_tree
+from ffcv_imagenet.data.synthetic import class_name, generate
+from ffcv_imagenet.data.write.writer import skipped_path
+from ffcv_imagenet.training.logs import read_log
+from tests.support import (CHATTY, ROOT, bad_file_bytes, bad_files, good_file_bytes,
+                           odd_images, skipped_reasons, stored_labels_and_sizes)
+
+
+def beton_labels(path):
+    loader = Loader(str(path), batch_size=16, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines={'image': None, 'label': [IntDecoder(), ToTensor()]})
+    return np.concatenate([labels.numpy().ravel() for (labels,) in loader]).tolist()
+
+
+def convert(*args):
+    return write_datasets.main([f'--cfg.{a}' for a in args])
+
+
+def test_labels_round_trip_and_class_file(synth, tmp_path):
+    out = tmp_path / 'train.beton'
+    assert convert(f'data_dir={synth}/train', f'write_path={out}', 'max_resolution=64') == 0
+    samples, classes = list_tree(synth / 'train')
+    assert beton_labels(out) == [label for _, label in samples]
+    saved = json.loads(Path(f'{out}.classes.json').read_text())
+    assert saved['classes'] == classes
+    assert saved['names'][0] == 'red stripes'  # from LOC_synset_mapping.txt
+    assert not skipped_path(out).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith('.')]  # no temp files
+
+    val = tmp_path / 'val.beton'
+    convert('split=val', f'data_dir={synth}/val', f'write_path={val}', 'max_resolution=64',
+            f'classes={out}.classes.json')
+    assert beton_labels(val) == [label for _, label in list_tree(synth / 'val', classes)[0]]
+
+
+def test_subset_is_stratified(synth, tmp_path):
+    out = tmp_path / 'sub.beton'
+    convert(f'data_dir={synth}/train', f'write_path={out}', 'max_resolution=32', 'subset=20')
+    assert np.bincount(beton_labels(out)).tolist() == [5, 5, 5, 5]
+
+
+@pytest.fixture
+def messy_tree(synth, tmp_path):
+    """Two classes: real images plus bad files (class a) and odd images (class b)."""
+    root = tmp_path / 'messy'
+    (root / 'a').mkdir(parents=True)
+    (root / 'b').mkdir()
+    for i, image in enumerate(sorted((synth / 'train').rglob('*.JPEG'))[:3]):
+        shutil.copy(image, root / 'a' / f'good{i}.JPEG')
+    bad = bad_files(root / 'a')
+    odd = odd_images(root / 'b')
+    return root, bad, odd
+
+
+def test_bad_files_are_skipped_and_reported_odd_ones_kept(messy_tree, tmp_path):
+    root, bad, odd = messy_tree
+    out = tmp_path / 'messy.beton'
+    convert(f'data_dir={root}', f'write_path={out}', 'max_resolution=64')
+    assert beton_labels(out) == [0] * 3 + [1] * len(odd)
+    report = dict(line.split('\t') for line in skipped_path(out).read_text().splitlines())
+    assert sorted(report) == sorted(str(p) for p in bad.values())
+    assert all(reason for reason in report.values())
+
+
+def test_strict_mode_fails_naming_the_first_bad_file_and_writes_nothing(messy_tree, tmp_path):
+    root, bad, _ = messy_tree
+    out = tmp_path / 'strict.beton'
+    with pytest.raises(DatasetError, match='unreadable image .*empty.JPEG'):
+        convert(f'data_dir={root}', f'write_path={out}', 'strict=1')
+    assert list(tmp_path.glob('strict.beton*')) == [] and not list(tmp_path.glob('.strict*'))
+
+
+# --- a folder of broken and exotic files, converted in a subprocess ----------------------
+
+TQDM_LINE = re.compile(r'^(checking:)? *\d+%\|')
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+    """A two-class tree with bad and good files interleaved in both classes:
+    (root, {bad path}, {good path: (height, width)})."""
+    root = tmp_path_factory.mktemp('odd') / 'train'
+    bad, good = set(), {}
+    items = [(name, data, None) for name, data in bad_file_bytes().items()]
+    items += [(name, data, shape) for name, (data, shape) in good_file_bytes().items()]
+    for n, (name, data, shape) in enumerate(sorted(items)):
+        path = root / ('n01', 'n02')[n % 2] / f'{name}.JPEG'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if shape is None:
+            bad.add(str(path))
+        else:
+            good[str(path)] = shape
+    return root, bad, good
+
+
+def expected(root, good):
+    """What a .beton of ``root`` must hold: the good files, in listing order."""
+    samples, _ = list_tree(root)
+    return [(label, good[path]) for path, label in samples if path in good]
+
+
+def convert_cli(*args):
+    return subprocess.run([sys.executable, 'write_datasets.py', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_chatty_files_do_print_when_read_unguarded(corpus):
+    """The premise of the next test: reading these files directly floods stderr."""
+    root, bad, _ = corpus
+    chatty = [p for p in sorted(bad) if Path(p).stem in CHATTY]
+    code = ('import sys\nfrom ffcv_imagenet.data.write.images import check_image\n'
+            'for path in sys.argv[1:]:\n    assert check_image(path)\n')
+    result = subprocess.run([sys.executable, '-c', code, *chatty], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stderr.strip().splitlines()) >= len(chatty)
+
+
+def test_cli_skips_every_bad_file_keeps_every_odd_one_and_keeps_stderr_clean(
+        corpus, tmp_path):
+    root, bad, good = corpus
+    out = tmp_path / 'odd.beton'
+    result = convert_cli(f'--cfg.data_dir={root}', f'--cfg.write_path={out}',
+                         '--cfg.max_resolution=0', '--cfg.write_mode=raw')
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {len(good)} images, {len(bad)} skipped" in result.stdout
+    reasons = skipped_reasons(out)
+    assert set(reasons) == bad
+    assert all(reason.strip() for reason in reasons.values())
+    [dds] = [reason for path, reason in reasons.items() if 'dds_dxgi_93' in path]
+    assert dds.startswith('NotImplementedError')  # what crashed the old checking pool
+    assert stored_labels_and_sizes(out) == expected(root, good)
+    lines = [line for line in re.split(r'[\r\n]', result.stderr) if line.strip()]
+    assert all(TQDM_LINE.match(line) for line in lines), lines  # progress bars only
+    assert any(line.startswith('checking:') for line in lines)  # which still show
+    # what libtiff printed went into the reasons instead
+    assert sum('[stderr: ' in reasons[p] for p in bad if Path(p).stem in CHATTY) >= 3
+
+
+def test_cli_strict_stops_naming_the_file_and_leaves_the_output(corpus, tmp_path):
+    root, bad, _ = corpus
+    out = tmp_path / 'strict.beton'
+    out.write_bytes(b'previous good file')
+    result = convert_cli(f'--cfg.data_dir={root}', f'--cfg.write_path={out}',
+                         '--cfg.strict=1')
+    assert result.returncode == 2
+    message = [line for line in re.split(r'[\r\n]', result.stderr)
+               if line.strip() and not TQDM_LINE.match(line)]
+    assert len(message) == 1 and message[0].startswith('error: unreadable image ')
+    assert any(path in message[0] for path in bad)
+    assert out.read_bytes() == b'previous good file'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['strict.beton']
+
+
+# --- one-line errors and an interrupted conversion ---------------------------------------
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, 'write_datasets.py', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--cfg.data_dir=/no/such/dir', '--cfg.write_path=/tmp/x.beton'],
+     'error: data dir not found: /no/such/dir'),
+    (['--cfg.split=val', '--cfg.data_dir=/tmp', '--cfg.write_path=/tmp/x.beton'],
+     'error: the val split needs --cfg.classes'),
+    (['--cfg.data_dir=/tmp', '--cfg.write_path=/tmp/x.beton', '--cfg.jpeg_quality=high'],
+     "error: bad value for cfg.jpeg_quality: 'high'"),
+    (['--cfg.data_dir=/tmp', '--cfg.write_path=/tmp/x.beton', '--cfg.write_mode=png'],
+     "error: bad value for cfg.write_mode: 'png'"),
+    (['--cfg.write_path=/tmp/x.beton'], 'error: missing required config value --cfg.data_dir'),
+    (['-C', '/no/such.yaml'], 'error: config file not found: /no/such.yaml'),
+])
+def test_cli_errors_are_one_line(args, message):
+    result = _run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(message)
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    config = tmp_path / 'c.yaml'
+    config.write_text('cfg:\n  max_resolutoin: 128\n')
+    result = _run_cli('-C', str(config))
+    assert result.returncode == 2
+    assert "unknown config key 'cfg.max_resolutoin'" in result.stderr
+
+
+@pytest.mark.slow
+def test_interrupted_conversion_leaves_no_file_at_the_final_path(tmp_path):
+    data = generate(tmp_path / 'data', classes=4, train_per_class=150, val_per_class=0,
+                    workers=2)
+    out = tmp_path / 'out' / 'train.beton'
+    process = subprocess.Popen([sys.executable, 'write_datasets.py',
+                                f'--cfg.data_dir={data}/train', f'--cfg.write_path={out}',
+                                '--cfg.max_resolution=0', '--cfg.num_workers=1',
+                                '--cfg.chunk_size=5'],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               # a shell's background job starts with SIGINT ignored
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 60
+    while not list(out.parent.glob('.train.beton.*')) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the write
+    assert process.poll() is None, 'conversion finished before it could be interrupted'
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    assert not out.exists()
+    assert not list(out.parent.glob('.train.beton.*'))
+
+
+# --- Tiny ImageNet's layout, converted and trained with its recipe -----------------------
+
+def _convert(*args):
+    done = subprocess.run([sys.executable, 'write_datasets.py', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_tiny_imagenet_layout_converts_and_trains_with_its_recipe(tmp_path):
+    root = generate(tmp_path / 'tiny-imagenet-200', classes=4, train_per_class=16,
+                    val_per_class=4, layout='tiny', workers=2)
+    train, val = tmp_path / 'tiny_train.beton', tmp_path / 'tiny_val.beton'
+    _convert('--cfg.split=train', f'--cfg.data_dir={root / "train"}', f'--cfg.write_path={train}',
+             '--cfg.max_resolution=0')
+    _convert('--cfg.split=val', f'--cfg.data_dir={root / "val"}', f'--cfg.write_path={val}',
+             '--cfg.max_resolution=0', f'--cfg.classes={train}.classes.json')
+    listing = json.loads(Path(f'{train}.classes.json').read_text())
+    assert listing['names'] == [class_name(c) for c in range(4)]  # from words.txt
+    from ffcv_imagenet.data.read.beton import check_beton
+    assert check_beton(train, 4).num_samples == 64
+    assert check_beton(val, 4).num_samples == 16
+    folder = tmp_path / 'run'
+    done = subprocess.run(
+        [sys.executable, 'train_imagenet.py', '-C', 'rn50_tiny_imagenet',
+         f'--data.train_dataset={train}', f'--data.val_dataset={val}',
+         '--data.num_workers=2', '--training.device=cpu', '--training.batch_size=16',
+         '--validation.batch_size=16', '--training.epochs=3', '--training.stop_after=1',
+         '--logging.progress=0', f'--logging.folder={folder}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    epoch, = read_log(folder, 'epoch')
+    assert epoch['resolution'] == 64 and epoch['iteration'] == 4
+    assert 0 <= epoch['val_top1'] <= 1

@@ -1,0 +1,57 @@
+"""gpu-check: one line and exit code 3 without CUDA; every stage at toy size on the CPU
+(so the command cannot rot between GPU runs)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ffcv_imagenet.tools import gpu_check
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_without_cuda_it_says_so_in_one_line(tmp_path, capsys):
+    assert gpu_check.main(['--out', str(tmp_path / 'out')]) == gpu_check.NO_CUDA == 3
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and 'no CUDA device' in err and '--device cpu' in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_a_failed_stage_fails_the_check_and_the_others_still_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, 'make_data', lambda out, profile, workers: ('a', 'b'))
+    monkeypatch.setattr(gpu_check, 'check_crops', lambda *a: {'ok': False, 'summary': 'bad'})
+
+    def broken(*args):
+        raise RuntimeError('out of memory')
+    monkeypatch.setattr(gpu_check, 'check_training', broken)
+    monkeypatch.setattr(gpu_check, 'measure_speed', lambda *a: [])
+    code = gpu_check.main(['--device', 'cpu', '--out', str(tmp_path), '--skip', 'cuda-tests'])
+    assert code == 1
+    report = json.loads((tmp_path / 'gpu_check.json').read_text())
+    verdicts = {s['stage']: s['ok'] for s in report['stages']}
+    assert verdicts == {'environment': True, 'cuda-tests': None, 'crops': False,
+                        'training': False, 'speed': True}
+    assert 'RuntimeError: out of memory' in (tmp_path / 'gpu_check.md').read_text()
+
+
+@pytest.mark.slow
+def test_every_stage_runs_at_toy_size_on_the_cpu(tmp_path):
+    done = subprocess.run([sys.executable, '-m', 'ffcv_imagenet', 'gpu-check', '--device',
+                           'cpu', '--out', str(tmp_path)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / 'gpu_check.json').read_text())
+    stages = {s['stage']: s for s in report['stages']}
+    assert list(stages) == ['environment', 'cuda-tests', 'crops', 'training', 'speed']
+    assert stages['cuda-tests']['ok'] is True  # pytest -m cuda ran: all skipped here
+    assert stages['crops']['max_pixel_difference'] < 0.01
+    for run in stages['training']['runs'].values():
+        assert run['train_loss'][-1] < run['train_loss'][0]
+    rows = stages['speed']['rows']
+    assert [(r['resolution'], r['compiled']) for r in rows] == [(32, False), (48, False),
+                                                                (32, True)]
+    assert all(r['loader_alone'] > 0 and r['model_alone'] > 0 and r['end_to_end'] > 0
+               for r in rows)
+    table = (tmp_path / 'gpu_check.md').read_text()
+    assert table.startswith('# gpu-check on CPU') and '| 48 | no | off |' in table
