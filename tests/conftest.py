@@ -19,22 +19,13 @@ from tests.support import (FEATURES, STAGED, build_or_reuse_wheelhouse,  # noqa:
 
 # after pytest-timeout's limit (pyproject.toml), for the signal to be handled
 BACKSTOP_SECONDS = 60
-# Run before every other test: those that compile the decoding ceiling's pass
-# (ffcv_imagenet/tools/bench/decode_ceiling.py). The pass calls a numba dispatcher of
-# decode_region made once at import; in a process that has already called
-# jpeg_region's functions from Python and built a loader (tests/data/read), numba's type
-# inference of the pass fails with a KeyError from that dispatcher's table of signatures
-# (numba 0.68.1: the failure that the decoders and the resize avoid with a dispatcher of
-# their own per pipeline). Reproduced by running, in one process and in this order,
-# test_jpeg_region.py::test_less_of_the_frame_is_decoded_than_the_whole,
-# test_loaders.py::test_bad_arguments and test_decode_ceiling.py.
-FIRST = ('tests/tools/bench/test_decode_ceiling.py', 'tests/tools/bench/test_loader.py')
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests of FIRST move to the front, the order otherwise kept (under
-    pytest-xdist each worker then runs them before any test of the read side)."""
-    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))
+    """The slow tests first, in their order: pytest-xdist hands tests out in this order,
+    so the two workers start on the long end-to-end runs and end on short tests,
+    instead of one waiting while the other finishes a two-minute run."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)
 
 
 @pytest.hookimpl(wrapper=True)

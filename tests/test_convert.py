@@ -19,6 +19,7 @@ from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 
+import train_imagenet
 import write_datasets
 from ffcv_imagenet.data.folders import DatasetError, list_tree
 from ffcv_imagenet.data.synthetic import class_name, generate
@@ -235,35 +236,26 @@ def test_interrupted_conversion_leaves_no_file_at_the_final_path(tmp_path):
 
 # --- Tiny ImageNet's layout, converted and trained with its recipe -----------------------
 
-def _convert(*args):
-    done = subprocess.run([sys.executable, 'write_datasets.py', *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-
-
 @pytest.mark.slow
 def test_tiny_imagenet_layout_converts_and_trains_with_its_recipe(tmp_path):
     root = generate(tmp_path / 'tiny-imagenet-200', classes=4, train_per_class=16,
                     val_per_class=4, layout='tiny', workers=2)
     train, val = tmp_path / 'tiny_train.beton', tmp_path / 'tiny_val.beton'
-    _convert('--cfg.split=train', f'--cfg.data_dir={root / "train"}', f'--cfg.write_path={train}',
-             '--cfg.max_resolution=0')
-    _convert('--cfg.split=val', f'--cfg.data_dir={root / "val"}', f'--cfg.write_path={val}',
-             '--cfg.max_resolution=0', f'--cfg.classes={train}.classes.json')
+    assert convert('split=train', f'data_dir={root / "train"}', f'write_path={train}',
+                   'max_resolution=0') == 0
+    assert convert('split=val', f'data_dir={root / "val"}', f'write_path={val}',
+                   'max_resolution=0', f'classes={train}.classes.json') == 0
     listing = json.loads(Path(f'{train}.classes.json').read_text())
     assert listing['names'] == [class_name(c) for c in range(4)]  # from words.txt
     from ffcv_imagenet.data.read.beton import check_beton
     assert check_beton(train, 4).num_samples == 64
     assert check_beton(val, 4).num_samples == 16
     folder = tmp_path / 'run'
-    done = subprocess.run(
-        [sys.executable, 'train_imagenet.py', '-C', 'rn50_tiny_imagenet',
-         f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-         '--data.num_workers=2', '--training.device=cpu', '--training.batch_size=16',
-         '--validation.batch_size=16', '--training.epochs=3', '--training.stop_after=1',
-         '--logging.progress=0', f'--logging.folder={folder}'],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert train_imagenet.main([
+        '-C', 'rn50_tiny_imagenet', f'--data.train_dataset={train}',
+        f'--data.val_dataset={val}', '--data.num_workers=2', '--training.device=cpu',
+        '--training.batch_size=16', '--validation.batch_size=16', '--training.epochs=3',
+        '--training.stop_after=1', '--logging.progress=0', f'--logging.folder={folder}']) == 0
     epoch, = read_log(folder, 'epoch')
     assert epoch['resolution'] == 64 and epoch['iteration'] == 4
     assert 0 <= epoch['val_top1'] <= 1

@@ -41,24 +41,22 @@ def test_training_with_erasing_and_evaluating_at_several_resolutions_and_crops(
     last = checkpoint_dir(folder) / 'last.pt'
     assert train_imagenet.main(tiny_args(
         betons, folder, f'--checkpoint.resume={last}', '--training.eval_only=1',
-        '--validation.resolutions=32, 48,64', '--validation.crop_ratios=0.5,1')) == 0
+        '--validation.resolutions=32, 64', '--validation.crop_ratios=0.5,1')) == 0
     err = capsys.readouterr().err
     table = [line for line in err.splitlines() if line.startswith('| ')]
     assert table[0].startswith('| resolution (px) | crop ratio | val_top1 | val_top5')
-    assert [row.split('|')[1].strip() for row in table[1:]] == ['32', '32', '48', '48',
-                                                                '64', '64']
-    assert [row.split('|')[2].strip() for row in table[1:]] == ['0.5', '1'] * 3
+    assert [row.split('|')[1].strip() for row in table[1:]] == ['32', '32', '64', '64']
+    assert [row.split('|')[2].strip() for row in table[1:]] == ['0.5', '1'] * 2
     swept = read_log(folder, 'eval')
     assert [(e['resolution'], e['crop_ratio']) for e in swept] == [
-        (r, c) for r in (32, 48, 64) for c in (0.5, 1.0)]
+        (r, c) for r in (32, 64) for c in (0.5, 1.0)]
     assert swept[0]['val_loss'] != swept[1]['val_loss']  # the crop did change
-    # each ratio evaluated alone gives the numbers of the sweep, which changed it back
-    # and forth: the decoder was compiled again for each
-    for ratio, row in ((1.0, swept[5]), (0.5, swept[4])):
-        assert train_imagenet.main(tiny_args(
-            betons, folder, f'--checkpoint.resume={last}', '--training.eval_only=1',
-            '--validation.resolution=64', f'--validation.crop_ratio={ratio}')) == 0
-        assert read_log(folder, 'eval')[-1]['val_loss'] == pytest.approx(row['val_loss'])
+    # a ratio evaluated alone gives the sweep's numbers, though the sweep changed it
+    # back and forth (the decoder compiled again for each) and ended on another
+    assert train_imagenet.main(tiny_args(
+        betons, folder, f'--checkpoint.resume={last}', '--training.eval_only=1',
+        '--validation.resolution=64', '--validation.crop_ratio=0.5')) == 0
+    assert read_log(folder, 'eval')[-1]['val_loss'] == pytest.approx(swept[2]['val_loss'])
     with pytest.raises(Exception, match='validation.resolutions needs training.eval_only'):
         train_imagenet.main(tiny_args(betons, tmp_path / 'x', '--validation.resolutions=32'))
     for key, value, message in (('resolutions', '32,big', 'expected pixel sizes'),

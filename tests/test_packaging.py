@@ -104,8 +104,14 @@ def test_an_installed_wheel_holds_the_tree_and_finds_recipes_by_name(tmp_path):
     env_site = subprocess.run([str(python), '-c', 'import sysconfig; '
                                'print(sysconfig.get_paths()["purelib"])'],
                               capture_output=True, text=True, check=True).stdout.strip()
-    (Path(env_site) / 'dependencies.pth').write_text(
-        '\n'.join(p for p in site.getsitepackages() if 'site-packages' in p) + '\n')
+    dependencies = [Path(p) for p in site.getsitepackages() if 'site-packages' in p]
+    (Path(env_site) / 'dependencies.pth').write_text(''.join(f'{p}\n' for p in dependencies))
+    # and setuptools' distutils, which ffcv imports (Python 3.12 has none): its shim is
+    # a .pth file, which a path entry does not run (the checkout's editable finder, in
+    # another .pth there, stays out)
+    for shim in (p / 'distutils-precedence.pth' for p in dependencies):
+        if shim.exists():
+            shutil.copy(shim, env_site)
     work = tmp_path / 'elsewhere'
     work.mkdir()
     clean = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}

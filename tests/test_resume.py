@@ -1,8 +1,8 @@
 """Stopping a training run and continuing it (--checkpoint.resume=auto or a path): an
 interrupted run ends where an unbroken one does (also with an EMA and across a stage
 boundary); a scheduler's stop signal saves the step inside the epoch and a resume
-continues exactly, on one process and under torchrun, also on another number of
-processes; kill -9 and torn checkpoints; a failing rank ends the job; what a resume
+continues exactly, on one process and under torchrun (where rank 0 alone logs and the
+ranks share each epoch), also on another number of processes; kill -9 and torn checkpoints; a failing rank ends the job; what a resume
 refuses."""
 import json
 import os
@@ -185,9 +185,14 @@ CASES = {  # processes, extra arguments, signal, launcher's exit code after the 
 }
 
 
-@pytest.fixture(scope='module', params=list(CASES))
+# each case's tests on one pytest-xdist worker (make test's --dist loadgroup), which
+# then runs the two training runs of its fixture once
+@pytest.fixture(scope='module', params=[
+    pytest.param(case, marks=pytest.mark.xdist_group(f'preempted{i}'))
+    for i, case in enumerate(CASES)])
 def preempted(request, betons, tmp_path_factory):
-    """(case, a preempted run folder (read-only: copy it), an unbroken run folder)."""
+    """(case, a preempted run folder (read-only: copy it), an unbroken run folder,
+    the arguments for a folder, the unbroken run's stderr)."""
     processes, extra, signum, code = CASES[request.param]
     base = tmp_path_factory.mktemp('preempt')
     args = lambda folder: tiny_args(betons, folder, '--training.epochs=3',  # noqa: E731
@@ -196,12 +201,30 @@ def preempted(request, betons, tmp_path_factory):
     assert returncode == code, err[-3000:]
     unbroken, _, err = _run(args(base / 'unbroken'), processes)
     assert unbroken == 0, err[-3000:]
-    return request.param, base / 'stopped', base / 'unbroken', args
+    return request.param, base / 'stopped', base / 'unbroken', args, err
+
+
+@pytest.mark.slow
+def test_rank_0_alone_reports_and_the_ranks_share_each_epoch(preempted):
+    """The unbroken run (one process, or two under torchrun with gloo): one start
+    line, one log line per epoch, and the 48 training images of an epoch split
+    between the ranks (as many steps as global batches)."""
+    case, _, unbroken, _, err = preempted
+    processes = CASES[case][0]
+    assert err.count('new run in') == 1
+    start, = read_log(unbroken, 'start')
+    assert start['world_size'] == processes
+    global_batch = load_checkpoint(checkpoint_dir(unbroken) / 'final.pt')['batch'] * processes
+    assert global_batch == (4 if processes == 1 else 8)
+    epochs = read_log(unbroken, 'epoch')
+    assert [e['epoch'] for e in epochs] == [1, 2, 3]
+    assert [e['iteration'] for e in epochs] == [48 // global_batch * k for k in (1, 2, 3)]
+    assert all(e['images_per_sec'] > 0 and 0 <= e['val_top1'] <= 1 for e in epochs)
 
 
 @pytest.mark.slow
 def test_a_stop_signal_saves_the_step_and_resume_continues_exactly(preempted, tmp_path):
-    case, stopped, unbroken, args = preempted
+    case, stopped, unbroken, args, _ = preempted
     processes = CASES[case][0]
     marker = json.loads((stopped / 'preempted').read_text())
     assert marker['signal'] == CASES[case][2].name
@@ -218,6 +241,10 @@ def test_a_stop_signal_saves_the_step_and_resume_continues_exactly(preempted, tm
     assert code == 0, err[-3000:]
     assert 'continuing after a stop by' in err
     assert not (folder / 'preempted').exists()
+    # one writer of the log, whatever the number of ranks
+    done = marker['epoch']  # epochs finished before the stop
+    assert [e['event'] for e in read_log(folder)] == [
+        'start', *['epoch'] * done, 'preempted', 'resume', *['epoch'] * (3 - done), 'end']
     _same_weights(checkpoint_dir(folder) / 'final.pt', checkpoint_dir(unbroken) / 'final.pt')
     resumed = {e['epoch']: e for e in read_log(folder, 'epoch')}
     for expected in read_log(unbroken, 'epoch'):
@@ -231,7 +258,7 @@ def test_resuming_on_another_number_of_processes_keeps_the_global_batch(preempte
                                                                          tmp_path):
     """1 -> 2 and 2 -> 1 processes: the run continues from the same step with the
     same global batch; a run that would change the global batch is refused."""
-    case, stopped, unbroken, args = preempted
+    case, stopped, unbroken, args, _ = preempted
     processes = 3 - CASES[case][0]
     global_batch = load_checkpoint(checkpoint_dir(stopped) / 'last.pt')['batch'] * \
         CASES[case][0]
@@ -294,13 +321,16 @@ def test_after_kill_9_resume_auto_continues_and_skips_what_it_cannot_read(betons
     child.send_signal(signal.SIGKILL)
     child.communicate()
 
-    for case in ('as left', 'torn last.pt', 'all torn'):
-        folder = tmp_path / f"case{('as left', 'torn last.pt', 'all torn').index(case)}"
+    # as left: every checkpoint on disk is whole (each written to a temporary file, then
+    # renamed), last.pt the newest, so resume=auto continues from it as after any stop
+    saved = {path.name: load_checkpoint(path) for path in checkpoint_dir(killed).glob('*.pt')}
+    assert saved['last.pt']['iteration'] >= saved['epoch_0001.pt']['iteration'] == 12
+    for case in ('torn last.pt', 'all torn'):
+        folder = tmp_path / case.replace(' ', '_')
         shutil.copytree(killed, folder)
-        if case != 'as left':
-            for path in checkpoint_dir(folder).glob('*.pt'):
-                if case == 'all torn' or path.name == 'last.pt':
-                    path.write_bytes(path.read_bytes()[:1000])
+        for path in checkpoint_dir(folder).glob('*.pt'):
+            if case == 'all torn' or path.name == 'last.pt':
+                path.write_bytes(path.read_bytes()[:1000])
         code, _, err = _run([*args(folder), '--checkpoint.resume=auto'], 1)
         if case == 'all torn':
             assert code == 2 and err.strip().startswith('error: no readable checkpoint in'), err

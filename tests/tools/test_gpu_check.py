@@ -35,16 +35,34 @@ def test_a_failed_stage_fails_the_check_and_the_others_still_run(tmp_path, monke
     assert 'RuntimeError: out of memory' in (tmp_path / 'gpu_check.md').read_text()
 
 
+CUDA_TESTS = '''import pytest, torch
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_on_the_gpu():
+    assert torch.cuda.is_available()
+
+def test_not_marked():
+    raise AssertionError('gpu-check runs only the tests marked cuda')
+'''
+
+
 @pytest.mark.slow
 def test_every_stage_runs_at_toy_size_on_the_cpu(tmp_path):
+    # the cuda-tests stage on a folder of two tests: on the project's own folder it would
+    # collect the whole suite (tens of seconds here) to find nothing it can run
+    tests = tmp_path / 'tests'
+    tests.mkdir()
+    (tests / 'test_marked.py').write_text(CUDA_TESTS)
     done = subprocess.run([sys.executable, '-m', 'ffcv_imagenet', 'gpu-check', '--device',
-                           'cpu', '--out', str(tmp_path)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=1500)
+                           'cpu', '--out', str(tmp_path), '--tests', str(tests)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
     stages = {s['stage']: s for s in report['stages']}
     assert list(stages) == ['environment', 'cuda-tests', 'crops', 'training', 'speed']
     assert stages['cuda-tests']['ok'] is True  # pytest -m cuda ran: all skipped here
+    assert '1 skipped, 1 deselected' in stages['cuda-tests']['summary']
     assert stages['crops']['max_pixel_difference'] < 0.01
     for run in stages['training']['runs'].values():
         assert run['train_loss'][-1] < run['train_loss'][0]

@@ -46,8 +46,11 @@ from ...data.read.loaders import epoch_order
 _JIT = dict(fastmath=True, error_model='numpy', nogil=True)
 _random_crop = njit(**_JIT)(get_random_crop)
 _center_crop = njit(**_JIT)(get_center_crop)
-_imdecode = njit(nogil=True)(imdecode)
-_decode_region = njit(nogil=True)(decode_region)
+# inlined, as in the loader's decoder: called as dispatchers, their table of signatures
+# could change while the pass was typed, after the loader's tests had compiled and freed
+# copies of their own (numba 0.60-0.68: a KeyError from type inference)
+_imdecode = njit(nogil=True, inline='always')(imdecode)
+_decode_region = njit(nogil=True, inline='always')(decode_region)
 
 
 class Plan(NamedTuple):
