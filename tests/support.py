@@ -55,10 +55,12 @@ RECIPES = sorted((ROOT / 'rn50_configs').glob('*.yaml'))
 
 def tiny_args(betons, folder, *extra):
     """Command-line arguments of a tiny training run: ResNet-18 at 32 -> 64 px,
-    batch 8, 2 epochs, on the CPU."""
+    batch 8, 2 epochs, on the CPU, one decoding thread (numba compiles the decoder's
+    serial loop in about half the time of its parallel one; the loaders' tests and
+    ``test_same_seed_same_run`` decode on two)."""
     train, val = betons
     return [f'--data.train_dataset={train}', f'--data.val_dataset={val}',
-            '--data.num_workers=2', '--model.arch=resnet18', '--resolution.min_res=32',
+            '--data.num_workers=1', '--model.arch=resnet18', '--resolution.min_res=32',
             '--resolution.max_res=64', '--resolution.start_ramp=0',
             '--resolution.end_ramp=2', '--validation.resolution=32',
             '--validation.batch_size=8', '--training.batch_size=8', '--training.epochs=2',

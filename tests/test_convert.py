@@ -253,7 +253,7 @@ def test_tiny_imagenet_layout_converts_and_trains_with_its_recipe(tmp_path):
     folder = tmp_path / 'run'
     assert train_imagenet.main([
         '-C', 'rn50_tiny_imagenet', f'--data.train_dataset={train}',
-        f'--data.val_dataset={val}', '--data.num_workers=2', '--training.device=cpu',
+        f'--data.val_dataset={val}', '--data.num_workers=1', '--training.device=cpu',
         '--training.batch_size=16', '--validation.batch_size=16', '--training.epochs=3',
         '--training.stop_after=1', '--logging.progress=0', f'--logging.folder={folder}']) == 0
     epoch, = read_log(folder, 'epoch')

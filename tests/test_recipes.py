@@ -101,12 +101,17 @@ def test_train_command_takes_a_bare_recipe_name(tmp_path):
                                    'missing.beton')
 
 
+# the recipes' two decoding threads would only slow the test: numba compiles the
+# decoder's parallel loop in about twice the time of its serial one
+ONE_THREAD = '--data.num_workers=1'
+
+
 def test_the_cpu_advanced_recipe_trains_one_epoch(betons, tmp_path):
     train_path, val_path = betons
     folder = tmp_path / 'advanced'
     assert train_imagenet.main([
         '-C', str(ROOT / 'rn50_configs' / 'rn50_cpu_advanced.yaml'), f'--data.train_dataset={train_path}',
-        f'--data.val_dataset={val_path}', '--training.batch_size=16',
+        f'--data.val_dataset={val_path}', '--training.batch_size=16', ONE_THREAD,
         '--validation.batch_size=10', '--training.stop_after=1', '--logging.progress=0',
         f'--logging.folder={folder}']) == 0
     (record,) = read_log(folder, 'epoch')
@@ -126,7 +131,7 @@ def test_the_cpu_reference_recipes_train_one_epoch(betons, tmp_path, name, extra
     folder = tmp_path / 'reference'
     assert train_imagenet.main([
         '-C', str(ROOT / 'rn50_configs' / name), f'--data.train_dataset={train_path}',
-        f'--data.val_dataset={val_path}', extra, '--validation.batch_size=10',
+        f'--data.val_dataset={val_path}', extra, ONE_THREAD, '--validation.batch_size=10',
         '--training.stop_after=1', '--logging.progress=0', f'--logging.folder={folder}']) == 0
     (record,) = read_log(folder, 'epoch')
     assert record['batch_size'] == 16 and 0 <= record['val_top1'] <= 1

@@ -34,8 +34,8 @@ def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons
                                                                   capsys, monkeypatch):
     train, val = betons
     out = tmp_path / 'bench.json'
-    # an "older revision" whose loaders are today's: the plumbing, not the speed, is
-    # under test
+    # an "older revision" whose loaders are today's, on one decoding thread (numba
+    # compiles its serial loop faster): the plumbing, not the speed, is under test
     older = _older_revision(tmp_path / 'checkout',
                             'from ffcv_imagenet.data.read.loaders import train_loader, val_loader\n')
     monkeypatch.setattr(revision, 'checkout_root', lambda: tmp_path / 'checkout')
@@ -50,7 +50,7 @@ def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons
     monkeypatch.setattr(bench_loader, 'interleave', recording)
     command.main(['loader', '--beton', str(train), '--val-beton', str(val), '--folder',
                 str(synth / 'train'), '--resolution', '32', '--batch-size', '8',
-                '--workers', '2', '--epochs', '3', '--decoder-dtype', 'both',
+                '--workers', '1', '--epochs', '3', '--decoder-dtype', 'both',
                 '--reference', older[:7], '--json', str(out)])
     result = json.loads(out.read_text())
     # both output paths: uint8 (the path CUDA takes) and float32 (the CPU's)
