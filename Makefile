@@ -159,8 +159,11 @@ demo: install bench preview train
 	@echo "demo done: benchmark in $(DATA)/bench_loader.json, batch grid in" \
 	    "$(DATA)/train_batch.png, training log and checkpoints in $(DEMO_RUN)"
 
+# the wheelhouse tests check the wheelhouse that the install built (.ci/wheelhouse.sh),
+# rather than build another
 test: install
-	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_PARALLEL) tests
+	FFCV_IMAGENET_WHEELHOUSE=$(LOCAL_WHEELS) $(PY) -m pytest -q -ra --durations=15 \
+	    $(PYTEST_PARALLEL) tests
 	$(MAKE) test-gpu-image
 
 # the tests of GPU_IMAGE_TESTS with a GPU image's versions

@@ -69,6 +69,40 @@ def test_ci_runs_the_readme_test_command():
     assert ci[-1] == 'make test'
 
 
+GROUPED = """import os
+import pytest
+
+
+@pytest.fixture(scope='module', params=[
+    pytest.param(case, marks=pytest.mark.xdist_group(f'case{case}')) for case in (0, 1)])
+def case(request):
+    return request.param
+
+
+@pytest.mark.parametrize('test', range(3))
+def test_grouped(case, test):
+    with open(os.environ['WORKERS_FILE'], 'a') as out:
+        out.write(f"{case} {os.environ['PYTEST_XDIST_WORKER']}\\n")
+"""
+
+
+def test_tests_of_one_xdist_group_run_on_one_worker(tmp_path):
+    """make test's --dist loadgroup keeps each group on one worker, as the preemption
+    tests need to build their costly fixture once: with some pytest and pytest-xdist
+    versions the groups are silently ignored (pytest-xdist issue #1386)."""
+    (tmp_path / 'test_grouped.py').write_text(GROUPED)
+    workers = tmp_path / 'workers.txt'
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-n', '2', '--dist',
+                           'loadgroup', '-p', 'no:cacheprovider', str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'WORKERS_FILE': str(workers)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ran = [line.split() for line in workers.read_text().splitlines()]
+    assert len(ran) == 6
+    for case in ('0', '1'):
+        assert len({worker for c, worker in ran if c == case}) == 1, ran
+
+
 def _build_wheel(out: Path) -> Path:
     """Builds the project's wheel from a copy of its sources (so that no build/ or
     egg-info lands in the checkout) and returns its path."""
