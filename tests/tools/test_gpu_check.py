@@ -64,6 +64,7 @@ def test_every_stage_runs_at_toy_size_on_the_cpu(tmp_path):
     assert stages['cuda-tests']['ok'] is True  # pytest -m cuda ran: all skipped here
     assert '1 skipped, 1 deselected' in stages['cuda-tests']['summary']
     assert stages['crops']['max_pixel_difference'] < 0.01
+    assert list(stages['training']['runs']) == ['bf16 under torchrun']
     for run in stages['training']['runs'].values():
         assert run['train_loss'][-1] < run['train_loss'][0]
     rows = stages['speed']['rows']
