@@ -55,9 +55,10 @@ RECIPES = sorted((ROOT / 'rn50_configs').glob('*.yaml'))
 
 def tiny_args(betons, folder, *extra):
     """Command-line arguments of a tiny training run: ResNet-18 at 32 -> 64 px,
-    batch 8, 2 epochs, on the CPU, one decoding thread (numba compiles the decoder's
-    serial loop in about half the time of its parallel one; the loaders' tests and
-    ``test_same_seed_same_run`` decode on two)."""
+    batch 8, 2 epochs, on the CPU, one decoding thread: numba then compiles the
+    decoder's serial loop, not its parallel one, and the run takes about 0.6x the time
+    (BENCHMARKS.md, "Test-suite time"); the loaders' tests and
+    ``test_same_seed_same_run`` decode on two."""
     train, val = betons
     return [f'--data.train_dataset={train}', f'--data.val_dataset={val}',
             '--data.num_workers=1', '--model.arch=resnet18', '--resolution.min_res=32',

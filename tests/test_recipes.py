@@ -102,7 +102,8 @@ def test_train_command_takes_a_bare_recipe_name(tmp_path):
 
 
 # the recipes' two decoding threads would only slow the test: numba compiles the
-# decoder's parallel loop in about twice the time of its serial one
+# decoder's parallel loop for them, slower than the serial one (BENCHMARKS.md,
+# "Test-suite time")
 ONE_THREAD = '--data.num_workers=1'
 
 

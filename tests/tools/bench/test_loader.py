@@ -35,7 +35,8 @@ def test_loader_benchmark_reports_loaders_ceilings_and_torchvision(synth, betons
     train, val = betons
     out = tmp_path / 'bench.json'
     # an "older revision" whose loaders are today's, on one decoding thread (numba
-    # compiles its serial loop faster): the plumbing, not the speed, is under test
+    # compiles a serial loop faster than a parallel one): the plumbing, not the speed,
+    # is under test
     older = _older_revision(tmp_path / 'checkout',
                             'from ffcv_imagenet.data.read.loaders import train_loader, val_loader\n')
     monkeypatch.setattr(revision, 'checkout_root', lambda: tmp_path / 'checkout')
