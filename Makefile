@@ -30,6 +30,8 @@ GPU_IMAGE_VERSION := 3.12
 GPU_IMAGE_VENV ?= .venv-gpu-image
 GPU_IMAGE_PY := $(GPU_IMAGE_VENV)/bin/python
 GPU_IMAGE_WHEELS := .wheels/$(GPU_IMAGE_VERSION)
+# free disk (GB) the second environment's install and tests need at their peak
+GPU_IMAGE_ROOM_GB ?= 9
 # What that environment runs, all of each (slow tests too), instead of the whole suite:
 # the tests whose outcome can change with its torch, numpy and numba, each after its reason.
 # tests/test_packaging.py fails when a module of ffcv_imagenet/data/ or training/ is
@@ -53,7 +55,7 @@ WHEEL_SOURCES := pyproject.toml requirements.txt .ci/wheelhouse.sh .ci/portable_
 APT_PACKAGES := libturbojpeg0-dev libjpeg-dev libopencv-dev pkg-config build-essential
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-gpu-image install system-packages bench bench-storage preview train \
+.PHONY: demo test test-gpu-image room-for-gpu-image install system-packages bench bench-storage preview train \
         clean wheelhouse
 
 install: $(VENV)/.installed
@@ -164,7 +166,17 @@ demo: install bench preview train
 test: install
 	FFCV_IMAGENET_WHEELHOUSE=$(LOCAL_WHEELS) $(PY) -m pytest -q -ra --durations=15 \
 	    $(PYTEST_PARALLEL) tests
+	$(MAKE) room-for-gpu-image
 	$(MAKE) test-gpu-image
+
+# In CI (CI set), on a disk too small for the second environment beside the first, the
+# first is removed once its suite has passed; elsewhere nothing is removed
+room-for-gpu-image:
+	@free=$$(df -Pk . | awk 'NR == 2 {print int($$4 / 1048576)}'); \
+	if [ -n "$$CI" ] && [ ! -e $(GPU_IMAGE_VENV)/.installed ] && \
+	   [ "$$free" -lt $(GPU_IMAGE_ROOM_GB) ]; then \
+	  echo "CI: $$free GB free, $(GPU_IMAGE_VENV) needs $(GPU_IMAGE_ROOM_GB) GB: removing $(VENV)"; \
+	  rm -rf $(VENV); fi
 
 # the tests of GPU_IMAGE_TESTS with a GPU image's versions
 test-gpu-image: $(GPU_IMAGE_VENV)/.installed

@@ -69,6 +69,22 @@ def test_ci_runs_the_readme_test_command():
     assert ci[-1] == 'make test'
 
 
+@pytest.mark.parametrize('ci, room_gb, kept', [('', 10 ** 6, True), ('true', 0, True),
+                                                ('true', 10 ** 6, False)])
+def test_ci_removes_the_first_environment_only_where_the_second_needs_its_room(
+        tmp_path, ci, room_gb, kept):
+    first = tmp_path / 'venv'
+    (first / 'bin').mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ('CI', 'MAKEFLAGS', 'MAKELEVEL')}
+    done = subprocess.run(['make', '-s', '-C', str(ROOT), 'room-for-gpu-image', f'CI={ci}',
+                           f'VENV={first}', f'GPU_IMAGE_VENV={tmp_path / "second"}',
+                           f'GPU_IMAGE_ROOM_GB={room_gb}'],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert first.is_dir() == kept
+    assert ('removing' in done.stdout) == (not kept)
+
+
 GROUPED = """import os
 import pytest
 

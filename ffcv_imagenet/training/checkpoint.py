@@ -20,7 +20,8 @@ the schedule position. :class:`TrainState` is the progress a checkpoint carries;
 Files live in ``<run_dir>/checkpoints/``: ``last.pt`` (every epoch, or every N
 minutes, or where a stop signal stopped the run), ``best.pt``, ``epoch_NNNN.pt``
 (every K epochs) and ``final.pt``. Every file is written to a temporary name and
-renamed, so a ``kill -9`` at any moment, or a full disk, leaves the previous file.
+renamed, so a ``kill -9`` at any moment, or a full disk, leaves the previous file; the
+names due after one epoch are hard links of one file.
 """
 from __future__ import annotations
 
@@ -68,12 +69,17 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]
                               f"{err.strerror or err}{kept}") from None
     finally:
         temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:  # makes the rename itself durable
+    _sync_folder(path.parent)
+    return path
+
+
+def _sync_folder(folder: Path) -> None:
+    """Makes a rename inside ``folder`` durable."""
+    directory = os.open(folder, os.O_RDONLY)
+    try:
         os.fsync(directory)
     finally:
         os.close(directory)
-    return path
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -88,6 +94,29 @@ def copy_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
         with open(source, 'rb') as original:
             shutil.copyfileobj(original, handle, 16 * 2 ** 20)
     return _write_atomically(path, copy)
+
+
+def link_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Gives the checkpoint file ``source`` the second name ``path`` (same folder),
+    atomically: a hard link, so that the ``last.pt``, ``best.pt`` and ``final.pt`` of one
+    epoch take the disk space of one file. Safe because no file here is ever edited in
+    place: writing a name again renames a new file over it, and the other names keep
+    the old one. Where the filesystem has no hard links, a copy."""
+    path = Path(path)
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:  # EPERM, EXDEV, ENOTSUP: filesystems without hard links
+        return copy_checkpoint(source, path)
+    try:
+        os.replace(temporary, path)
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    _sync_folder(path.parent)
+    return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location='cpu', mmap: bool = False) -> dict:
@@ -219,11 +248,11 @@ def checkpoint_names(epoch: int, *, improved: bool, keep_every: int, last_due: b
 
 
 def save_checkpoints(folder: str | os.PathLike, saved: dict, names: list[str]) -> list[Path]:
-    """Saves ``saved`` once, as the first of ``names`` in ``folder``, and copies that
-    file to the others (a copy is cheaper than a second save); all atomically."""
+    """Saves ``saved`` once, as the first of ``names`` in ``folder``, and links the
+    others to that file (:func:`link_checkpoint`); all atomically."""
     folder = Path(folder)
     first = save_checkpoint(saved, folder / names[0])
-    return [first] + [copy_checkpoint(first, folder / name) for name in names[1:]]
+    return [first] + [link_checkpoint(first, folder / name) for name in names[1:]]
 
 
 def rng_state() -> dict:

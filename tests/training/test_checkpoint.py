@@ -1,8 +1,10 @@
 """Checkpoints (training/checkpoint.py): everything a run needs to continue survives a
 save and a restore (older files fill in defaults, a checkpoint without an EMA starts
-one), several names are one save plus copies, a crash, a full disk or kill -9 while
-writing keeps the previous file, bad files are refused in one line, the newest readable
-checkpoint is found, and which names are due after an epoch."""
+one), several names are one save and hard links of it (copies where the filesystem has
+none), a crash, a full disk or kill -9 while writing keeps the previous file, bad files
+are refused in one line, the newest readable checkpoint is found, and which names are
+due after an epoch."""
+import os
 import random
 
 import numpy as np
@@ -169,6 +171,27 @@ def test_copies_are_atomic_and_equal(tmp_path):
     source = save_checkpoint(_state(3), tmp_path / 'last.pt')
     copy = ckpt.copy_checkpoint(source, tmp_path / 'best.pt')
     assert copy.read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['best.pt', 'last.pt']
+
+
+def test_the_names_of_one_epoch_share_one_file_and_part_when_one_is_written_again(tmp_path):
+    written = ckpt.save_checkpoints(tmp_path, _state(3), ['last.pt', 'best.pt', 'final.pt'])
+    assert [p.name for p in written] == ['last.pt', 'best.pt', 'final.pt']
+    assert len({p.stat().st_ino for p in written}) == 1  # one file on disk
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['best.pt', 'final.pt', 'last.pt']
+    save_checkpoint(_state(4), tmp_path / 'last.pt')
+    assert load_checkpoint(tmp_path / 'last.pt')['iteration'] == 4
+    assert load_checkpoint(tmp_path / 'best.pt')['iteration'] == 3
+    assert load_checkpoint(tmp_path / 'final.pt')['iteration'] == 3
+
+
+def test_without_hard_links_the_other_names_are_copies(tmp_path, monkeypatch):
+    def refuse(source, target):
+        raise PermissionError(1, 'Operation not permitted')
+    monkeypatch.setattr(os, 'link', refuse)
+    written = ckpt.save_checkpoints(tmp_path, _state(3), ['last.pt', 'best.pt'])
+    assert written[0].stat().st_ino != written[1].stat().st_ino
+    assert written[1].read_bytes() == written[0].read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ['best.pt', 'last.pt']
 
 
