@@ -7,7 +7,9 @@ drop rates, and plain-torchvision weight exchange: ``to_torchvision_state_dict``
 
 Every option keeps ``state_dict()`` keys and shapes identical to
 ``torchvision.models.resnet18/resnet50(num_classes=...)``: the tweaks add no
-parameters or persistent buffers, so checkpoints load into stock torchvision.
+parameters or persistent buffers. In eval mode the same weights compute the same
+function in stock torchvision, except with BlurPool, whose filter torchvision lacks:
+``to_torchvision_state_dict`` refuses such a model.
 Models take (B, 3, H, W) float images and return (B, num_classes) logits.
 """
 from __future__ import annotations
@@ -205,8 +207,25 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
+class NotTorchvisionError(ValueError):
+    """The model computes a function that torchvision's ResNet cannot, whatever its weights."""
+
+
 def to_torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Weights as a plain torchvision ResNet state_dict: unprefixed keys, contiguous CPU tensors."""
+    """Weights as a plain torchvision ResNet state_dict: unprefixed keys, contiguous CPU tensors.
+
+    Raises:
+        NotTorchvisionError: the model blurs before its strided convolutions (BlurPool).
+            Its state_dict would load into ``torchvision.models.resnet18/50`` with
+            ``strict=True`` (the blur filter is no parameter), yet compute another
+            function there, with nothing to say so.
+    """
+    blurred = [name for name, m in unwrap(model).named_modules() if isinstance(m, BlurConv2d)]
+    if blurred:
+        raise NotTorchvisionError(
+            f"this model uses BlurPool ({len(blurred)} convolutions, e.g. {blurred[0]}), "
+            "which torchvision's ResNet lacks: its weights would compute another function "
+            "there; load them into ffcv_imagenet.build_model(arch, blurpool=True) instead")
     state = unwrap(model).state_dict()
     return {_strip_prefixes(k): v.detach().cpu().contiguous() for k, v in state.items()}
 

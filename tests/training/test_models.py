@@ -6,8 +6,9 @@ import torchvision
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ffcv_imagenet.training.models import (ARCHS, BlurConv2d, DropPath, build_model,
-                                           drop_path_rates, load_torchvision_state_dict,
+from ffcv_imagenet.training.models import (ARCHS, BlurConv2d, DropPath, NotTorchvisionError,
+                                           build_model, drop_path_rates,
+                                           load_torchvision_state_dict,
                                            to_torchvision_state_dict, unwrap)
 
 BLOCKS = {'resnet18': 8, 'resnet50': 16}
@@ -72,6 +73,20 @@ def test_exported_weights_give_same_outputs_in_torchvision(reference):
     with torch.no_grad():
         assert ours(images()).shape == (2, 7)
         torch.testing.assert_close(tv(images()), ours(images()))
+
+
+def test_a_blurpool_model_is_refused_by_the_torchvision_export():
+    torch.manual_seed(0)
+    blurred = build_model('resnet18', num_classes=10, blurpool=True).eval()
+    # why: its weights load into torchvision strictly, yet compute another function
+    tv = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    tv.load_state_dict(blurred.state_dict(), strict=True)
+    with torch.no_grad():
+        assert (tv(images()) - blurred(images())).abs().max() > 1e-2
+    with pytest.raises(NotTorchvisionError, match=r'BlurPool \(6 convolutions, e\.g\. '
+                       r'layer2\.0\.conv1\).*blurpool=True') as err:
+        to_torchvision_state_dict(torch.compile(blurred))
+    assert '\n' not in str(err.value) and isinstance(err.value, ValueError)
 
 
 def test_export_strips_wrappers_and_returns_cpu_tensors():
