@@ -4,6 +4,7 @@ torchvision's standard evaluation of a folder (checked against a computation by 
 one-line errors; under torchrun rank 0 alone reads the folder)."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -84,7 +85,9 @@ def checkpoint(betons, tmp_path_factory):
             'config': {}, 'world_size': 1, 'batch': 8}
     saved = checkpoint_state(model, optimizer, torch.amp.GradScaler('cpu', enabled=False),
                              TrainState(), meta, ema)
-    return save_checkpoint(saved, tmp_path_factory.mktemp('ckpt') / 'final.pt'), model, ema
+    folder = tmp_path_factory.mktemp('ckpt')
+    yield save_checkpoint(saved, folder / 'final.pt'), model, ema
+    shutil.rmtree(folder)  # not kept to the session's end
 
 
 def eval_args(betons, folder, checkpoint_path, *extra):

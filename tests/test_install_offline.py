@@ -216,7 +216,7 @@ def _opencv_headless_version() -> str:
 
 
 @pytest.fixture(scope='module')
-def node_site(tmp_path_factory) -> Path:
+def node_site(tmp_path_factory):
     """A folder holding what a GPU node has: torch, torchvision, numpy, numba, pillow,
     tqdm and their requirements (links into this venv) and opencv-python-headless."""
     node = tmp_path_factory.mktemp('node-site')
@@ -242,7 +242,8 @@ def node_site(tmp_path_factory) -> Path:
     for absent in ('ffcv', 'fastargs', 'matplotlib', 'yaml', 'terminaltables',
                    'ffcv_imagenet'):
         assert absent not in present, absent
-    return node
+    yield node
+    shutil.rmtree(node)  # the cv2 wheel unpacked (150 MB) and links, not kept
 
 
 @dataclass

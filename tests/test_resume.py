@@ -201,7 +201,8 @@ def preempted(request, betons, tmp_path_factory):
     assert returncode == code, err[-3000:]
     unbroken, _, err = _run(args(base / 'unbroken'), processes)
     assert unbroken == 0, err[-3000:]
-    return request.param, base / 'stopped', base / 'unbroken', args, err
+    yield request.param, base / 'stopped', base / 'unbroken', args, err
+    shutil.rmtree(base)  # about 270 MB of checkpoints, not kept to the session's end
 
 
 @pytest.mark.slow
