@@ -169,11 +169,11 @@ test: install
 	$(MAKE) room-for-gpu-image
 	$(MAKE) test-gpu-image
 
-# In CI (CI set), on a disk too small for the second environment beside the first, the
+# In CI (CI=true), on a disk too small for the second environment beside the first, the
 # first is removed once its suite has passed; elsewhere nothing is removed
 room-for-gpu-image:
 	@free=$$(df -Pk . | awk 'NR == 2 {print int($$4 / 1048576)}'); \
-	if [ -n "$$CI" ] && [ ! -e $(GPU_IMAGE_VENV)/.installed ] && \
+	if [ "$$CI" = true ] && [ ! -e $(GPU_IMAGE_VENV)/.installed ] && \
 	   [ "$$free" -lt $(GPU_IMAGE_ROOM_GB) ]; then \
 	  echo "CI: $$free GB free, $(GPU_IMAGE_VENV) needs $(GPU_IMAGE_ROOM_GB) GB: removing $(VENV)"; \
 	  rm -rf $(VENV); fi

@@ -15,10 +15,10 @@ import train_imagenet
 from ffcv_imagenet.cli.config import parse_config
 from ffcv_imagenet.cli.recipe import _schedules
 from ffcv_imagenet.cli.train_config import SECTIONS, per_gpu_batch
-from ffcv_imagenet.training.models import BlurConv2d, build_model
-from ffcv_imagenet.training.optim import param_groups
 from ffcv_imagenet.training.checkpoint import checkpoint_dir, load_checkpoint
 from ffcv_imagenet.training.logs import read_log
+from ffcv_imagenet.training.models import BlurConv2d, build_model
+from ffcv_imagenet.training.optim import param_groups
 from ffcv_imagenet.training.schedules import Stages, resolution_at
 from tests.support import RECIPES, ROOT
 

@@ -25,6 +25,7 @@ names due after one epoch are hard links of one file.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -38,6 +39,10 @@ from torch import nn
 
 FORMAT = 'ffcv_imagenet-checkpoint-1'
 SUBDIR = 'checkpoints'
+
+
+# what os.link raises where a filesystem has no hard links (or no more for the file)
+_NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
 
 
 class CheckpointError(ValueError):
@@ -54,9 +59,7 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]
     file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f'.{path.name}.*.tmp'):  # left by a killed process
-        stale.unlink(missing_ok=True)
-    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    temporary = _fresh_temporary(path)
     try:
         with open(temporary, 'wb') as handle:
             write(handle)
@@ -71,6 +74,14 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]
         temporary.unlink(missing_ok=True)
     _sync_folder(path.parent)
     return path
+
+
+def _fresh_temporary(path: Path) -> Path:
+    """This process's temporary name for ``path``, after removing those a killed
+    process left (a leftover link would keep a whole old checkpoint on disk)."""
+    for stale in path.parent.glob(f'.{path.name}.*.tmp'):
+        stale.unlink(missing_ok=True)
+    return path.with_name(f'.{path.name}.{os.getpid()}.tmp')
 
 
 def _sync_folder(folder: Path) -> None:
@@ -103,12 +114,14 @@ def link_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     place: writing a name again renames a new file over it, and the other names keep
     the old one. Where the filesystem has no hard links, a copy."""
     path = Path(path)
-    temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    temporary.unlink(missing_ok=True)
+    temporary = _fresh_temporary(path)
     try:
         os.link(source, temporary)
-    except OSError:  # EPERM, EXDEV, ENOTSUP: filesystems without hard links
-        return copy_checkpoint(source, path)
+    except OSError as err:
+        if err.errno in _NO_HARD_LINKS:
+            return copy_checkpoint(source, path)
+        raise CheckpointError(f"cannot link checkpoint {source} as {path.name}: "
+                              f"{err.strerror or err}") from None
     try:
         os.replace(temporary, path)
     except OSError as err:

@@ -5,11 +5,11 @@ channels-last and stochastic depth), ``drop_path_rates`` to inspect per-block
 drop rates, and plain-torchvision weight exchange: ``to_torchvision_state_dict``,
 ``load_torchvision_state_dict`` and ``unwrap`` (removes DDP / torch.compile wrappers).
 
-Every option keeps ``state_dict()`` keys and shapes identical to
-``torchvision.models.resnet18/resnet50(num_classes=...)``: the tweaks add no
-parameters or persistent buffers. In eval mode the same weights compute the same
-function in stock torchvision, except with BlurPool, whose filter torchvision lacks:
-``to_torchvision_state_dict`` refuses such a model.
+Every option but ``head='conv1x1'`` (``head.*`` keys) keeps ``state_dict()`` keys and
+shapes identical to ``torchvision.models.resnet18/resnet50(num_classes=...)``: the
+tweaks add no parameters or persistent buffers. In eval mode the same weights compute
+the same function in stock torchvision, except with BlurPool, whose filter torchvision
+lacks: ``to_torchvision_state_dict`` refuses such a model.
 Models take (B, 3, H, W) float images and return (B, num_classes) logits.
 """
 from __future__ import annotations

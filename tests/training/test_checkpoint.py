@@ -4,6 +4,7 @@ one), several names are one save and hard links of it (copies where the filesyst
 none), a crash, a full disk or kill -9 while writing keeps the previous file, bad files
 are refused in one line, the newest readable checkpoint is found, and which names are
 due after an epoch."""
+import errno
 import os
 import random
 
@@ -185,9 +186,24 @@ def test_the_names_of_one_epoch_share_one_file_and_part_when_one_is_written_agai
     assert load_checkpoint(tmp_path / 'final.pt')['iteration'] == 3
 
 
+def test_a_link_left_by_a_killed_process_is_removed(tmp_path):
+    folder = tmp_path / 'checkpoints'
+    ckpt.save_checkpoints(folder, _state(3), ['last.pt', 'best.pt'])
+    os.link(folder / 'last.pt', folder / '.best.pt.99999999.tmp')  # killed mid-link
+    ckpt.save_checkpoints(folder, _state(4), ['last.pt', 'best.pt'])
+    assert sorted(p.name for p in folder.iterdir()) == ['best.pt', 'last.pt']
+    assert (folder / 'best.pt').stat().st_nlink == 2
+
+
+def test_linking_a_missing_checkpoint_names_it(tmp_path):
+    with pytest.raises(CheckpointError, match=r'cannot link checkpoint .*gone\.pt as best\.pt'):
+        ckpt.link_checkpoint(tmp_path / 'gone.pt', tmp_path / 'best.pt')
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_without_hard_links_the_other_names_are_copies(tmp_path, monkeypatch):
     def refuse(source, target):
-        raise PermissionError(1, 'Operation not permitted')
+        raise PermissionError(errno.EPERM, 'Operation not permitted')
     monkeypatch.setattr(os, 'link', refuse)
     written = ckpt.save_checkpoints(tmp_path, _state(3), ['last.pt', 'best.pt'])
     assert written[0].stat().st_ino != written[1].stat().st_ino
