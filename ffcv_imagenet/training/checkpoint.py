@@ -49,6 +49,10 @@ class CheckpointError(ValueError):
     """A missing, unreadable or incompatible checkpoint; the message names the file."""
 
 
+class _NoHardLinks(Exception):
+    """The filesystem refused a hard link (see ``_NO_HARD_LINKS``)."""
+
+
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / SUBDIR
 
@@ -57,14 +61,22 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]
     """Calls ``write(handle)`` on a temporary file beside ``path``, flushes it to disk
     and renames it over ``path``: a crash at any moment leaves either the previous
     file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _fresh_temporary(path)
-    try:
+    def make(temporary: Path) -> None:
         with open(temporary, 'wb') as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+    return _replace_atomically(path, make)
+
+
+def _replace_atomically(path: str | os.PathLike, make: Callable[[Path], None]) -> Path:
+    """Calls ``make(temporary)`` to create the file under a temporary name beside
+    ``path``, then renames it over ``path`` and makes the rename durable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _fresh_temporary(path)
+    try:
+        make(temporary)
         os.replace(temporary, path)
     except OSError as err:  # ENOSPC, EDQUOT, EIO: one line, and the old file stays
         kept = f"; the previous {path.name} is intact" if path.exists() else ""
@@ -72,7 +84,11 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]
                               f"{err.strerror or err}{kept}") from None
     finally:
         temporary.unlink(missing_ok=True)
-    _sync_folder(path.parent)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:  # makes the rename itself durable
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return path
 
 
@@ -82,15 +98,6 @@ def _fresh_temporary(path: Path) -> Path:
     for stale in path.parent.glob(f'.{path.name}.*.tmp'):
         stale.unlink(missing_ok=True)
     return path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-
-
-def _sync_folder(folder: Path) -> None:
-    """Makes a rename inside ``folder`` durable."""
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -114,22 +121,19 @@ def link_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     place: writing a name again renames a new file over it, and the other names keep
     the old one. Where the filesystem has no hard links, a copy."""
     path = Path(path)
-    temporary = _fresh_temporary(path)
+
+    def make(temporary: Path) -> None:
+        try:
+            os.link(source, temporary)
+        except OSError as err:
+            if err.errno in _NO_HARD_LINKS:
+                raise _NoHardLinks from None
+            raise CheckpointError(f"cannot link checkpoint {source} as {path.name}: "
+                                  f"{err.strerror or err}") from None
     try:
-        os.link(source, temporary)
-    except OSError as err:
-        if err.errno in _NO_HARD_LINKS:
-            return copy_checkpoint(source, path)
-        raise CheckpointError(f"cannot link checkpoint {source} as {path.name}: "
-                              f"{err.strerror or err}") from None
-    try:
-        os.replace(temporary, path)
-    except OSError as err:
-        raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
-    _sync_folder(path.parent)
-    return path
+        return _replace_atomically(path, make)
+    except _NoHardLinks:
+        return copy_checkpoint(source, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location='cpu', mmap: bool = False) -> dict:

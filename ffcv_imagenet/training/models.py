@@ -220,14 +220,15 @@ def to_torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             ``strict=True`` (the blur filter is no parameter), yet compute another
             function there, with nothing to say so.
     """
-    blurred = [name for name, m in unwrap(model).named_modules() if isinstance(m, BlurConv2d)]
+    model = unwrap(model)
+    blurred = [name for name, m in model.named_modules() if isinstance(m, BlurConv2d)]
     if blurred:
         raise NotTorchvisionError(
             f"this model uses BlurPool ({len(blurred)} convolutions, e.g. {blurred[0]}), "
             "which torchvision's ResNet lacks: its weights would compute another function "
             "there; load them into ffcv_imagenet.build_model(arch, blurpool=True) instead")
-    state = unwrap(model).state_dict()
-    return {_strip_prefixes(k): v.detach().cpu().contiguous() for k, v in state.items()}
+    return {_strip_prefixes(k): v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()}
 
 
 def _mismatch(expected: dict, given: dict) -> str | None:
