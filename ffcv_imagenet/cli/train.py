@@ -98,7 +98,8 @@ def evaluate_checkpoint(config, run: Run, log: RunLog) -> int:
         resize, crop = config['validation.folder_resize'], config['validation.folder_crop']
         log.event('eval', checkpoint=str(run.resumed_from), protocol=STANDARD_EVAL,
                   folder=config['validation.folder'], resize=resize, crop=crop,
-                  images=len(standard.loader.dataset), **metrics)
+                  images=len(standard.loader.dataset) - len(standard.skipped),
+                  skipped=len(standard.skipped), **metrics)
         report(f"{STANDARD_EVAL} of {run.resumed_from} on {config['validation.folder']} "
                f"(shorter side {resize} px, centre crop {crop} px): "
                + format_record(metrics))
@@ -141,7 +142,8 @@ def _standard_eval_batches(config, run: Run) -> OnDevice | None:
             batch_size=config['validation.batch_size'], workers=config['data.num_workers'])
     except DatasetError as err:
         raise ConfigError(f"validation.folder: {err}") from None
-    return OnDevice(loader, run.dist.device, channels_last=bool(config['model.channels_last']))
+    return OnDevice(loader, run.dist.device, channels_last=bool(config['model.channels_last']),
+                    on_skip=lambda message: report(f"skipped {message}"))
 
 
 def resolution_table(rows: list[dict]) -> str:

@@ -223,3 +223,84 @@ def read_synset_names(path: str | os.PathLike | None, classes: list[str]) -> lis
             wnid, _, name = line.replace('\t', ' ', 1).partition(' ')
             names[wnid] = name.split(',')[0].strip() or wnid
     return [names.get(c, c) for c in classes]
+
+
+def image_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """The files named, and the images under each folder named (recursively, sorted by
+    path), in the order given.
+    Raises:
+        DatasetError: a path that does not exist, or a folder without images.
+    """
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob('*') if p.is_file() and _is_image(p.name))
+            if not found:
+                raise DatasetError(f"no images in {path}")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DatasetError(f"not found: {path}")
+    return files
+
+
+def list_index_folders(root: str | os.PathLike, num_classes: int) -> list[tuple[str, int]]:
+    """(path, label) pairs of a tree whose folders are named by class index ('0' to
+    'num_classes - 1', as ImageNet-V2 is laid out), sorted by label, then file name.
+    Raises:
+        DatasetError: a folder name that is not such an index.
+    """
+    root = Path(root)
+    samples = []
+    for name in find_classes(root):
+        if not name.isdigit() or int(name) >= num_classes:
+            raise DatasetError(f"{root / name}: not a class index below {num_classes} (a "
+                               f"tree of class-index folders holds only '0' to "
+                               f"'{num_classes - 1}')")
+        samples += [(str(root / name / f), int(name))
+                    for f in sorted(os.listdir(root / name)) if _is_image(f)]
+    if not samples:
+        raise DatasetError(f"no images in {root}")
+    return sorted(samples, key=lambda s: (s[1], os.path.basename(s[0])))
+
+
+def is_index_tree(root: str | os.PathLike) -> bool:
+    """Whether every folder of ``root`` is named by a number (ImageNet-V2's layout)."""
+    names = find_classes(root)
+    return all(name.isdigit() for name in names)
+
+
+def list_multilabel(root: str | os.PathLike, label_file: str | os.PathLike,
+                    num_classes: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(path, correct class indices) of a flat folder and a JSON list holding, for
+    each image in file-name order, the list of its correct classes (the ReaL labels'
+    ``real.json`` for ImageNet's val split; an empty list: no class fits, and the
+    image is not scored).
+    Raises:
+        DatasetError: a file that is not such a list, of another length than the
+            folder's images, or naming a class index outside the model's.
+    """
+    root, label_file = Path(root), Path(label_file)
+    if not root.is_dir():
+        raise DatasetError(f"data dir not found: {root}")
+    names = sorted(f for f in os.listdir(root) if _is_image(f))
+    try:
+        sets = json.loads(label_file.read_text(encoding='utf-8'))
+    except OSError as err:
+        raise DatasetError(f"cannot read label file {label_file}: "
+                           f"{err.strerror or err}") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise DatasetError(f"label file {label_file} is not JSON: "
+                           f"{str(err).splitlines()[0]}") from None
+    if not isinstance(sets, list) or not all(
+            isinstance(s, list) and all(isinstance(i, int) for i in s) for s in sets):
+        raise DatasetError(f"{label_file}: expected a list of lists of class indices")
+    if len(sets) != len(names):
+        raise DatasetError(f"{label_file} holds {len(sets)} label sets, {root} "
+                           f"{len(names)} images")
+    wrong = [i for s in sets for i in s if not 0 <= i < num_classes]
+    if wrong:
+        raise DatasetError(f"{label_file}: class index {wrong[0]} is outside the model's "
+                           f"{num_classes} classes")
+    return [(str(root / name), tuple(s)) for name, s in zip(names, sets)]

@@ -18,7 +18,10 @@ def evaluate(models: list[nn.Module], loader, *, precision: Precision, tta: bool
              all_ranks: bool = True) -> list[dict]:
     """Validation of several models over the whole split (all ranks together), each
     batch decoded once and scored by every model. ``loader`` yields (images, labels)
-    on ``device``: (B, 3, H, W) and (B,) int64, and has a length (batches). With
+    on ``device``: (B, 3, H, W) and (B,) int64, or (B, K) int64 where an image has
+    several correct classes (padded with -1; a hit is any of them, the loss is against
+    all of them equally, and an image with none is not scored), and has a length
+    (batches). With
     ``tta`` the logits of each image and its horizontal mirror are averaged. Returns,
     per model, ``top1``, ``top5`` (fractions), ``loss`` (mean cross-entropy, no
     smoothing) and ``images``. Pass unwrapped models: ranks see different numbers of
@@ -36,18 +39,40 @@ def evaluate(models: list[nn.Module], loader, *, precision: Precision, tta: bool
                 logits = model(images).float()
                 if tta:
                     logits = (logits + model(mirrored).float()) / 2
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top == labels[:, None]
-            totals[3 * index] += F.cross_entropy(logits, labels, reduction='sum').double()
-            totals[3 * index + 1] += hits[:, 0].sum()
-            totals[3 * index + 2] += hits.any(dim=1).sum()
-        totals[-1] += labels.shape[0]
+            loss, top1, top5 = _scores(logits, labels)
+            totals[3 * index] += loss
+            totals[3 * index + 1] += top1
+            totals[3 * index + 2] += top5
+        totals[-1] += _scored(labels).sum()
     progress.close()
     summed = (all_reduce_sum(totals) if all_ranks else totals).tolist()
     count = max(summed[-1], 1.0)
     return [{'loss': summed[3 * i] / count, 'top1': summed[3 * i + 1] / count,
              'top5': summed[3 * i + 2] / count, 'images': int(summed[-1])}
             for i in range(len(models))]
+
+
+def _scored(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the images that have a correct class."""
+    return labels >= 0 if labels.dim() == 1 else (labels >= 0).any(dim=1)
+
+
+def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Summed loss, top-1 hits and top-5 hits (float64 scalars) of the scored images."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    if labels.dim() == 1:
+        hits = top == labels[:, None]
+        loss = F.cross_entropy(logits, labels, reduction='sum')
+    else:
+        scored = _scored(labels)
+        logits, labels, top = logits[scored], labels[scored], top[scored]
+        hits = (top[:, :, None] == labels[:, None, :]).any(dim=2)
+        correct = labels >= 0
+        targets = torch.zeros_like(logits)
+        targets.scatter_add_(1, labels.clamp(min=0), correct.float())
+        targets /= correct.sum(dim=1, keepdim=True)
+        loss = F.cross_entropy(logits, targets, reduction='sum')
+    return loss.double(), hits[:, 0].sum().double(), hits.any(dim=1).sum().double()
 
 
 def validate(module: nn.Module, ema: ModelEMA | None, loader, *, precision: Precision,

@@ -226,7 +226,8 @@ def to_torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         raise NotTorchvisionError(
             f"this model uses BlurPool ({len(blurred)} convolutions, e.g. {blurred[0]}), "
             "which torchvision's ResNet lacks: its weights would compute another function "
-            "there; load them into ffcv_imagenet.build_model(arch, blurpool=True) instead")
+            "there; export it as pt2 or onnx (python -m ffcv_imagenet export ... --format "
+            "pt2), or load the weights into ffcv_imagenet.build_model(arch, blurpool=True)")
     return {_strip_prefixes(k): v.detach().cpu().contiguous()
             for k, v in model.state_dict().items()}
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .decoders import IMAGENET_MEAN, IMAGENET_STD
@@ -84,10 +85,13 @@ def list_eval_folder(root: str | os.PathLike, classes: list[str]) -> list[tuple[
 
 
 class FolderImages(Dataset):
-    """``(transform(image), label)`` for each (path, label) of ``samples``, the file read
-    as ImageFolder reads it (PIL, converted to RGB)."""
+    """``(transform(image), label, None)`` for each (path, label) of ``samples``, the
+    file read as ImageFolder reads it (PIL, converted to RGB); ``(None, label,
+    'path: reason')`` for a file that cannot be read, so that one bad file costs its
+    own score, not the whole evaluation. A label is a class index, or a tuple of
+    them (every correct class of a multi-label set)."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable):
+    def __init__(self, samples: list[tuple[str, int | tuple[int, ...]]], transform: Callable):
         self.samples, self.transform = samples, transform
 
     def __len__(self) -> int:
@@ -96,36 +100,75 @@ class FolderImages(Dataset):
     def __getitem__(self, index: int):
         from torchvision.datasets.folder import default_loader
         path, label = self.samples[index]
-        return self.transform(default_loader(path)), label
+        try:
+            image = default_loader(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return None, label, f"{path}: {reason}"
+        return self.transform(image), label, None
+
+
+def collate_readable(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(images (B, 3, H, W), labels, 'path: reason' of each file left out) of the
+    readable items; labels are (B,) int64, or (B, K) int64 padded with -1 where any
+    item has a tuple of labels. B may be 0."""
+    kept = [item for item in items if item[0] is not None]
+    skipped = [item[2] for item in items if item[0] is None]
+    images = (torch.stack([item[0] for item in kept]) if kept
+              else torch.empty(0, 3, 0, 0))
+    labels = [item[1] for item in kept]
+    if any(isinstance(label, (tuple, list)) for label in labels):
+        sets = [tuple(label) if isinstance(label, (tuple, list)) else (label,)
+                for label in labels]
+        width = max([len(labels) for labels in sets] + [1])
+        return images, torch.tensor([list(labels) + [-1] * (width - len(labels))
+                                     for labels in sets], dtype=torch.int64), skipped
+    return images, torch.tensor(labels, dtype=torch.int64), skipped
+
+
+def eval_loader(samples: list[tuple[str, int | tuple[int, ...]]], *, resize: int, crop: int,
+                batch_size: int = 256, workers: int = 8) -> DataLoader:
+    """Batches (images, labels, skipped) of ``samples`` as :func:`collate_readable`
+    makes them, every file once in the given order, on the CPU: each image's shorter
+    side resized to ``resize`` pixels, the centre ``crop`` x ``crop`` pixels kept,
+    normalised (:func:`standard_eval_transform`)."""
+    return DataLoader(FolderImages(samples, standard_eval_transform(resize, crop)),
+                      batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=collate_readable)
 
 
 def standard_eval_loader(root: str | os.PathLike, classes: list[str], *,
                          resize: int = STANDARD_RESIZE, crop: int = STANDARD_CROP,
                          batch_size: int = 256, workers: int = 8) -> DataLoader:
-    """The standard evaluation's batches of ``root`` (see :func:`list_eval_folder`):
-    float32 (B, 3, crop, crop) images and (B,) int64 labels, every image once, in
-    listing order, on the CPU.
+    """:func:`eval_loader` of the folder ``root`` (see :func:`list_eval_folder`); the
+    defaults are the standard evaluation's sizes.
     Raises:
         DatasetError: from :func:`list_eval_folder`.
     """
-    samples = list_eval_folder(root, classes)
-    return folder_loader(FolderImages(samples, standard_eval_transform(resize, crop)),
-                         batch_size=batch_size, workers=workers, shuffle=False,
-                         drop_last=False)
+    return eval_loader(list_eval_folder(root, classes), resize=resize, crop=crop,
+                       batch_size=batch_size, workers=workers)
 
 
 class OnDevice:
-    """The batches of ``loader`` moved to ``device`` (images channels-last if asked:
-    the layout the model's weights are in), with the loader's length."""
+    """The batches of an :func:`eval_loader` moved to ``device`` (images channels-last
+    if asked: the layout the model's weights are in), with the loader's length. Each
+    file left out is passed to ``on_skip`` ('path: reason') and kept in ``skipped``."""
 
-    def __init__(self, loader, device: torch.device, channels_last: bool = True):
+    def __init__(self, loader, device: torch.device, channels_last: bool = True,
+                 on_skip: Callable[[str], None] | None = None):
         self.loader, self.device = loader, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.on_skip = on_skip or (lambda message: None)
+        self.skipped: list[str] = []
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
-            yield (images.to(self.device, memory_format=self.memory_format),
-                   labels.to(self.device))
+        for images, labels, skipped in self.loader:
+            for message in skipped:
+                self.skipped.append(message)
+                self.on_skip(message)
+            if labels.shape[0]:
+                yield (images.to(self.device, memory_format=self.memory_format),
+                       labels.to(self.device))

@@ -55,8 +55,9 @@ def test_the_standard_eval_matches_a_computation_by_hand(tiny_folder):
     model = tiny_model(len(classes))
     loader = standard_eval_loader(root, classes, resize=RESIZE, crop=CROP, batch_size=5,
                                   workers=0)
-    images, labels = next(iter(loader))
+    images, labels, skipped = next(iter(loader))
     assert images.shape == (5, 3, CROP, CROP) and labels.tolist() == [0, 0, 0, 1, 1]
+    assert skipped == []
     torch.testing.assert_close(images[4], by_hand(root / classes[1] / 'img_1.JPEG'),
                                atol=1e-6, rtol=0)
     result, = evaluate([model], OnDevice(loader, CPU, channels_last=False),
