@@ -6,7 +6,8 @@
   ``weights``, ``assert_same_weights``; a run with one failing rank: ``fail_one_rank``,
   run as ``python -m tests.support ARGS`` (under torchrun: ``-m tests.support ARGS``)
 - pieces of a run: ``trained_parts``, ``CHECKPOINT_META``, ``CHECKPOINT_STATE``,
-  ``random_batches``, ``free_port``
+  ``model_checkpoint`` (a ResNet-18 checkpoint without training), ``random_batches``,
+  ``free_port``
 - files a conversion meets: ``odd_images`` and ``bad_files`` (a few, written to a
   folder); ``bad_file_bytes``, ``good_file_bytes``, ``CHATTY``, ``png_declaring`` and
   ``dds_dx10`` (a corpus of broken and exotic files built from bytes)
@@ -140,6 +141,38 @@ def trained_parts(seed=0):
 CHECKPOINT_STATE = TrainState(epoch=3, iteration=42, best_top1=0.625,
                               metrics={'val_top1': 0.5}, best_epoch=2, stopped_early=True,
                               step=7, partial=[1.5, 2.0, 8.0, 3.25])
+
+
+def model_checkpoint(path, classes, *, blurpool=True, ema=True, resolution=32, seed=0,
+                     names=None):
+    """Writes, without training, a checkpoint of a ResNet-18 over ``classes`` as the
+    trainer writes it after one epoch (random weights, BN statistics moved off their
+    defaults so that eval mode matters; the config holds the model's and validation's
+    keys). With ``ema``, the EMA's weights differ from the raw ones. Returns ``path``."""
+    from ffcv_imagenet.training.checkpoint import checkpoint_state, save_checkpoint
+    from ffcv_imagenet.training.models import build_model
+    torch.manual_seed(seed)
+    network = build_model('resnet18', len(classes), blurpool=blurpool)
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    config = {'model.arch': 'resnet18', 'model.blurpool': int(blurpool), 'model.head': 'fc',
+              'validation.resolution': resolution, 'validation.crop_ratio': 0.875,
+              'validation.tta': 1, 'data.train_dataset': '/nonexistent/train.beton'}
+    meta = {'arch': 'resnet18', 'num_classes': len(classes), 'classes': list(classes),
+            'config': config}
+    from ffcv_imagenet.training.optim import param_groups
+    optimizer = torch.optim.SGD(param_groups(network, 5e-5), lr=0.1, momentum=0.9)
+    saved = checkpoint_state(network, optimizer, torch.amp.GradScaler('cpu', enabled=False),
+                             TrainState(epoch=1, iteration=6), meta)
+    if ema:
+        saved['ema'] = {'module': {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point()
+                                   else v for k, v in network.state_dict().items()}}
+    if names is not None:
+        saved['names'] = list(names)
+    save_checkpoint(saved, path)
+    return Path(path)
 
 
 def random_batches(count=3, size=4, classes=10, seed=0):

@@ -61,6 +61,20 @@ def test_the_declared_ranges_admit_both_tested_environments(pins):
                 f"{requirement} does not admit the tested {pins[requirement.name]}")
 
 
+def test_every_optional_extra_is_pinned_for_ci_within_its_range():
+    """The extras' packages (onnx for the export command, ...) are installed by CI at
+    the exact pins of requirements.txt, which their declared ranges admit."""
+    from packaging.requirements import Requirement
+    extras = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project'][
+        'optional-dependencies']
+    assert {'onnx', 'onnxscript', 'onnxruntime'} <= {
+        Requirement(r).name for r in extras['export']}
+    for requirement in map(Requirement, [r for group in extras.values() for r in group]):
+        assert requirement.name in REQUIREMENTS, f"{requirement.name} is not pinned"
+        assert requirement.specifier.contains(REQUIREMENTS[requirement.name]), (
+            f"{requirement} does not admit the pinned {REQUIREMENTS[requirement.name]}")
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / 'README.md').read_text()
     assert 'make demo' in readme and 'make test' in readme

@@ -241,8 +241,10 @@ def build_run(config, dist: Dist) -> Run:
     if parts.mixer is not None:
         notes.append("MixUp/CutMix on: train_top1 is measured against the dominant label "
                      "of each mixed pair")
+    # the human-readable names travel in the checkpoint to its exports and predictions
+    _, names = load_classes(classes_path(config['data.train_dataset']))
     meta = {'arch': arch, 'num_classes': len(parts.classes), 'classes': parts.classes,
-            'config': as_dict(config, SECTIONS), 'world_size': dist.world_size,
+            'names': names, 'config': as_dict(config, SECTIONS), 'world_size': dist.world_size,
             'batch': parts.batch}
     return Run(parts.model, parts.module, parts.optimizer, parts.scaler, parts.precision,
                parts.train_loader, parts.val_loader, dist, _fit_options(config), state,

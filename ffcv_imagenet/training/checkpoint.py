@@ -3,7 +3,8 @@
 A checkpoint is a ``torch.save``d dict (loadable with ``weights_only=True``):
 
     format      FORMAT, to refuse files this code did not write
-    arch, num_classes, classes
+    arch, num_classes, classes   classes: wnids in label order
+    names       human-readable class names, one per class (absent in older files)
     model       plain torchvision-style state_dict (no DDP/compile prefixes)
     optimizer, scaler            state_dicts (scaler: None without fp16)
     epoch       epochs completed; iteration: optimizer steps taken

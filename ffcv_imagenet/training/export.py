@@ -110,21 +110,22 @@ def export_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, fmt
         expected = plain(batch)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = [_temporary(path)]
+    temporary = _temporary(path)
+    # the torchvision format's card is a file beside it, renamed in place with it
+    written = [temporary] + ([_card_path(temporary)] if fmt == 'torchvision' else [])
     try:
-        _WRITERS[fmt](plain, card, written[0], batch)
+        _WRITERS[fmt](plain, card, temporary, batch)
         if fmt == 'torchvision':
-            written.append(_temporary(_card_path(path)))
-            written[1].write_text(card.to_json())
-            os.replace(written[1], _card_path(path))
-            written[1] = _card_path(path)
-        got = _run_back(written[0], fmt, batch)
+            _card_path(temporary).write_text(card.to_json())
+        got = _run_back(temporary, fmt, batch)
         difference = (got.float() - expected).abs().max().item()
         if not difference <= tolerance:  # also a NaN
             raise ExportError(f"the {fmt} export computes another function: its logits "
                               f"differ from the checkpoint's by up to {difference:.3g} "
                               f"(at most {tolerance:g} allowed); nothing written at {path}")
-        os.replace(written[0], path)
+        if fmt == 'torchvision':
+            os.replace(_card_path(temporary), _card_path(path))
+        os.replace(temporary, path)
         return difference
     except BaseException:
         for leftover in written:
@@ -163,7 +164,7 @@ def load_export(path: str | os.PathLike, fmt: str | None = None
         return _LOADERS[fmt](path)
     except ExportError:
         raise
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except Exception as err:  # torch, zipfile and onnxruntime raise types of their own
         raise ExportError(f"cannot read {path} as a {fmt} export: {_first_line(err)}"
                           ) from None
 
