@@ -2,18 +2,22 @@
 comments promise, the twelve published ones hold ffcv-imagenet's settings (written out
 below from its files: the learning rate at the first, peak, last and forty other
 iterations, the resolution of every epoch, batch, optimizer, smoothing, BlurPool and
-validation) with the weight-decay rule differing only where docs/recipes.md says, the
-reference trainers' settings hold, the train command finds a recipe by its bare name,
-and the CPU versions of the advanced and reference recipes train one epoch."""
+validation) with the weight-decay rule differing only where docs/recipes.md says, and
+with --training.parity=ffcv also its learning rate from iteration 0 on, its weight-decay
+rule and its fp16 with a gradient scaler; the reference trainers' settings hold, the
+train command finds a recipe by its bare name, and the CPU versions of the advanced and
+reference recipes train one epoch."""
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 import train_imagenet
 from ffcv_imagenet.cli.config import parse_config
-from ffcv_imagenet.cli.recipe import _schedules
+from ffcv_imagenet.cli.recipe import _schedules, build_config_optimizer, \
+    resolve_config_precision
 from ffcv_imagenet.cli.train_config import SECTIONS, per_gpu_batch
 from ffcv_imagenet.training.checkpoint import checkpoint_dir, load_checkpoint
 from ffcv_imagenet.training.logs import read_log
@@ -98,13 +102,15 @@ class _Epoch:
         return self.steps
 
 
+@pytest.mark.parametrize('parity', ['none', 'ffcv'])
 @pytest.mark.parametrize('arch', sorted(PUBLISHED))
 @pytest.mark.parametrize('epochs', EPOCHS)
-def test_the_published_recipes_settings_hold(arch, epochs):
+def test_the_published_recipes_settings_hold(arch, epochs, parity):
     published = PUBLISHED[arch]
     gpus, lr = published['gpus'], published['lr']
     config = parse_config('test', ['-C', str(ROOT / 'rn50_configs' /
-                                             f'{arch}_{epochs}_epochs.yaml')], SECTIONS)
+                                             f'{arch}_{epochs}_epochs.yaml'),
+                                   f'--training.parity={parity}'], SECTIONS)
     assert config['model.arch'] == published['arch'] and config['training.epochs'] == epochs
     assert per_gpu_batch(config, gpus, None) == published['batch_size']
     assert (config['lr.schedule'], config['lr.peak_epoch']) == ('cyclic', 2)
@@ -124,11 +130,31 @@ def test_the_published_recipes_settings_hold(arch, epochs):
                *np.random.default_rng(epochs).integers(0, last, 40).tolist()}
     for iteration in sorted(checked):
         ours, theirs = schedules.lr_at(iteration), published_lr(iteration, steps, epochs, lr)
-        if iteration < 2 * steps:  # listed difference: a warm-up from 0, not 1e-4 x lr
+        if iteration < 2 * steps and parity == 'none':  # listed: a warm-up from 0
             assert abs(ours - theirs) <= 1e-4 * lr + 1e-12, iteration
         else:
             assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12), iteration
     assert schedules.lr_at(2 * steps) == pytest.approx(lr)
+    if parity == 'ffcv':
+        assert_the_published_decay_and_precision(config)
+
+
+def assert_the_published_decay_and_precision(config):
+    """train_imagenet.py decays every parameter whose name lacks 'bn' and trains with
+    fp16 autocast and a GradScaler."""
+    model = build_model(config['model.arch'], blurpool=bool(config['model.blurpool']))
+    decay, no_decay = build_config_optimizer(config, model, torch.device('cpu')).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in decay['params']} == {n for n in names.values()
+                                                       if 'bn' not in n}
+    assert {names[id(p)] for p in no_decay['params']} == {n for n in names.values()
+                                                          if 'bn' in n}
+    assert decay['weight_decay'] == config['optimizer.weight_decay'] > 0
+    assert no_decay['weight_decay'] == 0
+    precision = resolve_config_precision(config, torch.device('cuda'))
+    assert precision.dtype == torch.float16 and precision.needs_scaler
+    if torch.cuda.is_available():  # a GradScaler for 'cuda' disables itself without one
+        assert precision.scaler().is_enabled()
 
 
 @pytest.mark.parametrize('arch, downsampled, strided', [('resnet50', (1, 2, 3, 4), 'conv2'),
@@ -138,7 +164,8 @@ def test_blurpool_layers_match_and_weight_decay_differs_only_where_listed(arch, 
     """BlurPool: train_imagenet.py's rule (every Conv2d with stride > 1 and at least 16
     input channels) picks the strided 3x3 conv and the downsample conv of layers 2-4.
     Weight decay: it decays every parameter whose name lacks 'bn'; here norms and
-    biases are exempt by module type, so the downsample BatchNorms and fc.bias differ."""
+    biases are exempt by module type, so the downsample BatchNorms and fc.bias differ,
+    unless optimizer.decay_rule=names."""
     model = build_model(arch, blurpool=True)
     assert {n for n, m in model.named_modules() if isinstance(m, BlurConv2d)} == {
         f'layer{i}.0.{conv}' for i in (2, 3, 4) for conv in (strided, 'downsample.0')}
@@ -148,6 +175,7 @@ def test_blurpool_layers_match_and_weight_decay_differs_only_where_listed(arch, 
     assert ours < theirs
     assert theirs - ours == {'fc.bias'} | {f'layer{i}.0.downsample.1.{w}'
                                            for i in downsampled for w in ('weight', 'bias')}
+    assert {names[id(p)] for p in param_groups(model, 1e-4, 'names')[0]['params']} == theirs
 
 
 REFERENCE_TABLE = {  # the settings of the two reference trainers, key by key

@@ -17,7 +17,8 @@ import torch
 
 import train_imagenet
 from ffcv_imagenet.cli.config import ConfigError
-from ffcv_imagenet.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint
+from ffcv_imagenet.training.checkpoint import (CheckpointError, checkpoint_dir, load_checkpoint,
+                                               save_checkpoint)
 from ffcv_imagenet.training.logs import read_log
 from ffcv_imagenet.training.preempt import PREEMPTED_EXIT
 from tests.support import (FEATURES, ROOT, STAGED, assert_same_weights, tiny_args, train_tiny,
@@ -121,6 +122,25 @@ def test_resuming_with_other_stages_is_refused(betons, staged_run, tmp_path):
     with pytest.raises(ConfigError, match='resolution.stages'):
         train_imagenet.main(tiny_args(betons, tmp_path / 'x', f'--checkpoint.resume={final}',
                                       '--resolution.stages=0:32:8,1:48:8'))
+
+
+def test_a_checkpoint_older_than_the_decay_rule_resumes_and_keeps_its_rule(betons, full_run,
+                                                                           tmp_path):
+    """Checkpoints from before optimizer.decay_rule (and training.parity) hold the
+    default rule's parameter groups: they resume as before; another rule is refused."""
+    saved = load_checkpoint(checkpoint_dir(full_run) / 'final.pt')
+    for key in ('optimizer.decay_rule', 'training.parity', 'lr.start_fraction',
+                'lr.interpolate_epochs'):
+        del saved['config'][key]
+    older = save_checkpoint(saved, tmp_path / 'older.pt')
+    with pytest.raises(ConfigError, match=r'^optimizer.decay_rule: .*older.pt was trained '
+                                          r'with types; its state cannot continue as names$'):
+        train_imagenet.main(tiny_args(betons, tmp_path / 'parity', '--training.parity=ffcv',
+                                      f'--checkpoint.resume={older}', '--training.epochs=3'))
+    # restoring the optimizer is what a different grouping would break; evaluating the
+    # checkpoint restores everything without the cost of an epoch
+    assert train_imagenet.main(tiny_args(betons, tmp_path / 'resumed', '--training.eval_only=1',
+                                         f'--checkpoint.resume={older}')) == 0
 
 
 # --- a scheduler's stop signal inside an epoch, kill -9, a failing rank ------------------

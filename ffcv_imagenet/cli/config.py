@@ -9,6 +9,11 @@ command line can be passed in as a list (tests).
 Precedence: defaults < config files (in order) < ``--section.key=value`` flags. A
 config file named without a folder that is not in the current folder is looked up
 among the shipped recipes (``rn50_configs/``).
+
+A switch (:func:`register_switch`, e.g. ``training.parity``) is a key whose value sets
+other keys: over the defaults and the files before the one that sets the switch; a
+different value beside or after the switch (the same file, a later one, the command
+line) is an error naming both keys.
 """
 from __future__ import annotations
 
@@ -70,6 +75,38 @@ def flatten_keys(tree: dict, prefix: str = '') -> dict[str, object]:
 
 
 RECIPES = 'rn50_configs'
+
+# switch key -> {its value -> {key: value it sets}} (see the module's docstring)
+_SWITCHES: dict[str, dict[str, dict[str, object]]] = {}
+
+
+def register_switch(key: str, settings: dict[str, dict[str, object]]) -> None:
+    """Declares ``key`` a switch: its value ``v`` sets the keys of ``settings[v]``
+    (values not listed set nothing)."""
+    _SWITCHES[key] = settings
+
+
+def switch_settings(config, key: str) -> dict[str, object]:
+    """The keys and values that switch ``key`` sets with its current value."""
+    return _SWITCHES.get(key, {}).get(config[key], {})
+
+
+def _apply_switches(config, known: set[str], layers: dict[str, int]) -> None:
+    """Sets the keys of each switch among ``known``; ``layers``: key -> where its
+    value came from (1, 2, ...: the config files in order, then the command line;
+    absent: the default).
+    Raises:
+        ConfigError: a key set beside or after the switch to another value.
+    """
+    for switch in sorted(_SWITCHES.keys() & known):
+        for key, value in switch_settings(config, switch).items():
+            param = config.entries[tuple(key.split('.'))]
+            wanted = param.validate(value)
+            if key in layers and layers[key] >= layers.get(switch, 0) \
+                    and config[key] != wanted:
+                raise ConfigError(f"{key}={config[key]} contradicts {switch}="
+                                  f"{config[switch]}, which sets {key}={wanted}")
+            config.collect({key: wanted})
 
 
 def recipe_dirs() -> list[Path]:
@@ -157,9 +194,12 @@ def parse_config(description: str, argv: list[str] | None = None,
     if unknown:
         raise ConfigError(_unknown_option(unknown[0], known))
     args = vars(parsed)
-    for path in args.pop('config_file'):
-        config.collect(_read_config_file(path, known))
-    config.collect({k: v for k, v in args.items() if v is not None})
+    files = [_read_config_file(path, known) for path in args.pop('config_file')]
+    layers = {}  # key -> what set it last: the files 1, 2, ..., then the command line
+    for layer, values in enumerate([*files, args], start=1):
+        values = {k: v for k, v in values.items() if v is not None}
+        config.collect(values)
+        layers.update(dict.fromkeys(values, layer))
     errors = config.validate(mode='errordict')
     for path, error in errors.items():
         if '.'.join(path) not in known:
@@ -170,6 +210,7 @@ def parse_config(description: str, argv: list[str] | None = None,
         param = config.entries[path]
         raise ConfigError(f"bad value for {key}: {config.content.get(path)!r} "
                           f"(expected {param.checker.help()})")
+    _apply_switches(config, known, layers)
     return config
 
 

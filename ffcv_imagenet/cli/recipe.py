@@ -31,7 +31,7 @@ from ..training.optim import Precision, build_optimizer, resolve_precision
 from ..training.preempt import CheckpointPeriod
 from ..training.schedules import Stages, epoch_schedule, lr_schedule, resolution_at, \
     staged_lr
-from .config import ConfigError, as_dict
+from .config import ConfigError, as_dict, switch_settings
 from .train_config import SECTIONS, check_values, per_gpu_batch
 
 
@@ -110,7 +110,7 @@ def _schedules(config, train: ImageLoader, world_size: int,
 
     shape = {key: config[f'lr.{key}'] for key in (
         'peak_epoch', 'warmup_epochs', 'step_length', 'step_ratio', 'min_lr', 'pct_start',
-        'div_factor', 'final_div_factor')}
+        'div_factor', 'final_div_factor', 'start_fraction', 'interpolate_epochs')}
     name, epochs = config['lr.schedule'], config['training.epochs']
     try:
         if stages is None:
@@ -181,14 +181,26 @@ def build_parts(config, dist: Dist) -> Parts:
         raise ConfigError(f"data.val_dataset: {val_path} was written with a different class "
                           f"list than {train_path}")
     batch = per_gpu_batch(config, dist.world_size, stages)
-    try:
-        precision = resolve_precision(config['training.precision'], dist.device)
-    except ValueError as err:
-        raise ConfigError(f"training.precision: {err}") from None
+    precision = resolve_config_precision(config, dist.device)
     train, val = _loaders(config, dist, precision, train_path, val_path, batch, stages)
     model, module, optimizer, scaler = _network(config, dist, precision, len(classes))
     return Parts(model, module, optimizer, scaler, precision, train, val, classes, batch,
                  _mixer(config, len(classes)), _eraser(config), stages)
+
+
+def resolve_config_precision(config, device: torch.device) -> Precision:
+    """``training.precision`` on ``device``; with ``training.parity=ffcv`` on the CPU,
+    where there is no fp16 autocast (the published trainer ran on GPUs only), off.
+    Raises:
+        ConfigError: a precision the device cannot run.
+    """
+    name = config['training.precision']
+    if config['training.parity'] == 'ffcv' and device.type != 'cuda':
+        name = 'off'
+    try:
+        return resolve_precision(name, device)
+    except ValueError as err:
+        raise ConfigError(f"training.precision: {err}") from None
 
 
 def build_run(config, dist: Dist) -> Run:
@@ -204,10 +216,14 @@ def build_run(config, dist: Dist) -> Run:
     arch = config['model.arch']
     schedules = _schedules(config, parts.train_loader, dist.world_size, parts.stages)
     notes = note.splitlines()
+    if settings := switch_settings(config, 'training.parity'):
+        notes.append(f"training.parity={config['training.parity']} sets " + ', '.join(
+            f"{key}={value}" for key, value in settings.items()))
     if saved:
         check_compatible(saved, source, arch=arch, classes=parts.classes)
         # settings that change what the saved state holds; older checkpoints predate them
-        for key, before in (('optimizer.name', 'sgd'), ('model.head', 'fc')):
+        for key, before in (('optimizer.name', 'sgd'), ('model.head', 'fc'),
+                            ('optimizer.decay_rule', 'types')):
             trained_with = (saved.get('config') or {}).get(key, before)
             if trained_with != config[key]:
                 raise ConfigError(f"{key}: {source} was trained with {trained_with}; its "
@@ -400,6 +416,19 @@ def _no_forward_buffer_sync() -> dict:
     return {'broadcast_buffers': False}
 
 
+def build_config_optimizer(config, module: nn.Module,
+                           device: torch.device) -> torch.optim.Optimizer:
+    """The ``optimizer.*`` optimizer over ``module`` (on ``device``); the rate is set
+    before every step."""
+    return build_optimizer(
+        config['optimizer.name'], module, lr=0.0, momentum=config['optimizer.momentum'],
+        weight_decay=config['optimizer.weight_decay'],
+        nesterov=bool(config['optimizer.nesterov']),
+        betas=(config['optimizer.beta1'], config['optimizer.beta2']),
+        eps=config['optimizer.eps'], trust_coefficient=config['optimizer.trust_coefficient'],
+        fused=device.type == 'cuda', decay_rule=config['optimizer.decay_rule'])
+
+
 def _network(config, dist: Dist, precision: Precision, num_classes: int):
     """(model to train, plain module, optimizer, scaler), initialised from the seed."""
     torch.manual_seed(config['training.seed'])
@@ -410,13 +439,7 @@ def _network(config, dist: Dist, precision: Precision, num_classes: int):
                          drop_path_rate=config['model.drop_path_rate'],
                          head=config['model.head'])
     module = module.to(dist.device)
-    optimizer = build_optimizer(
-        config['optimizer.name'], module, lr=0.0, momentum=config['optimizer.momentum'],
-        weight_decay=config['optimizer.weight_decay'],
-        nesterov=bool(config['optimizer.nesterov']),
-        betas=(config['optimizer.beta1'], config['optimizer.beta2']),
-        eps=config['optimizer.eps'], trust_coefficient=config['optimizer.trust_coefficient'],
-        fused=dist.device.type == 'cuda')
+    optimizer = build_config_optimizer(config, module, dist.device)
     scaler = precision.scaler()
     model = module
     if dist.enabled:

@@ -17,12 +17,27 @@ from __future__ import annotations
 
 from fastargs import Param, Section
 
-from .config import ConfigError, Flag, OneOf
+from .config import ConfigError, Flag, OneOf, register_switch
 from ..training.erasing import MODES as ERASE_MODES
 from ..training.models import ARCHS, HEADS
-from ..training.optim import OPTIMIZERS, PRECISIONS
+from ..training.optim import DECAY_RULES, OPTIMIZERS, PRECISIONS
 from ..training.preempt import CheckpointPeriod
 from ..training.schedules import SCHEDULES, Stages
+
+PARITY_MODES = ('none', 'ffcv')
+# What training.parity=ffcv sets: ffcv-imagenet's train_imagenet.py wherever this
+# trainer does otherwise by default (docs/recipes.md, "Differences from the published
+# recipes"). A value set beside or after the switch that differs is an error.
+PARITY = {'ffcv': {
+    'training.precision': 'fp16',     # fp16 autocast with a GradScaler (off on the CPU)
+    'optimizer.decay_rule': 'names',  # decay every tensor whose name lacks 'bn'
+    'lr.start_fraction': 1e-4,        # get_cyclic_lr starts at 1e-4 x the peak
+    'lr.interpolate_epochs': 1,       # train_loop joins whole-epoch rates linearly
+    # 'data.dct_scaling': 0,          # decode every JPEG in full (with that key)
+}}
+register_switch('training.parity', PARITY)
+# ffcv-imagenet's trainer has these schedules only
+PARITY_SCHEDULES = ('cyclic', 'step')
 
 Section('data', 'the .beton files and their loaders').params(
     train_dataset=Param(str, 'train .beton', required=True),
@@ -65,6 +80,12 @@ Section('lr', 'learning-rate schedule (updated every iteration)').params(
                     default=0.25),
     div_factor=Param(float, 'onecycle: start at peak / div_factor', default=25.0),
     final_div_factor=Param(float, 'onecycle: end at start / final_div_factor', default=1e4),
+    start_fraction=Param(float, 'cyclic, and the step/cosine warm-ups: start the linear '
+                         'ramp at this fraction of the peak rather than at 0',
+                         default=0.0),
+    interpolate_epochs=Param(Flag(), '1: the schedule at whole epochs, linear over each '
+                             "epoch's steps (ffcv-imagenet's trainer); 0: the schedule at "
+                             'every step', default=0),
 )
 Section('optimizer', 'SGD, AdamW or LARS').params(
     name=Param(OneOf(*OPTIMIZERS), 'sgd, adamw (decoupled weight decay) or lars (SGD '
@@ -72,8 +93,12 @@ Section('optimizer', 'SGD, AdamW or LARS').params(
                default='sgd'),
     momentum=Param(float, 'momentum (sgd, lars)', default=0.9),
     nesterov=Param(Flag(), 'Nesterov momentum (sgd)', default=0),
-    weight_decay=Param(float, 'weight decay (never on norm parameters or biases; '
-                       'decoupled for adamw)', default=5e-5),
+    weight_decay=Param(float, 'weight decay (on the tensors decay_rule picks; decoupled '
+                       'for adamw)', default=5e-5),
+    decay_rule=Param(OneOf(*DECAY_RULES), "which tensors get weight decay: 'types' (conv "
+                     "and linear weights, no norm parameter or bias) or 'names' (every "
+                     "tensor whose name lacks 'bn', ffcv-imagenet's rule)",
+                     default='types'),
     beta1=Param(float, 'adamw: first-moment decay', default=0.9),
     beta2=Param(float, 'adamw: second-moment decay', default=0.999),
     eps=Param(float, 'adamw: denominator epsilon', default=1e-8),
@@ -94,6 +119,10 @@ Section('training', 'the run').params(
     eval_only=Param(Flag(), '1: evaluate the resumed checkpoint and exit', default=0),
     stop_after=Param(int, 'end this invocation after this epoch (0 = run to epochs)',
                      default=0),
+    parity=Param(OneOf(*PARITY_MODES), "'ffcv': train as ffcv-imagenet's trainer did where "
+                 'this one offers another way (sets ' + ', '.join(
+                     f'{key}={value}' for key, value in PARITY['ffcv'].items())
+                 + "); 'none': as configured", default='none'),
 )
 Section('validation', 'validation').params(
     batch_size=Param(int, 'images per batch per GPU', default=256),
@@ -182,7 +211,7 @@ _NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.s
                  'mix.mixup_alpha', 'mix.cutmix_alpha', 'early_stop.patience',
                  'early_stop.min_epochs')
 _FRACTIONS = ('training.label_smoothing', 'model.drop_path_rate', 'ema.decay',
-              'optimizer.beta1', 'optimizer.beta2')  # [0, 1)
+              'optimizer.beta1', 'optimizer.beta2', 'lr.start_fraction')  # [0, 1)
 _PROBABILITIES = ('mix.prob', 'mix.switch_prob')  # [0, 1]
 
 
@@ -231,6 +260,10 @@ def check_values(config) -> Stages | None:
     if not 0 < config['validation.crop_ratio'] <= 1:
         raise ConfigError(f"validation.crop_ratio must be in (0, 1], "
                           f"got {config['validation.crop_ratio']}")
+    if config['training.parity'] == 'ffcv' and config['lr.schedule'] not in PARITY_SCHEDULES:
+        raise ConfigError(f"lr.schedule={config['lr.schedule']} cannot be combined with "
+                          f"training.parity=ffcv, whose trainer has the schedules "
+                          f"{' and '.join(PARITY_SCHEDULES)} only")
     if config['optimizer.nesterov'] and config['optimizer.momentum'] <= 0:
         raise ConfigError("optimizer.nesterov=1 needs optimizer.momentum > 0")
     if config['logging.tensorboard']:

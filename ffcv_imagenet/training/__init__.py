@@ -3,7 +3,7 @@ schedules, augmentation on the device and EMA, then the loop, which validates an
 checkpoints and logs.
 
 - :mod:`.models`: ResNet-18/50 with torchvision's keys, BlurPool, zero-init, drop path
-- :mod:`.optim`: SGD parameter groups (no decay on norms and biases), precision (AMP)
+- :mod:`.optim`: SGD parameter groups (which tensors get weight decay), precision (AMP)
 - :mod:`.schedules`: learning rate per iteration, resolution per epoch
 - :mod:`.mix`: MixUp / CutMix of a device batch, soft targets
 - :mod:`.erasing`: random erasing of a device batch

@@ -1,11 +1,17 @@
 """Optimizers (SGD, AdamW, LARS) and mixed-precision settings.
 
-Weight decay is applied to convolution and linear weights only. Every parameter of
-a normalisation layer (BatchNorm, GroupNorm, LayerNorm, ...) and every bias is
-exempt, decided by the module type that owns the parameter rather than by its name:
-a name rule such as "'bn' in name" misses torchvision's ``downsample.1`` BatchNorms.
-LARS also leaves its layer-wise trust ratio off for those parameters, as the large-
-batch ResNet-50 results that use it do.
+Which parameters get weight decay (``decay_rule``):
+
+- ``'types'`` (the default): convolution and linear weights only. Every parameter of
+  a normalisation layer (BatchNorm, GroupNorm, LayerNorm, ...) and every bias is
+  exempt, decided by the module type that owns the parameter rather than by its name:
+  a name rule such as "'bn' in name" misses torchvision's ``downsample.1`` BatchNorms.
+- ``'names'``: ffcv-imagenet's rule, every parameter whose qualified name lacks
+  ``'bn'``; in a torchvision ResNet that also decays the downsample BatchNorms and
+  ``fc.bias``.
+
+LARS leaves its layer-wise trust ratio off for the parameters without decay, as the
+large-batch ResNet-50 results that use it do.
 """
 from __future__ import annotations
 
@@ -19,35 +25,46 @@ from torch.nn.modules.batchnorm import _NormBase
 _NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 PRECISIONS = ('auto', 'bf16', 'fp16', 'off')
 OPTIMIZERS = ('sgd', 'adamw', 'lars')
+DECAY_RULES = ('types', 'names')
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two SGD parameter groups: ``decay`` (conv/linear weights, ``weight_decay``) and
-    ``no_decay`` (norm parameters and biases, 0). Shared parameters count once."""
+def param_groups(model: nn.Module, weight_decay: float,
+                 decay_rule: str = 'types') -> list[dict]:
+    """Two parameter groups: ``decay`` (``weight_decay``) and ``no_decay`` (0), split
+    by ``decay_rule`` (see the module's docstring): 'types' decays conv/linear weights
+    only, 'names' every parameter whose name lacks 'bn'. Shared parameters count once.
+    Raises:
+        ValueError: an unknown rule.
+    """
+    if decay_rule not in DECAY_RULES:
+        raise ValueError(f"unknown weight-decay rule {decay_rule!r} (choose from "
+                         f"{', '.join(DECAY_RULES)})")
     decay, no_decay, seen = [], [], set()
-    for module in model.modules():
+    for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            if isinstance(module, _NORM_TYPES) or name == 'bias' or param.ndim <= 1:
-                no_decay.append(param)
+            if decay_rule == 'names':
+                exempt = 'bn' in f'{module_name}.{name}'
             else:
-                decay.append(param)
+                exempt = isinstance(module, _NORM_TYPES) or name == 'bias' or param.ndim <= 1
+            (no_decay if exempt else decay).append(param)
     return [{'params': decay, 'weight_decay': weight_decay, 'name': 'decay'},
             {'params': no_decay, 'weight_decay': 0.0, 'name': 'no_decay'}]
 
 
 def build_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
-              nesterov: bool = False, fused: bool = False) -> torch.optim.SGD:
+              nesterov: bool = False, fused: bool = False,
+              decay_rule: str = 'types') -> torch.optim.SGD:
     """SGD over :func:`param_groups`; ``lr`` is only the initial value (the training
     loop sets the scheduled rate before every step). ``fused`` (use it on CUDA) updates
     every parameter in a few kernels and lets an fp16 gradient scaler skip its
     per-step host synchronisation."""
     if nesterov and momentum <= 0:
         raise ValueError("nesterov momentum needs momentum > 0")
-    return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum,
-                           nesterov=nesterov, fused=fused or None)
+    return torch.optim.SGD(param_groups(model, weight_decay, decay_rule), lr=lr,
+                           momentum=momentum, nesterov=nesterov, fused=fused or None)
 
 
 class LARS(torch.optim.Optimizer):
@@ -57,8 +74,8 @@ class LARS(torch.optim.Optimizer):
     For each parameter ``w`` of a group with ``lars=True``, with gradient ``g``:
     ``ratio = trust_coefficient * |w| / (|g| + weight_decay * |w|)`` (1 when either
     norm is 0), ``v = momentum * v + lr * ratio * (g + weight_decay * w)``, ``w -= v``.
-    Groups with ``lars=False`` (norm parameters and biases) take the plain step with
-    ratio 1 and their own weight decay (0 from :func:`param_groups`).
+    Groups with ``lars=False`` (the no-decay group of :func:`param_groups`) take the
+    plain step with ratio 1 and their own weight decay (0).
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -101,18 +118,19 @@ class LARS(torch.optim.Optimizer):
 def build_optimizer(name: str, model: nn.Module, *, lr: float, weight_decay: float,
                     momentum: float = 0.9, nesterov: bool = False,
                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                    trust_coefficient: float = 0.001,
-                    fused: bool = False) -> torch.optim.Optimizer:
+                    trust_coefficient: float = 0.001, fused: bool = False,
+                    decay_rule: str = 'types') -> torch.optim.Optimizer:
     """'sgd' (:func:`build_sgd`), 'adamw' (decoupled weight decay, ``betas``, ``eps``)
-    or 'lars' (:class:`LARS`), all over :func:`param_groups`; ``lr`` is only the
-    initial value. ``fused``: the fused CUDA kernels where torch has them.
+    or 'lars' (:class:`LARS`), all over :func:`param_groups` split by ``decay_rule``;
+    ``lr`` is only the initial value. ``fused``: the fused CUDA kernels where torch has
+    them.
     Raises:
         ValueError: an unknown name or a bad setting.
     """
     if name == 'sgd':
         return build_sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         nesterov=nesterov, fused=fused)
-    groups = param_groups(model, weight_decay)
+                         nesterov=nesterov, fused=fused, decay_rule=decay_rule)
+    groups = param_groups(model, weight_decay, decay_rule)
     if name == 'adamw':
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
     if name == 'lars':

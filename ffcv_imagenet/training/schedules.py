@@ -8,6 +8,13 @@ and the trainer sets the rate on every step rather than once per epoch:
                         peak_epoch=2)
     lr_at(0), lr_at(626), lr_at(88 * 313)   # 0.0, 1.7, 0.0
 
+``start_fraction`` starts a linear ramp from 0 (the cyclic rise, the warm-ups of
+step and cosine) at that fraction of the peak instead (ffcv-imagenet's trainer starts
+at 1e-4). ``interpolate_epochs`` computes a schedule at whole epochs only and joins the
+values linearly over each epoch's steps, as ffcv-imagenet's trainer does; for cyclic
+with a whole-epoch peak that is the same curve, for step it spreads each decay (and the
+final drop to 0) over the epoch before it.
+
 Resolution is a function of the epoch: :func:`resolution_at` (a linear ramp), or
 :class:`Stages` (a list of stages, each with its own resolution and batch size).
 With stages, epochs have different numbers of steps, so the schedules are written as
@@ -25,29 +32,34 @@ from typing import Callable
 SCHEDULES = ('step', 'cyclic', 'cosine', 'onecycle')
 
 
-def _warmup(epoch: float, warmup_epochs: float) -> float:
-    """Linear warm-up factor: 0 at epoch 0, 1 from ``warmup_epochs`` on."""
+def _warmup(epoch: float, warmup_epochs: float, start_fraction: float = 0.0) -> float:
+    """Linear warm-up factor: ``start_fraction`` at epoch 0, 1 from ``warmup_epochs``
+    on."""
     if warmup_epochs <= 0 or epoch >= warmup_epochs:
         return 1.0
-    return epoch / warmup_epochs
+    return start_fraction + (1 - start_fraction) * epoch / warmup_epochs
 
 
 def step_lr(epoch: float, *, peak_lr: float, epochs: float, step_length: float,
-            step_ratio: float, warmup_epochs: float = 0.0) -> float:
+            step_ratio: float, warmup_epochs: float = 0.0,
+            start_fraction: float = 0.0) -> float:
     """``peak_lr`` multiplied by ``step_ratio`` every ``step_length`` epochs, after an
-    optional linear warm-up; 0 once ``epochs`` are done."""
+    optional linear warm-up from ``start_fraction * peak_lr``; 0 once ``epochs`` are
+    done."""
     if epoch >= epochs:
         return 0.0
-    return peak_lr * step_ratio ** math.floor(epoch / step_length) * _warmup(epoch, warmup_epochs)
+    return (peak_lr * step_ratio ** math.floor(epoch / step_length)
+            * _warmup(epoch, warmup_epochs, start_fraction))
 
 
-def cyclic_lr(epoch: float, *, peak_lr: float, epochs: float, peak_epoch: float) -> float:
-    """Triangle: linear from 0 at epoch 0 up to ``peak_lr`` at ``peak_epoch``, then
-    linear down to 0 at ``epochs``."""
-    if epoch <= 0 or epoch >= epochs:
+def cyclic_lr(epoch: float, *, peak_lr: float, epochs: float, peak_epoch: float,
+              start_fraction: float = 0.0) -> float:
+    """Triangle: linear from ``start_fraction * peak_lr`` at epoch 0 up to ``peak_lr``
+    at ``peak_epoch``, then linear down to 0 at ``epochs``."""
+    if epoch >= epochs:
         return 0.0
     if epoch < peak_epoch:
-        return peak_lr * epoch / peak_epoch
+        return peak_lr * _warmup(max(epoch, 0.0), peak_epoch, start_fraction)
     return peak_lr * (epochs - epoch) / (epochs - peak_epoch)
 
 
@@ -57,11 +69,12 @@ def _cosine_between(start: float, end: float, progress: float) -> float:
 
 
 def cosine_lr(epoch: float, *, peak_lr: float, epochs: float, warmup_epochs: float = 0.0,
-              min_lr: float = 0.0) -> float:
-    """Linear warm-up from 0 to ``peak_lr`` over ``warmup_epochs``, then half a cosine
-    from ``peak_lr`` down to ``min_lr`` at ``epochs``."""
+              min_lr: float = 0.0, start_fraction: float = 0.0) -> float:
+    """Linear warm-up from ``start_fraction * peak_lr`` to ``peak_lr`` over
+    ``warmup_epochs``, then half a cosine from ``peak_lr`` down to ``min_lr`` at
+    ``epochs``."""
     if epoch < warmup_epochs:
-        return peak_lr * _warmup(epoch, warmup_epochs)
+        return peak_lr * _warmup(epoch, warmup_epochs, start_fraction)
     if epoch >= epochs:
         return min_lr
     return _cosine_between(peak_lr, min_lr, (epoch - warmup_epochs) / (epochs - warmup_epochs))
@@ -96,10 +109,12 @@ def lr_schedule(name: str, *, peak_lr: float, epochs: int, steps_per_epoch: int,
     return lambda iteration: by_epoch(iteration / steps_per_epoch)
 
 
-def epoch_schedule(name: str, *, peak_lr: float, epochs: int, peak_epoch: float = 2.0, warmup_epochs: float = 0.0,
-                step_length: float = 30.0, step_ratio: float = 0.1,
-                min_lr: float = 0.0, pct_start: float = 0.25, div_factor: float = 25.0,
-                final_div_factor: float = 1e4) -> Callable[[float], float]:
+def epoch_schedule(name: str, *, peak_lr: float, epochs: int, peak_epoch: float = 2.0,
+                   warmup_epochs: float = 0.0, step_length: float = 30.0,
+                   step_ratio: float = 0.1, min_lr: float = 0.0, pct_start: float = 0.25,
+                   div_factor: float = 25.0, final_div_factor: float = 1e4,
+                   start_fraction: float = 0.0,
+                   interpolate_epochs: bool = False) -> Callable[[float], float]:
     """Returns ``lr_by_epoch(progress) -> learning rate`` for schedule ``name``, where
     progress is in epochs and may be fractional (3.5: half-way through the fourth).
 
@@ -111,27 +126,35 @@ def epoch_schedule(name: str, *, peak_lr: float, epochs: int, peak_epoch: float 
             factor; min_lr: (cosine) final value; pct_start, div_factor,
             final_div_factor: (onecycle) rising fraction of the run, start = peak /
             div_factor, end = start / final_div_factor. Epoch values may be fractional.
+        start_fraction: (cyclic, and the warm-ups of step and cosine) the ramp starts
+            at this fraction of the peak, in [0, 1).
+        interpolate_epochs: the schedule's values at whole epochs, joined linearly in
+            between (ffcv-imagenet's trainer), instead of its value at every fraction.
     Raises:
         ValueError: an unknown name or inconsistent lengths, naming the value.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    _check_start_fraction(name, start_fraction)
     if name == 'step':
         if step_length <= 0:
             raise ValueError(f"step_length must be positive, got {step_length}")
         by_epoch = partial(step_lr, peak_lr=peak_lr, epochs=epochs, step_length=step_length,
-                           step_ratio=step_ratio, warmup_epochs=warmup_epochs)
+                           step_ratio=step_ratio, warmup_epochs=warmup_epochs,
+                           start_fraction=start_fraction)
     elif name == 'cyclic':
         if not 0 < peak_epoch < epochs:
             raise ValueError(f"peak_epoch must lie strictly between 0 and epochs={epochs}, "
                              f"got {peak_epoch}")
-        by_epoch = partial(cyclic_lr, peak_lr=peak_lr, epochs=epochs, peak_epoch=peak_epoch)
+        by_epoch = partial(cyclic_lr, peak_lr=peak_lr, epochs=epochs, peak_epoch=peak_epoch,
+                           start_fraction=start_fraction)
     elif name == 'cosine':
         if not 0 <= warmup_epochs < epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs={epochs}), "
                              f"got {warmup_epochs}")
         by_epoch = partial(cosine_lr, peak_lr=peak_lr, epochs=epochs,
-                           warmup_epochs=warmup_epochs, min_lr=min_lr)
+                           warmup_epochs=warmup_epochs, min_lr=min_lr,
+                           start_fraction=start_fraction)
     elif name == 'onecycle':
         if not 0 < pct_start < 1:
             raise ValueError(f"pct_start must lie strictly between 0 and 1, got {pct_start}")
@@ -142,7 +165,24 @@ def epoch_schedule(name: str, *, peak_lr: float, epochs: int, peak_epoch: float 
                            div_factor=div_factor, final_div_factor=final_div_factor)
     else:
         raise ValueError(f"unknown lr schedule '{name}' (choose from {', '.join(SCHEDULES)})")
-    return by_epoch
+    return partial(_between_epochs, by_epoch) if interpolate_epochs else by_epoch
+
+
+def _check_start_fraction(name: str, start_fraction: float) -> None:
+    if not 0 <= start_fraction < 1:
+        raise ValueError(f"start_fraction must be in [0, 1), got {start_fraction}")
+    if name == 'onecycle' and start_fraction:
+        raise ValueError("start_fraction does not apply to onecycle, which starts at "
+                         "peak / div_factor")
+
+
+def _between_epochs(by_epoch: Callable[[float], float], progress: float) -> float:
+    """``by_epoch`` at the whole epochs around ``progress``, interpolated linearly."""
+    epoch = math.floor(progress)
+    start, fraction = by_epoch(epoch), progress - epoch
+    if fraction == 0:
+        return start
+    return start + (by_epoch(epoch + 1) - start) * fraction
 
 
 def resolution_at(epoch: int, *, min_res: int, max_res: int, start_ramp: int,

@@ -1,5 +1,7 @@
 """A config -> a built run (cli/recipe.py): under DDP the model neither broadcasts its
-buffers nor copies its gradients."""
+buffers nor copies its gradients; training.parity=ffcv reaches the run's optimizer,
+learning rate, precision and notes."""
+import pytest
 import torch
 import torch.distributed as torch_dist
 from torch import nn
@@ -29,3 +31,19 @@ def test_ddp_neither_broadcasts_buffers_nor_copies_gradients(betons, tmp_path):
     assert getattr(model, 'forward_sync_buffers', model.broadcast_buffers) is False
     assert model.gradient_as_bucket_view is True
     assert not any(group['fused'] for group in optimizer.param_groups)  # CPU: plain SGD
+
+
+def test_a_parity_run_is_built_with_the_published_rules_and_says_so(betons, tmp_path):
+    config = parse_config('t', tiny_args(betons, tmp_path, '--training.parity=ffcv'), SECTIONS)
+    run = recipe.build_run(config, Dist(rank=0, local_rank=0, world_size=1, device=CPU))
+    names = {id(p): n for n, p in run.module.named_parameters()}
+    decay, exempt = run.optimizer.param_groups
+    assert {names[id(p)] for p in decay['params']} == {n for n in names.values()
+                                                       if 'bn' not in n}
+    assert 'fc.bias' in {names[id(p)] for p in decay['params']}
+    assert run.precision.dtype is None  # fp16 needs a GPU: full precision on the CPU
+    peak = config['lr.lr'] * 8 / config['lr.reference_batch']  # tiny_args: batch 8
+    assert run.lr_at(0) == pytest.approx(1e-4 * peak)
+    (note,) = [n for n in run.notes if n.startswith('training.parity=ffcv sets ')]
+    assert 'optimizer.decay_rule=names' in note and 'training.precision=fp16' in note
+    assert run.meta['config']['optimizer.decay_rule'] == 'names'  # saved with checkpoints

@@ -1,7 +1,9 @@
 """Optimizers and precision (training/optim.py): no weight decay on norm parameters
-and biases, SGD's options and its fused form, AdamW and LARS against a hand
-computation, exact continuation from a saved state, the precision choices."""
+and biases (or, by ffcv-imagenet's rule, on names with 'bn'), SGD's options and its
+fused form, AdamW and LARS against a hand computation, exact continuation from a saved
+state, the precision choices."""
 import copy
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -33,6 +35,44 @@ def test_no_weight_decay_on_any_norm_parameter_or_bias(arch):
                 assert id(param) in decayed, f"{module_name}.{name}"
     every = [names[id(p)] for p in decay['params'] + no_decay['params']]
     assert sorted(every) == sorted(names.values())  # each parameter exactly once
+
+
+def test_the_names_rule_decays_every_parameter_whose_name_lacks_bn():
+    model = build_model('resnet50', blurpool=True)
+    names = {id(p): name for name, p in model.named_parameters()}
+    by_types, _ = param_groups(model, 1e-4)
+    by_names, exempt = param_groups(model, 1e-4, 'names')
+    decayed = {names[id(p)] for p in by_names['params']}
+    assert decayed == {name for name in names.values() if 'bn' not in name}
+    assert {names[id(p)] for p in exempt['params']} == {n for n in names.values() if 'bn' in n}
+    assert by_names['weight_decay'] == 1e-4 and exempt['weight_decay'] == 0.0
+    # beyond the default rule: the four downsample BatchNorms and fc.bias
+    extra = [p for p in by_names['params'] if id(p) not in {id(q) for q in by_types['params']}]
+    assert sorted(names[id(p)] for p in extra) == sorted(
+        ['fc.bias'] + [f'layer{i}.0.downsample.1.{w}' for i in (1, 2, 3, 4)
+                       for w in ('weight', 'bias')])
+    widths = [256, 512, 1024, 2048]  # the output channels of layers 1-4
+    assert sum(p.numel() for p in extra) == 1000 + 2 * sum(widths) == 8680
+
+
+@pytest.mark.parametrize('name', ['sgd', 'adamw', 'lars'])
+def test_every_optimizer_takes_the_decay_rule(name):
+    model = nn.Sequential(OrderedDict(fc=nn.Linear(3, 2), bn=nn.BatchNorm1d(2)))
+    optimizer = build_optimizer(name, model, lr=0.1, weight_decay=1e-3, decay_rule='names')
+    decay, exempt = optimizer.param_groups
+    ids = lambda params: [id(p) for p in params]  # noqa: E731
+    assert ids(decay['params']) == ids([model.fc.weight, model.fc.bias])  # the bias too
+    assert ids(exempt['params']) == ids([model.bn.weight, model.bn.bias])
+    assert decay['weight_decay'] == 1e-3
+    if name == 'lars':  # the trust ratio follows the decay
+        assert decay['lars'] and not exempt['lars']
+
+
+def test_an_unknown_decay_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown weight-decay rule 'bn'"):
+        param_groups(_toy(), 1e-4, 'bn')
+    with pytest.raises(ValueError, match="unknown weight-decay rule 'name'"):
+        build_optimizer('sgd', _toy(), lr=0.1, weight_decay=1e-4, decay_rule='name')
 
 
 def test_sgd_options():

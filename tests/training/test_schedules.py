@@ -1,12 +1,14 @@
 """Learning-rate and resolution schedules (training/schedules.py): cyclic, step,
-cosine and OneCycle rates, the resolution ramp, and staged resizing (a stage list,
-iterations mapped to progress, the rate of each stage's batch)."""
+cosine and OneCycle rates, ramps that start at a fraction of the peak, schedules
+interpolated between whole epochs, the resolution ramp, and staged resizing (a stage
+list, iterations mapped to progress, the rate of each stage's batch)."""
 import math
 
+import numpy as np
 import pytest
 
-from ffcv_imagenet.training.schedules import (Stage, Stages, lr_schedule, resolution_at,
-                                              staged_lr)
+from ffcv_imagenet.training.schedules import (Stage, Stages, epoch_schedule, lr_schedule,
+                                              resolution_at, staged_lr)
 
 STEPS = 10  # optimizer steps per epoch
 
@@ -64,6 +66,76 @@ def test_bad_schedule_arguments(kwargs, message):
     args = {'peak_lr': 1.0, 'epochs': 10, 'steps_per_epoch': STEPS} | kwargs
     with pytest.raises(ValueError, match=message):
         lr_schedule(**args)
+
+
+# --- the start of a ramp, and rates interpolated between whole epochs ---------------------
+
+def test_cyclic_starts_at_the_start_fraction_of_the_peak():
+    lr_at = lr_schedule('cyclic', peak_lr=2.0, epochs=10, steps_per_epoch=STEPS,
+                        peak_epoch=2, start_fraction=0.1)
+    assert lr_at(0) == pytest.approx(0.2)
+    assert lr_at(STEPS) == pytest.approx(0.2 + (2.0 - 0.2) / 2)    # half-way up
+    assert lr_at(2 * STEPS) == pytest.approx(2.0)
+    assert lr_at(6 * STEPS) == pytest.approx(1.0)                  # the fall is unchanged
+    assert lr_at(10 * STEPS) == 0.0
+    rise = [lr_at(i) for i in range(2 * STEPS + 1)]
+    assert np.allclose(np.diff(rise), (2.0 - 0.2) / (2 * STEPS))  # linear
+
+
+@pytest.mark.parametrize('name, shape', [('step', {'step_length': 3, 'step_ratio': 0.1}),
+                                         ('cosine', {'min_lr': 0.0})])
+def test_a_warm_up_starts_at_the_start_fraction_of_the_peak(name, shape):
+    lr_at = lr_schedule(name, peak_lr=1.0, epochs=9, steps_per_epoch=STEPS, warmup_epochs=2,
+                        start_fraction=0.2, **shape)
+    assert lr_at(0) == pytest.approx(0.2)
+    assert lr_at(STEPS) == pytest.approx(0.6)
+    assert lr_at(2 * STEPS) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'name': 'cyclic', 'start_fraction': 1.0}, r'start_fraction must be in \[0, 1\)'),
+    ({'name': 'cyclic', 'start_fraction': -0.1}, r'start_fraction must be in \[0, 1\)'),
+    ({'name': 'onecycle', 'start_fraction': 1e-4}, 'start_fraction does not apply to onecycle'),
+])
+def test_a_bad_start_fraction_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        epoch_schedule(peak_lr=1.0, epochs=10, **kwargs)
+
+
+def ffcv_step_rate(iteration, steps, epochs, lr, step_length, step_ratio):
+    """ffcv-imagenet's step schedule: get_step_lr at whole epochs (0 from the end on),
+    joined linearly over an epoch's iterations by train_loop."""
+    at = lambda e: 0 if e >= epochs else step_ratio ** (e // step_length) * lr  # noqa: E731
+    epoch, step = divmod(iteration, steps)
+    return float(np.interp(step, [0, steps], [at(epoch), at(epoch + 1)]))
+
+
+def test_an_interpolated_step_schedule_spreads_each_decay_over_the_epoch_before():
+    lr_at = lr_schedule('step', peak_lr=1.0, epochs=9, steps_per_epoch=STEPS, step_length=3,
+                        step_ratio=0.1, interpolate_epochs=True)
+    plain = lr_schedule('step', peak_lr=1.0, epochs=9, steps_per_epoch=STEPS, step_length=3,
+                        step_ratio=0.1)
+    assert lr_at(2 * STEPS + STEPS // 2) == pytest.approx((1.0 + 0.1) / 2)
+    assert plain(2 * STEPS + STEPS // 2) == 1.0
+    assert lr_at(8 * STEPS + STEPS // 2) == pytest.approx(0.01 / 2)  # down to 0 at the end
+    for iteration in range(9 * STEPS + 1):
+        assert lr_at(iteration) == pytest.approx(
+            ffcv_step_rate(iteration, STEPS, 9, 1.0, 3, 0.1), rel=1e-12, abs=1e-15)
+        if iteration % STEPS == 0:  # whole epochs: the schedule's own values
+            assert lr_at(iteration) == plain(iteration)
+
+
+def test_interpolating_a_cyclic_schedule_with_a_whole_epoch_peak_changes_nothing():
+    shape = dict(peak_lr=1.7, epochs=16, steps_per_epoch=STEPS, peak_epoch=2,
+                 start_fraction=1e-4)
+    plain, joined = (lr_schedule('cyclic', **shape, interpolate_epochs=flag)
+                     for flag in (False, True))
+    assert [joined(i) for i in range(16 * STEPS + 1)] == pytest.approx(
+        [plain(i) for i in range(16 * STEPS + 1)], rel=1e-12, abs=1e-15)
+    # a peak inside an epoch: the chord of that epoch cuts the corner
+    corner = dict(shape, peak_epoch=1.5)
+    below = lr_schedule('cyclic', **corner, interpolate_epochs=True)(int(1.5 * STEPS))
+    assert below < lr_schedule('cyclic', **corner)(int(1.5 * STEPS)) == pytest.approx(1.7)
 
 
 def test_resolution_ramp_is_linear_and_rounded_to_32():
