@@ -38,6 +38,8 @@ _API = {
     'load_checkpoint': ('.training.checkpoint', 'load_checkpoint'),
     'to_torchvision_state_dict': ('.training.models', 'to_torchvision_state_dict'),
     'load_torchvision_state_dict': ('.training.models', 'load_torchvision_state_dict'),
+    'export_model': ('.training.export', 'export_model'),
+    'load_export': ('.training.export', 'load_export'),
 }
 
 __all__ = sorted(_API) + ['__version__']

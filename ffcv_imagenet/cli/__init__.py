@@ -7,6 +7,8 @@ commands (convert, train) that ``write_datasets.py`` and ``train_imagenet.py`` c
 - :mod:`.runner`: one-line errors and exit codes shared by every command
 - :mod:`.convert`: the conversion command (``write_datasets.py``)
 - :mod:`.train`: the training command (``train_imagenet.py``)
+- :mod:`.model_file`: a checkpoint, run folder or export -> a classifier and its card
+- :mod:`.export`, :mod:`.predict`, :mod:`.evaluate`: the commands that use a trained model
 
 Only this package and the tools read configuration; the library below it takes
 explicit arguments.

@@ -15,6 +15,8 @@ checkpoints and logs.
 - :mod:`.checkpoint`: training state <-> checkpoint dict; atomic save, checked load
 - :mod:`.logs`: ``config.json``, ``log.jsonl``, TensorBoard, progress bar
 - :mod:`.plots`: PNG plots of a run's ``log.jsonl``
+- :mod:`.export`: a trained network -> torchvision ``state_dict``, ``.pt2`` or ONNX,
+  each loaded back and checked against the network's logits
 
 Everything arrives as explicit arguments: nothing here reads the config system (a
 test checks that importing the package never loads fastargs or :mod:`ffcv_imagenet.cli`).

@@ -34,7 +34,7 @@ from .models import ARCHS, BlurConv2d, to_torchvision_state_dict, unwrap
 
 FORMATS = ('torchvision', 'pt2', 'onnx')
 TOLERANCE = 1e-4  # largest |logit difference| an export may show, float32
-CARD_NAME = 'ffcv_imagenet.json'
+CARD_NAME = 'model_card.json'
 ONNX_PACKAGES = "onnx, onnxscript and onnxruntime (pip install 'ffcv_imagenet[export]')"
 
 
