@@ -3,9 +3,9 @@ comments promise, the twelve published ones hold ffcv-imagenet's settings (writt
 below from its files: the learning rate at the first, peak, last and forty other
 iterations, the resolution of every epoch, batch, optimizer, smoothing, BlurPool and
 validation) with the weight-decay rule differing only where docs/recipes.md says, each
-names the storage preset of the data it was published on (as does the CPU demo recipe
-of make demo's conversion), the reference trainers' settings hold, the train command finds a recipe by its bare name,
-and the CPU versions of the advanced and reference recipes train one epoch."""
+names the storage preset of the data it was published on (and the CPU demo recipe that
+of make demo's conversion), the reference trainers' settings hold, the train command
+finds a recipe by its bare name, and the CPU versions of the advanced and reference recipes train one epoch."""
 import re
 import subprocess
 import sys

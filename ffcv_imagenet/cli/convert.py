@@ -47,9 +47,10 @@ Section('cfg', 'dataset conversion').params(
                   'required for val', default=''),
     synset_mapping=Param(str, 'wnid -> name file; default: LOC_synset_mapping.txt '
                          'in or beside data_dir', default=''),
-    preset=Param(str, f"storage preset: {', '.join(PRESETS)}; sets max_resolution, "
-                 f"write_mode, compress_probability and jpeg_quality ('': none; "
-                 f"--preset NAME for short)", default=''),
+    preset=Param(str, "storage preset, setting max_resolution, write_mode, "
+                 "compress_probability and jpeg_quality: " + '; '.join(
+                     f"{p.name} ({p.storage.describe()}): {p.use}" for p in PRESETS.values())
+                 + " ('': none; --preset NAME for short)", default=''),
     max_resolution=Param(And(int, InRange(min=0)), 'longest side in pixels after resizing '
                          '(0 keeps the size)', default=256),
     write_mode=Param(OneOf(*WRITE_MODES), 'how pixels are stored', default='jpg'),

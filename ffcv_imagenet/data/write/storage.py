@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -116,7 +116,7 @@ PRESETS = {preset.name: preset for preset in (
     StoragePreset('rn18-published', 400, 'proportion', 0.1, 90,
                   "what the published ResNet-18 results were trained on"),
     StoragePreset('fast-256', 256, 'jpg', None, 90,
-                  "small and fast to load; not the published results' data"),
+                  "small files, fast to load, not the published results' data"),
 )}
 
 
@@ -159,7 +159,7 @@ def read_storage(beton_path: str | os.PathLike) -> StorageRecord | None:
         return None
     try:
         data = json.loads(path.read_text(encoding='utf-8'))
-        storage = Storage.of(*(data[key] for key in Storage.__dataclass_fields__))
+        storage = Storage.of(*(data[field.name] for field in fields(Storage)))
         preset, size = data['preset'], int(data['beton_bytes'])
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
         raise DatasetError(f"storage record {path} is unreadable ({type(err).__name__}: "

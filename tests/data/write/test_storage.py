@@ -39,11 +39,13 @@ def test_an_explicit_setting_conflicts_only_when_it_stores_something_else():
     rn50 = find_preset('rn50-published')
     assert rn50.conflicts({'max_resolution': 256, 'jpeg_quality': 90}) == [
         ('max_resolution', 256, 500)]
-    assert rn50.conflicts({'compress_probability': 0.1}) == [('compress_probability', 0.1, 0.5)]
+    assert rn50.conflicts({'compress_probability': 0.1}) == [
+        ('compress_probability', 0.1, 0.5)]
     assert rn50.conflicts({key: getattr(rn50, key) for key in rn50.settings()}) == []
     fast = find_preset('fast-256')
-    assert fast.conflicts({'compress_probability': 0.3}) == []  # jpg stores every image as JPEG
-    assert fast.conflicts({'write_mode': 'proportion'}) == [('write_mode', 'proportion', 'jpg')]
+    assert fast.conflicts({'compress_probability': 0.3}) == []  # jpg: every image a JPEG
+    assert fast.conflicts({'write_mode': 'proportion'}) == [
+        ('write_mode', 'proportion', 'jpg')]
     assert 'compress_probability' not in fast.settings()
 
 
@@ -116,8 +118,8 @@ def test_an_unreadable_record_is_one_line_naming_it(tmp_path):
 
 def test_the_note_says_what_each_beton_holds_against_the_preset():
     rn50 = find_preset('rn50-published')
-    same, fast = StorageRecord(rn50.storage, None), StorageRecord(find_preset('fast-256').storage,
-                                                                  'fast-256')
+    same = StorageRecord(rn50.storage, None)
+    fast = StorageRecord(find_preset('fast-256').storage, 'fast-256')
     assert storage_note(rn50, {'t.beton': same, 'v.beton': same}, 'the recipe') is None
     assert storage_note(rn50, {'t.beton': fast, 'v.beton': fast}, 'the recipe') == (
         'note: the recipe expects storage rn50-published (500 px, proportion 0.5, quality '
