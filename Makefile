@@ -101,11 +101,11 @@ $(SYNTH)/.done: | install
 
 $(BETONS)/train.beton: $(SYNTH)/.done
 	$(PY) write_datasets.py --cfg.split=train --cfg.data_dir=$(SYNTH)/train \
-	    --cfg.write_path=$@ --cfg.max_resolution=256 --cfg.num_workers=$(WORKERS)
+	    --cfg.write_path=$@ --preset fast-256 --cfg.num_workers=$(WORKERS)
 
 $(BETONS)/val.beton: $(BETONS)/train.beton
 	$(PY) write_datasets.py --cfg.split=val --cfg.data_dir=$(SYNTH)/val \
-	    --cfg.write_path=$@ --cfg.max_resolution=256 --cfg.num_workers=$(WORKERS) \
+	    --cfg.write_path=$@ --preset fast-256 --cfg.num_workers=$(WORKERS) \
 	    --cfg.classes=$(BETONS)/train.beton.classes.json
 
 bench: $(BETONS)/val.beton
@@ -119,9 +119,8 @@ bench: $(BETONS)/val.beton
 STORAGE := $(DATA)/storage
 STORAGE_ROUNDS ?= 3
 STORAGE_RESOLUTIONS ?= 160 256
-STORAGE_CFG_published := --cfg.max_resolution=500 --cfg.write_mode=proportion \
-    --cfg.compress_probability=0.5 --cfg.jpeg_quality=90
-STORAGE_CFG_jpg256 := --cfg.max_resolution=256 --cfg.write_mode=jpg --cfg.jpeg_quality=90
+STORAGE_CFG_published := --preset rn50-published
+STORAGE_CFG_jpg256 := --preset fast-256
 
 # kept: make would delete them as intermediates of the val .betons
 .PRECIOUS: $(STORAGE)/%/train.beton

@@ -1,7 +1,7 @@
 """Convert one split of an ImageNet-style folder to an FFCV .beton file.
 
     python write_datasets.py --cfg.split=train --cfg.data_dir=$IMAGENET/train \
-        --cfg.write_path=betons/train.beton --cfg.max_resolution=256
+        --cfg.write_path=betons/train.beton --preset rn50-published
 
 The command lives in :mod:`ffcv_imagenet.cli.convert` (also ``python -m ffcv_imagenet
 convert``); ``--help`` lists every key.

@@ -2,8 +2,10 @@
 to end: labels and the class file round trip, a stratified subset, a folder of broken and
 exotic files named .JPEG converted as a user would (every bad file skipped and reported
 with its reason, every odd but valid one stored with its label, nothing the C libraries
-print reaching the terminal, strict mode stopping at the first), one-line errors, an
-interrupted conversion, and Tiny ImageNet's layout through to a training run."""
+print reaching the terminal, strict mode stopping at the first), the storage presets
+(each writes and records what it says; a contradicting key or an unknown name is one
+line), one-line errors, an interrupted conversion, and Tiny ImageNet's layout through to
+a training run."""
 import json
 import re
 import shutil
@@ -18,11 +20,16 @@ import pytest
 from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
+from PIL import Image
 
 import train_imagenet
 import write_datasets
+from ffcv_imagenet.cli.config import parse_config
+from ffcv_imagenet.cli.convert import storage_settings
 from ffcv_imagenet.data.folders import DatasetError, list_tree
+from ffcv_imagenet.data.read.beton import read_image_table
 from ffcv_imagenet.data.synthetic import class_name, generate
+from ffcv_imagenet.data.write.storage import Storage, StorageRecord, find_preset, read_storage
 from ffcv_imagenet.data.write.writer import skipped_path
 from ffcv_imagenet.training.logs import read_log
 from tests.support import (CHATTY, ROOT, bad_file_bytes, bad_files, good_file_bytes,
@@ -91,6 +98,62 @@ def test_strict_mode_fails_naming_the_first_bad_file_and_writes_nothing(messy_tr
     with pytest.raises(DatasetError, match='unreadable image .*empty.JPEG'):
         convert(f'data_dir={root}', f'write_path={out}', 'strict=1')
     assert list(tmp_path.glob('strict.beton*')) == [] and not list(tmp_path.glob('.strict*'))
+
+
+# --- storage presets ---------------------------------------------------------------------
+
+@pytest.mark.parametrize('name, flags', [
+    ('fast-256', ['--preset', 'fast-256', '--cfg.max_resolution=256']),  # agreeing key
+    ('rn50-published', ['--preset=rn50-published']),
+    ('rn18-published', ['--cfg.preset=rn18-published', '--cfg.write_mode=proportion']),
+])
+def test_a_preset_writes_and_records_what_it_says(synth, tmp_path, name, flags):
+    out = tmp_path / f'{name}.beton'
+    assert write_datasets.main([f'--cfg.data_dir={synth}/train', f'--cfg.write_path={out}',
+                                *flags]) == 0
+    preset = find_preset(name)
+    assert read_storage(out) == StorageRecord(preset.storage, name)
+    table = read_image_table(out)
+    jpeg, raw = int((table['mode'] == 0).sum()), int((table['mode'] == 1).sum())
+    if preset.write_mode == 'jpg':
+        assert raw == 0
+    elif preset.compress_probability == 0.5:
+        assert jpeg and raw  # 48 images: all of one kind 1 time in 10^14
+    else:
+        assert jpeg < raw  # 0.1: half or more JPEG 1 time in 10^10
+    sources = [max(Image.open(path).size) for path, _ in list_tree(synth / 'train')[0]]
+    assert max(sources) >= preset.max_resolution > min(sources)  # sizes on both sides
+    stored = [max(int(image['height']), int(image['width'])) for image in table]
+    # the longest side, down to max_resolution (ffcv's rounding can take a pixel off)
+    expected = [min(side, preset.max_resolution) for side in sources]
+    assert all(0 <= want - got <= 1 for want, got in zip(expected, stored, strict=True))
+
+
+def test_fast_256_stores_what_the_defaults_do():
+    """So that make demo's --preset fast-256 writes what it wrote before the presets."""
+    config = parse_config('t', ['--cfg.data_dir=d', '--cfg.write_path=w'], ('cfg',))
+    settings, preset = storage_settings(config)
+    assert preset is None
+    assert Storage.of(**settings) == find_preset('fast-256').storage
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--preset', 'rn50-published', '--cfg.max_resolution=256'],
+     'error: --cfg.max_resolution=256 contradicts --cfg.preset=rn50-published, which sets '
+     'max_resolution=500; give one or the other'),
+    (['--preset=fast-256', '--cfg.write_mode=proportion'],
+     'error: --cfg.write_mode=proportion contradicts --cfg.preset=fast-256, which sets '
+     'write_mode=jpg; give one or the other'),
+    (['--cfg.preset=rn50'],
+     "error: cfg.preset: unknown storage preset 'rn50' (known: rn50-published, "
+     "rn18-published, fast-256)"),
+])
+def test_a_contradicting_key_or_unknown_preset_is_one_line_and_writes_nothing(
+        synth, tmp_path, capsys, flags, message):
+    assert write_datasets.run([f'--cfg.data_dir={synth}/train',
+                               f'--cfg.write_path={tmp_path / "x.beton"}', *flags]) == 2
+    assert capsys.readouterr().err == message + '\n'
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- a folder of broken and exotic files, converted in a subprocess ----------------------

@@ -4,9 +4,11 @@ below from its files: the learning rate at the first, peak, last and forty other
 iterations, the resolution of every epoch, batch, optimizer, smoothing, BlurPool and
 validation) with the weight-decay rule differing only where docs/recipes.md says, and
 with --training.parity=ffcv also its learning rate from iteration 0 on, its weight-decay
-rule and its fp16 with a gradient scaler; the reference trainers' settings hold, the
-train command finds a recipe by its bare name, and the CPU versions of the advanced and
-reference recipes train one epoch."""
+rule and its fp16 with a gradient scaler; each names the storage preset of the data it
+was published on (and the CPU demo recipe that of make demo's conversion); the
+reference trainers' settings hold, the train command finds a recipe by its bare name,
+and the CPU versions of the advanced and reference recipes train one epoch."""
+import re
 import subprocess
 import sys
 
@@ -15,10 +17,11 @@ import pytest
 import torch
 
 import train_imagenet
-from ffcv_imagenet.cli.config import parse_config
+from ffcv_imagenet.cli.config import ConfigError, parse_config
 from ffcv_imagenet.cli.recipe import _schedules, build_config_optimizer, \
     resolve_config_precision
-from ffcv_imagenet.cli.train_config import SECTIONS, per_gpu_batch
+from ffcv_imagenet.cli.train_config import SECTIONS, check_values, per_gpu_batch
+from ffcv_imagenet.data.write.storage import Storage, find_preset
 from ffcv_imagenet.training.checkpoint import checkpoint_dir, load_checkpoint
 from ffcv_imagenet.training.logs import read_log
 from ffcv_imagenet.training.models import BlurConv2d, build_model
@@ -155,6 +158,45 @@ def assert_the_published_decay_and_precision(config):
     assert precision.dtype == torch.float16 and precision.needs_scaler
     if torch.cuda.is_available():  # a GradScaler for 'cuda' disables itself without one
         assert precision.scaler().is_enabled()
+
+
+# The storage of ffcv-imagenet's published results (its README, "Training Details" and the
+# write_imagenet.sh call): ResNet-50 "50% JPEG 500px side length", ResNet-18 "10% JPEG
+# 400px side length", JPEG quality 90; the rest of the images raw ('proportion' mode).
+PUBLISHED_STORAGE = {'rn50': Storage.of(500, 'proportion', 0.5, 90),
+                     'rn18': Storage.of(400, 'proportion', 0.1, 90)}
+
+
+@pytest.mark.parametrize('arch', sorted(PUBLISHED_STORAGE))
+@pytest.mark.parametrize('epochs', EPOCHS)
+def test_each_published_recipe_names_the_storage_it_was_published_on(arch, epochs):
+    config = parse_config('test', ['-C', str(ROOT / 'rn50_configs' /
+                                             f'{arch}_{epochs}_epochs.yaml')], SECTIONS)
+    assert find_preset(config['data.storage_preset']).storage == PUBLISHED_STORAGE[arch]
+
+
+def _demo_conversion_presets() -> set[str]:
+    """The presets the Makefile's rules for make demo's two .betons convert with."""
+    text = (ROOT / 'Makefile').read_text()
+    presets = set()
+    for target in ('$(BETONS)/train.beton:', '$(BETONS)/val.beton:'):
+        rule = text[text.index(target):].split('\n\n')[0]
+        presets |= set(re.findall(r'--(?:cfg\.)?preset[= ](\S+)', rule)) or {''}
+    return presets
+
+
+def test_the_demo_recipe_expects_what_make_demo_converts_with():
+    config = parse_config('test', ['-C', 'rn18_cpu_demo.yaml'], SECTIONS)
+    assert _demo_conversion_presets() == {config['data.storage_preset']} == {'fast-256'}
+
+
+def test_an_unknown_storage_preset_in_a_recipe_is_one_line_naming_the_key():
+    config = parse_config('test', ['-C', 'rn18_cpu_demo.yaml',
+                                   '--data.storage_preset=rn50'], SECTIONS)
+    with pytest.raises(ConfigError) as err:
+        check_values(config)
+    assert str(err.value) == ("data.storage_preset: unknown storage preset 'rn50' (known: "
+                              "rn50-published, rn18-published, fast-256)")
 
 
 @pytest.mark.parametrize('arch, downsampled, strided', [('resnet50', (1, 2, 3, 4), 'conv2'),

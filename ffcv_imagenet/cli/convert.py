@@ -1,14 +1,19 @@
 """Convert one split of an ImageNet-style folder to an FFCV .beton file.
 
     python write_datasets.py --cfg.split=train --cfg.data_dir=data/synthetic/train \
-        --cfg.write_path=data/betons/train.beton --cfg.max_resolution=256
+        --cfg.write_path=data/betons/train.beton --preset fast-256
     python write_datasets.py --cfg.split=val --cfg.data_dir=data/synthetic/val \
-        --cfg.write_path=data/betons/val.beton \
+        --cfg.write_path=data/betons/val.beton --preset fast-256 \
         --cfg.classes=data/betons/train.beton.classes.json
 
 ``python -m ffcv_imagenet convert`` is the same command. A flat val folder
 (ILSVRC2012_val_*.JPEG) takes --cfg.labels=LOC_val_solution.csv; Tiny ImageNet's val
 folder is recognised by its val_annotations.txt.
+
+``--preset NAME`` (short for ``--cfg.preset=NAME``) sets the four storage keys
+(max_resolution, write_mode, compress_probability, jpeg_quality) to a named preset of
+``ffcv_imagenet.data.write.storage``; a storage key given beside it that would store
+something else is an error, naming both.
 
 A file that cannot be read, or that takes more than --cfg.max_seconds_per_image or
 --cfg.max_memory_mb_per_image to read, is skipped and listed with its reason in
@@ -25,6 +30,7 @@ from fastargs.validation import And, InRange
 from ..data.folders import (ANNOTATIONS_FILE, SYNSET_FILE, WORDS_FILE, list_annotated,
                             list_flat, list_tree, load_classes,
                             read_synset_names, stratified_subset)
+from ..data.write.storage import PRESETS, STORAGE_KEYS, find_preset
 from ..data.write.writer import WRITE_MODES, write_beton
 from .config import ConfigError, Flag, OneOf, parse_config
 from .runner import exit_code
@@ -41,6 +47,10 @@ Section('cfg', 'dataset conversion').params(
                   'required for val', default=''),
     synset_mapping=Param(str, 'wnid -> name file; default: LOC_synset_mapping.txt '
                          'in or beside data_dir', default=''),
+    preset=Param(str, "storage preset, setting max_resolution, write_mode, "
+                 "compress_probability and jpeg_quality: " + '; '.join(
+                     f"{p.name} ({p.storage.describe()}): {p.use}" for p in PRESETS.values())
+                 + " ('': none; --preset NAME for short)", default=''),
     max_resolution=Param(And(int, InRange(min=0)), 'longest side in pixels after resizing '
                          '(0 keeps the size)', default=256),
     write_mode=Param(OneOf(*WRITE_MODES), 'how pixels are stored', default='jpg'),
@@ -89,9 +99,47 @@ def _listing(data_dir: Path, labels: str, classes: list[str] | None):
     return list_flat(data_dir, labels, classes), classes
 
 
+def expand_preset_flag(argv: list[str]) -> list[str]:
+    """``--preset NAME`` and ``--preset=NAME`` -> ``--cfg.preset=NAME``."""
+    out, index = [], 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == '--preset' and index + 1 < len(argv):
+            index += 1
+            arg = f"--cfg.preset={argv[index]}"
+        elif arg.startswith('--preset='):
+            arg = '--cfg.preset=' + arg.removeprefix('--preset=')
+        out.append(arg)
+        index += 1
+    return out
+
+
+def storage_settings(config) -> tuple[dict[str, object], str | None]:
+    """(the write settings of STORAGE_KEYS by name, the preset's name or None). A preset
+    sets them; a key also given explicitly (command line or file) must agree with it.
+    Raises:
+        ConfigError: an unknown preset, or an explicit key that contradicts it.
+    """
+    settings = {key: config[f'cfg.{key}'] for key in STORAGE_KEYS}
+    name = config['cfg.preset']
+    if not name:
+        return settings, None
+    try:
+        preset = find_preset(name)
+    except ValueError as err:
+        raise ConfigError(f"cfg.preset: {err}") from None
+    given = {key: value for key, value in settings.items() if ('cfg', key) in config.content}
+    for key, value, fixed in preset.conflicts(given):
+        raise ConfigError(f"--cfg.{key}={value} contradicts --cfg.preset={name}, which "
+                          f"sets {key}={fixed}; give one or the other")
+    return {**settings, **preset.settings()}, name
+
+
 def main(argv=None) -> int:
+    argv = expand_preset_flag(sys.argv[1:] if argv is None else list(argv))
     config = parse_config(__doc__.splitlines()[0], argv, ('cfg',))
     cfg = lambda key: config[f'cfg.{key}']  # noqa: E731
+    storage, preset = storage_settings(config)
     data_dir = Path(cfg('data_dir'))
     if cfg('split') == 'val' and not cfg('classes'):
         raise ConfigError("the val split needs --cfg.classes=<train.beton>.classes.json "
@@ -108,9 +156,8 @@ def main(argv=None) -> int:
     samples = [samples[i] for i in keep]
     report = write_beton(
         samples, cfg('write_path'), classes, names,
-        max_resolution=cfg('max_resolution'), write_mode=cfg('write_mode'),
-        jpeg_quality=cfg('jpeg_quality'), compress_probability=cfg('compress_probability'),
-        smart_threshold=cfg('smart_threshold') or None, num_workers=cfg('num_workers'),
+        **storage, preset=preset, smart_threshold=cfg('smart_threshold') or None,
+        num_workers=cfg('num_workers'),
         chunk_size=cfg('chunk_size'), strict=bool(cfg('strict')),
         max_seconds_per_image=cfg('max_seconds_per_image'),
         max_memory_mb_per_image=cfg('max_memory_mb_per_image'))

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.folders import DatasetError, classes_path, load_classes
 from ..data.read.loaders import ImageLoader, train_loader, val_loader
+from ..data.write.storage import storage_notes
 from ..training import distributed
 from ..training.checkpoint import (CheckpointError, TrainState, check_compatible,
                                    checkpoint_dir, find_latest, load_checkpoint, restore)
@@ -219,6 +220,9 @@ def build_run(config, dist: Dist) -> Run:
     if settings := switch_settings(config, 'training.parity'):
         notes.append(f"training.parity={config['training.parity']} sets " + ', '.join(
             f"{key}={value}" for key, value in settings.items()))
+    if config['data.storage_preset']:  # the .betons against the recipe's storage
+        notes += storage_notes(config['data.storage_preset'], [config['data.train_dataset'],
+                               config['data.val_dataset']], 'data.storage_preset')
     if saved:
         check_compatible(saved, source, arch=arch, classes=parts.classes)
         # settings that change what the saved state holds; older checkpoints predate them

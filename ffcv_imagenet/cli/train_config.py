@@ -18,6 +18,7 @@ from __future__ import annotations
 from fastargs import Param, Section
 
 from .config import ConfigError, Flag, OneOf, register_switch
+from ..data.write.storage import PRESETS, find_preset
 from ..training.erasing import MODES as ERASE_MODES
 from ..training.models import ARCHS, HEADS
 from ..training.optim import DECAY_RULES, OPTIMIZERS, PRECISIONS
@@ -45,6 +46,9 @@ Section('data', 'the .beton files and their loaders').params(
     num_workers=Param(int, 'decoding threads per process', default=8),
     in_memory=Param(Flag(), '1: read through the OS page cache (dataset fits in RAM)',
                     default=1),
+    storage_preset=Param(str, 'the storage preset (convert --preset) the recipe was '
+                         f"published with: {', '.join(PRESETS)}; other storage gets a "
+                         "note at the start ('' = no expectation)", default=''),
 )
 Section('model', 'the network').params(
     arch=Param(OneOf(*ARCHS), 'architecture', default='resnet50'),
@@ -235,6 +239,11 @@ def check_values(config) -> Stages | None:
     for key in _PROBABILITIES:
         if not 0 <= config[key] <= 1:
             raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
+    if config['data.storage_preset']:
+        try:
+            find_preset(config['data.storage_preset'])
+        except ValueError as err:
+            raise ConfigError(f"data.storage_preset: {err}") from None
     try:
         CheckpointPeriod.parse(config['checkpoint.last_every'])
     except ValueError as err:

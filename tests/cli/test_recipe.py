@@ -1,17 +1,20 @@
 """A config -> a built run (cli/recipe.py): under DDP the model neither broadcasts its
 buffers nor copies its gradients; training.parity=ffcv reaches the run's optimizer,
-learning rate, precision and notes."""
+learning rate, precision and notes; a run on other storage than its recipe's preset
+says so in one line at the start, and a run on the same storage says nothing."""
 import pytest
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from ffcv_imagenet.cli import recipe
+import train_imagenet
+from ffcv_imagenet.cli import recipe, train
 from ffcv_imagenet.cli.config import parse_config
 from ffcv_imagenet.cli.train_config import SECTIONS
+from ffcv_imagenet.data.write.storage import find_preset, record_json, storage_path
 from ffcv_imagenet.training.distributed import Dist
 from ffcv_imagenet.training.optim import resolve_precision
-from tests.support import free_port, tiny_args
+from tests.support import copy_beton, free_port, tiny_args
 
 
 CPU = torch.device('cpu')
@@ -47,3 +50,36 @@ def test_a_parity_run_is_built_with_the_published_rules_and_says_so(betons, tmp_
     (note,) = [n for n in run.notes if n.startswith('training.parity=ffcv sets ')]
     assert 'optimizer.decay_rule=names' in note and 'training.precision=fp16' in note
     assert run.meta['config']['optimizer.decay_rule'] == 'names'  # saved with checkpoints
+def _notes_of_a_run(betons, folder, capsys, monkeypatch, *extra):
+    """The lines starting with 'note:' that a run prints at its start (the training
+    itself is skipped: the lines come before it)."""
+    monkeypatch.setattr(train, 'fit', lambda run, log: run.state)
+    capsys.readouterr()
+    assert train_imagenet.main(tiny_args(betons, folder, *extra)) == 0
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith('note:')]
+
+
+def test_a_run_on_other_storage_says_what_differs_in_one_line(betons, tmp_path, capsys,
+                                                              monkeypatch):
+    train_path, val_path = betons  # written at 128 px, JPEG quality 90
+    notes = _notes_of_a_run(betons, tmp_path / 'run', capsys, monkeypatch,
+                            '--data.storage_preset=rn18-published')
+    assert notes == [f"note: data.storage_preset expects storage rn18-published (400 px, "
+                     f"proportion 0.1, quality 90); {train_path} and {val_path} were written "
+                     f"with 128 px, jpg, quality 90"]
+    assert _notes_of_a_run(betons, tmp_path / 'no_preset', capsys, monkeypatch) == []
+
+
+@pytest.mark.parametrize('recorded, expected', [('fast-256', []), (None, [
+    "note: data.storage_preset expects storage fast-256 (256 px, jpg, quality 90); {train} "
+    "and {val} have no storage record, so their storage is unknown"])])
+def test_a_run_on_its_storage_says_nothing_and_on_unrecorded_storage_that_it_is_unknown(
+        betons, tmp_path, capsys, monkeypatch, recorded, expected):
+    copies = [copy_beton(path, tmp_path / path.name) for path in betons]
+    if recorded:  # the record a conversion with the preset leaves
+        for path in copies:
+            storage_path(path).write_text(record_json(find_preset(recorded).storage, recorded,
+                                                      path.stat().st_size))
+    notes = _notes_of_a_run(copies, tmp_path / 'run', capsys, monkeypatch,
+                            '--data.storage_preset=fast-256')
+    assert notes == [line.format(train=copies[0], val=copies[1]) for line in expected]

@@ -5,4 +5,5 @@
   and memory limits, stderr captured, crashes survived)
 - :mod:`.writer`: (path, label) list -> ``.beton``, atomically, with a report of skipped
   files
+- :mod:`.storage`: the storage presets, and the record of how a ``.beton`` was written
 """

@@ -1,6 +1,7 @@
 """Writing a list of (image path, label) pairs to an FFCV ``.beton`` file.
 
-Beside ``out.beton`` it writes ``out.beton.classes.json`` (the class list) and, when
+Beside ``out.beton`` it writes ``out.beton.classes.json`` (the class list),
+``out.beton.storage.json`` (how the images are stored, see :mod:`.storage`) and, when
 some files could not be read, ``out.beton.skipped.txt`` (one ``path<TAB>reason``
 line each). Everything is written to a temporary file in the same folder and
 renamed into place at the end, so a run that fails or is interrupted leaves
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from ..folders import DatasetError, classes_path
 from .images import ImageError, check_image, load_rgb
 from .sandbox import Limits, Outcome, Sandbox, one_line, run_each
+from .storage import Storage, find_preset, record_json, storage_path
 
 WRITE_MODES = ('raw', 'jpg', 'proportion', 'smart')
 
@@ -224,7 +226,8 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
                 smart_threshold: int | None = None, num_workers: int = 2,
                 chunk_size: int = 100, strict: bool = False,
                 max_seconds_per_image: float = 60.0,
-                max_memory_mb_per_image: int = 4096) -> WriteReport:
+                max_memory_mb_per_image: int = 4096,
+                preset: str | None = None) -> WriteReport:
     """Converts ``samples`` to ``out_path`` (fields ``image``: RGB, ``label``: int).
 
     Every file is read in a worker process that it cannot take down: one that raises,
@@ -242,12 +245,19 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
             ``compress_probability``) or 'smart' (JPEG above ``smart_threshold`` bytes).
         strict: stop with an error naming the first unreadable file, writing nothing.
         max_seconds_per_image, max_memory_mb_per_image: the per-file limits (0: none).
+        preset: the name of the :mod:`.storage` preset these settings are, recorded in
+            ``<out_path>.storage.json`` beside the settings (None: none).
     Returns:
         A :class:`WriteReport`; its ``skipped`` lists the files not stored.
     """
     out = Path(out_path)
     fields = _fields(write_mode, max_resolution, jpeg_quality, compress_probability,
                      smart_threshold)
+    storage = Storage.of(max_resolution, write_mode, compress_probability, jpeg_quality,
+                         smart_threshold)
+    if preset is not None and find_preset(preset).storage != storage:
+        raise ValueError(f"preset {preset} writes {find_preset(preset).storage.describe()}, "
+                         f"not {storage.describe()}")
     limits = Limits(max_seconds_per_image, max_memory_mb_per_image)
     start = time.perf_counter()
     tmp = _claim_temp_file(out)
@@ -258,6 +268,7 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
         names = class_names or classes
         _atomic_write_text(classes_path(out), json.dumps({'classes': classes, 'names': names},
                                                          indent=1))
+        _atomic_write_text(storage_path(out), record_json(storage, preset, tmp.stat().st_size))
         report_file = skipped_path(out)
         if skipped:
             _atomic_write_text(report_file, ''.join(f"{p}\t{r}\n" for p, r in skipped))
