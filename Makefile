@@ -55,7 +55,7 @@ WHEEL_SOURCES := pyproject.toml requirements.txt .ci/wheelhouse.sh .ci/portable_
 APT_PACKAGES := libturbojpeg0-dev libjpeg-dev libopencv-dev pkg-config build-essential
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-gpu-image room-for-gpu-image install system-packages bench bench-storage preview train \
+.PHONY: demo test test-gpu-image room-for-gpu-image install system-packages bench bench-storage preview train use \
         clean wheelhouse
 
 install: $(VENV)/.installed
@@ -156,9 +156,21 @@ train: $(BETONS)/val.beton
 	    --data.num_workers=$(WORKERS) --logging.folder=$(DEMO_RUN) \
 	    --checkpoint.resume=auto --logging.progress=0
 
-demo: install bench preview train
+# the trained model taken elsewhere: exported (each file checked against the checkpoint),
+# the ONNX export scored on the val split, the .pt2 classifying one image of each class
+EXPORTS := $(DEMO_RUN)/exports
+use: train
+	$(PY) -m ffcv_imagenet export $(DEMO_RUN) --format pt2 --out $(EXPORTS)/model.pt2
+	$(PY) -m ffcv_imagenet export $(DEMO_RUN) --format onnx --out $(EXPORTS)/model.onnx
+	$(PY) -m ffcv_imagenet evaluate $(EXPORTS)/model.onnx --val $(BETONS)/val.beton \
+	    --workers $(WORKERS)
+	$(PY) -m ffcv_imagenet predict $(EXPORTS)/model.pt2 \
+	    $(wildcard $(SYNTH)/val/*/*_val_00000.JPEG) --topk 1
+
+demo: install bench preview train use
 	@echo "demo done: benchmark in $(DATA)/bench_loader.json, batch grid in" \
-	    "$(DATA)/train_batch.png, training log and checkpoints in $(DEMO_RUN)"
+	    "$(DATA)/train_batch.png, training log and checkpoints in $(DEMO_RUN)," \
+	    "exports in $(EXPORTS)"
 
 # the wheelhouse tests check the wheelhouse that the install built (.ci/wheelhouse.sh),
 # rather than build another
