@@ -4,6 +4,7 @@ commands (convert, train) that ``write_datasets.py`` and ``train_imagenet.py`` c
 - :mod:`.config`: command line + YAML/JSON files -> validated fastargs config; recipe lookup
 - :mod:`.train_config`: every training key, its default and its range checks
 - :mod:`.recipe`: parsed config -> loaders, model, optimizer, schedules, EMA, resume (a ``Run``)
+- :mod:`.resume`: the checkpoint a run continues from, and whether it may
 - :mod:`.runner`: one-line errors and exit codes shared by every command
 - :mod:`.convert`: the conversion command (``write_datasets.py``)
 - :mod:`.train`: the training command (``train_imagenet.py``)
