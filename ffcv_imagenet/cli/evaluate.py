@@ -29,17 +29,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data.folders import (ANNOTATIONS_FILE, DatasetError, classes_path, is_index_tree,
-                            list_flat, list_index_folders, list_multilabel, load_classes)
+from ..data.folders import (ANNOTATIONS_FILE, DatasetError, classes_path, find_classes,
+                            list_flat, list_multilabel, load_classes)
 from ..data.read.loaders import val_loader
 from ..data.read.torchvision_pipelines import (STANDARD_CROP, STANDARD_RESIZE, OnDevice,
                                                eval_loader, list_eval_folder)
-from ..training.distributed import select_device
 from ..training.evaluate import evaluate
 from ..training.export import ModelCard
 from ..training.optim import resolve_precision
 from .config import ConfigError
-from .model_file import open_classifier
+from .model_file import at_least, device_named, open_classifier
 from .runner import exit_code, report
 
 
@@ -56,14 +55,15 @@ def parser() -> argparse.ArgumentParser:
                    help='project protocol: flip averaging (default: as the model was '
                         'validated in training)')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
-    p.add_argument('--batch-size', type=int, default=64, help='images per batch')
-    p.add_argument('--workers', type=int, default=4, help='decoding threads or processes')
+    p.add_argument('--batch-size', type=at_least(1), default=64, help='images per batch')
+    p.add_argument('--workers', type=at_least(0), default=4,
+                   help='decoding threads (.beton, at least 1) or processes (folder)')
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    device = select_device(args.device)
+    device = device_named(args.device)
     classifier = open_classifier(args.model, device=device)
     card = classifier.card
     scorers = [network.to(device) for network in classifier.scorers.values()]
@@ -74,32 +74,29 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--labels: {val} is a .beton, which holds its labels")
         batches = {'project': (_beton_batches(val, card, args, device), tta)}
     elif val.is_dir():
-        samples = _folder_samples(val, args.labels, card)
-        resize = round(card.resolution / card.crop_ratio)
+        samples = folder_samples(val, args.labels, card)
+        protocols = [('project', round(card.resolution / card.crop_ratio), card.resolution,
+                      tta)]
+        if card.resolution > 32 or classifier.networks:
+            protocols.append(('torchvision', STANDARD_RESIZE, STANDARD_CROP, False))
+        else:  # a ResNet export traced at 32 px or less takes only inputs that small
+            report(f"torchvision protocol not scored: {classifier.source} was exported at "
+                   f"{card.resolution} px and takes no {STANDARD_CROP} px input")
         batches = {name: (OnDevice(eval_loader(samples, resize=size, crop=crop,
+                                               mean=card.mean, std=card.std,
                                                batch_size=args.batch_size,
                                                workers=args.workers), device,
                                    channels_last=False,
                                    on_skip=lambda message: report(f"skipped {message}")),
                           flip)
-                   for name, size, crop, flip in (
-                       ('project', resize, card.resolution, tta),
-                       ('torchvision', STANDARD_RESIZE, STANDARD_CROP, False))}
+                   for name, size, crop, flip in protocols}
     else:
         raise ConfigError(f"--val: not found: {val}")
     precision = resolve_precision('off', device)
     rows = []
     for protocol, (loader, flip) in batches.items():
-        try:
-            results = evaluate(scorers, loader, precision=precision, tta=flip,
-                               device=device, show_progress=sys.stderr.isatty(),
-                               all_ranks=False)
-        except Exception as err:  # an export traced at 32 px or less takes no other size
-            if protocol == 'project':
-                raise
-            report(f"{protocol} protocol not scored: the model fails on its input "
-                   f"({str(err).strip().splitlines()[0][:160] if str(err).strip() else err!r})")
-            continue
+        results = evaluate(scorers, loader, precision=precision, tta=flip, device=device,
+                           show_progress=sys.stderr.isatty(), all_ranks=False)
         for weights, result in zip(classifier.scorers, results):
             rows.append((protocol, weights, flip, result))
     print(_table(rows, card, val))
@@ -119,7 +116,8 @@ def _beton_batches(path: Path, card: ModelCard, args, device):
         raise ConfigError(f"--val: {path} lists other classes than the model (first "
                           f"difference: {_first_difference(classes, card.classes)})")
     return val_loader(path, batch_size=args.batch_size, resolution=card.resolution,
-                      num_workers=args.workers, device=device, center_ratio=card.crop_ratio,
+                      num_workers=max(args.workers, 1), device=device,
+                      center_ratio=card.crop_ratio,
                       num_classes=card.num_classes)
 
 
@@ -128,15 +126,31 @@ def _first_difference(a, b) -> str:
     return f"class {index} is {a[index]} there, {b[index]} in the model"
 
 
-def _folder_samples(root: Path, labels: str, card: ModelCard) -> list:
+def folder_samples(root: Path, labels: str, card: ModelCard) -> list:
     """(path, label or labels) of an evaluation folder in any layout the command takes."""
     if labels:
         if labels.lower().endswith('.json'):
+            _check_imagenet_order(card, '--labels (a JSON list of class indices)')
             return list_multilabel(root, labels, card.num_classes)
         return list_flat(root, labels, list(card.classes))
-    if not (root / ANNOTATIONS_FILE).is_file() and is_index_tree(root):
-        return list_index_folders(root, card.num_classes)
+    if (root / ANNOTATIONS_FILE).is_file():
+        return list_eval_folder(root, list(card.classes))
+    if not any(entry.is_dir() for entry in root.iterdir()):
+        raise ConfigError(f"--val: {root} holds no class folders; a flat folder needs "
+                          f"--labels LOC_val_solution.csv (or a ReaL-style JSON)")
+    folders = set(find_classes(root))
+    if folders != set(card.classes) and all(name.isdigit() for name in folders):
+        _check_imagenet_order(card, f'--val {root} (folders named by class index)')
+        return list_eval_folder(root, [str(i) for i in range(card.num_classes)])
     return list_eval_folder(root, list(card.classes))
+
+
+def _check_imagenet_order(card: ModelCard, what: str) -> None:
+    """Class indices are positions in the sorted class list (ImageNet's wnids in
+    order): refuse a model whose logits are in another order."""
+    if list(card.classes) != sorted(card.classes):
+        raise ConfigError(f"{what}: class indices number the classes in sorted order, but "
+                          f"the model's classes are not sorted")
 
 
 def _table(rows: list, card: ModelCard, val: Path) -> str:

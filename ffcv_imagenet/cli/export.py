@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from ..training.export import FORMATS, TOLERANCE, ExportError, check_batch, export_model
+from ..training.export import FORMATS, TOLERANCE, ExportError, check_batch, export_model, \
+    format_of
 from ..training.models import NotTorchvisionError
 from .config import ConfigError
 from .model_file import is_checkpoint, checkpoint_of, open_classifier
@@ -35,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--out', required=True, help='file to write')
     p.add_argument('--ema', action='store_true',
                    help='export the moving average of the weights instead of the weights')
+    p.add_argument('--force', action='store_true', help='replace an existing --out')
     return p
 
 
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if source.is_file() and not is_checkpoint(source):
         raise ConfigError(f"{source} is an export already; export from a checkpoint or "
                           f"a run folder")
+    _check_out(Path(args.out), args.format, source, args.force)
     classifier = open_classifier(source, ema=args.ema)
     network = next(iter(classifier.networks.values()))
     card = classifier.card
@@ -58,6 +62,24 @@ def main(argv: list[str] | None = None) -> int:
           f"{batch.shape[0]} inputs of {card.resolution} px; preprocessing: shorter side "
           f"to {card.resolution / card.crop_ratio:.0f} px, centre {card.resolution} px")
     return 0
+
+
+def _check_out(out: Path, fmt: str, source: Path, force: bool) -> None:
+    """Refuses an ``--out`` that predict and evaluate would not read as ``fmt``, the
+    source itself, or an existing file (without ``force``)."""
+    suffix = {'pt2': '.pt2', 'onnx': '.onnx'}.get(fmt)
+    if format_of(out) != fmt:
+        raise ConfigError(f"--out: {out} names a {format_of(out)} file by its extension; "
+                          + (f"a {fmt} export ends in {suffix}" if suffix else
+                             "a torchvision export ends in neither .pt2 nor .onnx (e.g. .pth)"))
+    if out.is_dir():
+        raise ConfigError(f"--out: {out} is a folder; name the file to write")
+    if source.exists() and out.exists() and out.resolve() == source.resolve():
+        raise ConfigError(f"--out: {out} is the checkpoint being exported")
+    taken = [path for path in (out, Path(f"{out}.json") if fmt == 'torchvision' else None)
+             if path is not None and path.exists()]
+    if taken and not force:
+        raise ConfigError(f"--out: {taken[0]} exists; pass --force to replace it")
 
 
 def run(argv: list[str] | None = None) -> int:

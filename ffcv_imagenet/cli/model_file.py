@@ -7,6 +7,7 @@ evaluate commands share this.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 
 from ..data.folders import DatasetError, classes_path, load_classes
 from ..data.read.decoders import IMAGENET_MEAN, IMAGENET_STD
+from ..training.distributed import select_device
 from ..training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint
 from ..training.export import ExportError, ModelCard, format_of, load_export
 from ..training.models import build_model
@@ -89,9 +91,39 @@ def open_classifier(path: str | os.PathLike, *, ema: bool | None = None,
     return Classifier({card.weights: scorer}, card, source, {})
 
 
+def device_named(name: str) -> torch.device:
+    """``--device``'s value ('auto', 'cpu', 'cuda') as a device.
+    Raises:
+        ConfigError: 'cuda' where there is no GPU.
+    """
+    try:
+        return select_device(name)
+    except ValueError as err:
+        raise ConfigError(f"--device: {err}") from None
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = 'integer'
+    return parse
+
+
+# the keys of a checkpoint's config that say what network and preprocessing it needs
+NEEDED_KEYS = ('model.blurpool', 'model.head', 'validation.resolution',
+               'validation.crop_ratio', 'validation.tta')
+
+
 def _from_checkpoint(source: Path, ema: bool | None, device: torch.device) -> Classifier:
     saved = load_checkpoint(source)
     config = saved.get('config') or {}
+    missing = [key for key in NEEDED_KEYS if key not in config]
+    if missing:  # BlurPool's filter is no weight: guessing could change the function
+        raise CheckpointError(f"{source} does not say {', '.join(missing)} in its config")
     has_ema = bool(saved.get('ema'))
     if ema and not has_ema:
         raise ConfigError(f"--ema: {source} holds no EMA weights (trained with "
@@ -100,8 +132,8 @@ def _from_checkpoint(source: Path, ema: bool | None, device: torch.device) -> Cl
     networks = {}
     for kind in kinds:
         network = build_model(saved['arch'], saved['num_classes'],
-                              blurpool=bool(config.get('model.blurpool', 0)),
-                              head=config.get('model.head', 'fc'))
+                              blurpool=bool(config['model.blurpool']),
+                              head=config['model.head'])
         weights = saved['model'] if kind == 'raw' else saved['ema']['module']
         network.load_state_dict(weights)
         networks[kind] = network.to(device).eval()
@@ -114,10 +146,9 @@ def _card(saved: dict, config: dict, source: Path, weights: str) -> ModelCard:
     return ModelCard(
         arch=saved['arch'], classes=tuple(classes), names=tuple(_names(saved, config)),
         mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        resolution=int(config.get('validation.resolution', 256)),
-        crop_ratio=float(config.get('validation.crop_ratio', 224 / 256)),
-        tta=bool(config.get('validation.tta', 1)),
-        blurpool=bool(config.get('model.blurpool', 0)), weights=weights, source=str(source))
+        resolution=int(config['validation.resolution']),
+        crop_ratio=float(config['validation.crop_ratio']), tta=bool(config['validation.tta']),
+        blurpool=bool(config['model.blurpool']), weights=weights, source=str(source))
 
 
 def _names(saved: dict, config: dict) -> list[str]:

@@ -19,8 +19,7 @@ import torch
 
 from ..data.folders import image_files
 from ..data.read.torchvision_pipelines import eval_loader
-from ..training.distributed import select_device
-from .model_file import open_classifier
+from .model_file import at_least, device_named, open_classifier
 from .runner import exit_code, report
 
 
@@ -30,23 +29,22 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('model', help='checkpoint, run folder, or .pt2/.onnx/torchvision export')
     p.add_argument('images', nargs='+', help='image files, or folders of them (recursive)')
-    p.add_argument('--topk', type=int, default=5, help='classes listed per image')
+    p.add_argument('--topk', type=at_least(1), default=5, help='classes listed per image')
     p.add_argument('--tta', action='store_true',
                    help="average each image's logits with its mirror's")
     p.add_argument('--ema', action='store_true', help="a checkpoint's EMA weights")
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'),
                    help='auto: the GPU when there is one (ONNX runs on the CPU)')
-    p.add_argument('--batch-size', type=int, default=32, help='images per forward pass')
-    p.add_argument('--workers', type=int, default=2, help='image-reading processes')
+    p.add_argument('--batch-size', type=at_least(1), default=32,
+                   help='images per forward pass')
+    p.add_argument('--workers', type=at_least(0), default=2, help='image-reading processes')
     p.add_argument('--json', action='store_true', help='one JSON object per image')
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.topk < 1:
-        raise SystemExit(f"{sys.argv[0]}: error: --topk must be at least 1, got {args.topk}")
-    device = select_device(args.device)
+    device = device_named(args.device)
     classifier = open_classifier(args.model, ema=args.ema, device=device)
     network = next(iter(classifier.scorers.values())).to(device).eval()
     card = classifier.card
@@ -54,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     # each file's label is its position, so that the labels of a batch name its files
     loader = eval_loader([(str(f), i) for i, f in enumerate(files)],
                          resize=round(card.resolution / card.crop_ratio),
-                         crop=card.resolution, batch_size=args.batch_size,
+                         crop=card.resolution, mean=card.mean, std=card.std,
+                         batch_size=args.batch_size,
                          workers=min(args.workers, len(files)))
     topk = min(args.topk, card.num_classes)
     skipped = 0

@@ -234,7 +234,10 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob('*') if p.is_file() and _is_image(p.name))
+            # followlinks: a linked class folder counts, as in list_tree
+            found = sorted(Path(folder) / name
+                           for folder, _, names in os.walk(path, followlinks=True)
+                           for name in names if _is_image(name))
             if not found:
                 raise DatasetError(f"no images in {path}")
             files += found
@@ -243,32 +246,6 @@ def image_files(paths: list[str | os.PathLike]) -> list[Path]:
         else:
             raise DatasetError(f"not found: {path}")
     return files
-
-
-def list_index_folders(root: str | os.PathLike, num_classes: int) -> list[tuple[str, int]]:
-    """(path, label) pairs of a tree whose folders are named by class index ('0' to
-    'num_classes - 1', as ImageNet-V2 is laid out), sorted by label, then file name.
-    Raises:
-        DatasetError: a folder name that is not such an index.
-    """
-    root = Path(root)
-    samples = []
-    for name in find_classes(root):
-        if not name.isdigit() or int(name) >= num_classes:
-            raise DatasetError(f"{root / name}: not a class index below {num_classes} (a "
-                               f"tree of class-index folders holds only '0' to "
-                               f"'{num_classes - 1}')")
-        samples += [(str(root / name / f), int(name))
-                    for f in sorted(os.listdir(root / name)) if _is_image(f)]
-    if not samples:
-        raise DatasetError(f"no images in {root}")
-    return sorted(samples, key=lambda s: (s[1], os.path.basename(s[0])))
-
-
-def is_index_tree(root: str | os.PathLike) -> bool:
-    """Whether every folder of ``root`` is named by a number (ImageNet-V2's layout)."""
-    names = find_classes(root)
-    return all(name.isdigit() for name in names)
 
 
 def list_multilabel(root: str | os.PathLike, label_file: str | os.PathLike,

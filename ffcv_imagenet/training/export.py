@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import ARCHS, BlurConv2d, to_torchvision_state_dict, unwrap
+from ..data.write.sandbox import one_line
+from .models import ARCHS, to_torchvision_state_dict, unwrap
 
 FORMATS = ('torchvision', 'pt2', 'onnx')
 TOLERANCE = 1e-4  # largest |logit difference| an export may show, float32
@@ -109,9 +110,13 @@ def export_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, fmt
     with torch.no_grad():
         expected = plain(batch)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = _missing_parents(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"cannot create {path.parent}: {err.strerror or err}") from None
     temporary = _temporary(path)
-    # the torchvision format's card is a file beside it, renamed in place with it
+    # the torchvision format's card is a file beside it, renamed in place after it
     written = [temporary] + ([_card_path(temporary)] if fmt == 'torchvision' else [])
     try:
         _WRITERS[fmt](plain, card, temporary, batch)
@@ -123,14 +128,37 @@ def export_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, fmt
             raise ExportError(f"the {fmt} export computes another function: its logits "
                               f"differ from the checkpoint's by up to {difference:.3g} "
                               f"(at most {tolerance:g} allowed); nothing written at {path}")
+        os.replace(temporary, path)
         if fmt == 'torchvision':
             os.replace(_card_path(temporary), _card_path(path))
-        os.replace(temporary, path)
         return difference
+    except OSError as err:
+        _remove(written, made)
+        raise ExportError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
-        for leftover in written:
-            Path(leftover).unlink(missing_ok=True)
+        _remove(written, made)
         raise
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _remove(files: list[Path], folders: list[Path]) -> None:
+    """Removes what a failed export created: its files, then the folders it made."""
+    for leftover in files:
+        Path(leftover).unlink(missing_ok=True)
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def _run_back(path: Path, fmt: str, batch: torch.Tensor) -> torch.Tensor:
@@ -145,8 +173,7 @@ def _run_back(path: Path, fmt: str, batch: torch.Tensor) -> torch.Tensor:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+    return one_line(str(err) or type(err).__name__, 200)
 
 
 def load_export(path: str | os.PathLike, fmt: str | None = None
@@ -292,7 +319,3 @@ class _OnnxNetwork(nn.Module):
 _WRITERS = {'torchvision': _write_torchvision, 'pt2': _write_pt2, 'onnx': _write_onnx}
 _LOADERS = {'torchvision': _load_torchvision, 'pt2': _load_pt2, 'onnx': _load_onnx}
 
-
-def uses_blurpool(model: nn.Module) -> bool:
-    """Whether ``model`` blurs before any strided convolution."""
-    return any(isinstance(m, BlurConv2d) for m in unwrap(model).modules())

@@ -212,7 +212,9 @@ class NotTorchvisionError(ValueError):
 
 
 def to_torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Weights as a plain torchvision ResNet state_dict: unprefixed keys, contiguous CPU tensors.
+    """Weights as a plain torchvision ResNet state_dict: unprefixed keys, contiguous CPU
+    tensors. A 1x1-conv head (``head.*``) becomes ``fc.*``: averaging and a linear map
+    commute, so torchvision's FC head computes the same logits up to float rounding.
 
     Raises:
         NotTorchvisionError: the model blurs before its strided convolutions (BlurPool).
@@ -228,8 +230,12 @@ def to_torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             "which torchvision's ResNet lacks: its weights would compute another function "
             "there; export it as pt2 or onnx (python -m ffcv_imagenet export ... --format "
             "pt2), or load the weights into ffcv_imagenet.build_model(arch, blurpool=True)")
-    return {_strip_prefixes(k): v.detach().cpu().contiguous()
-            for k, v in model.state_dict().items()}
+    weights = {_strip_prefixes(k): v.detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
+    if 'head.weight' in weights:  # the 1x1-conv head is torchvision's fc, reshaped
+        weights['fc.weight'] = weights.pop('head.weight')[:, :, 0, 0].contiguous()
+        weights['fc.bias'] = weights.pop('head.bias')
+    return weights
 
 
 def _mismatch(expected: dict, given: dict) -> str | None:

@@ -4,17 +4,22 @@ without its config file and its exports compute the checkpoint's function; predi
 gives the same classes for the checkpoint and each export, as the network scores the
 preprocessed image; evaluate gives the numbers of the trainer's eval-only path on a
 .beton and reads every folder layout alike; bad input is one line and exit 2."""
+import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from ffcv_imagenet.__main__ import main
+from ffcv_imagenet.cli.config import ConfigError
+from ffcv_imagenet.cli.evaluate import folder_samples
 from ffcv_imagenet.cli.model_file import open_classifier
 from ffcv_imagenet.data.folders import classes_path, load_classes
 from ffcv_imagenet.training.export import load_export
 from tests.support import by_hand, hits_by_hand, model_checkpoint, tiny_args
+from tests.training.test_export import HAS_ONNX
 
 RESOLUTION = 32  # pixels: what the checkpoint says it was validated at
 RESIZE = round(RESOLUTION / 0.875)  # the project's preprocessing: shorter side, pixels
@@ -36,7 +41,7 @@ def exports(run_folder, tmp_path_factory):
     """format -> path of the run's raw weights exported by the command."""
     out = tmp_path_factory.mktemp('exports')
     made = {}
-    for fmt in ('pt2', 'onnx'):
+    for fmt in ('pt2', 'onnx') if HAS_ONNX else ('pt2',):
         made[fmt] = out / f'model.{fmt}'
         assert main(['export', str(run_folder), '--format', fmt, '--out', str(made[fmt])]) == 0
     return made
@@ -55,7 +60,8 @@ def one_line_error(capsys, *fragments):
 
 # --- export --------------------------------------------------------------------------
 
-@pytest.mark.parametrize('fmt', ['pt2', 'onnx'])
+@pytest.mark.parametrize('fmt', ['pt2', pytest.param('onnx', marks=pytest.mark.skipif(
+    not HAS_ONNX, reason='the export extra (onnx) is not installed'))])
 def test_a_run_folder_exports_without_its_config_and_keeps_the_function(
         run_folder, exports, fmt):
     assert not (run_folder / 'config.json').exists()
@@ -85,12 +91,34 @@ def test_export_of_the_ema_weights_computes_the_ema(run_folder, tmp_path, capsys
 def test_export_errors_are_one_line_exit_2_and_write_nothing(run_folder, exports, tmp_path,
                                                              capsys):
     out = tmp_path / 'model.pth'
-    assert main(['export', str(run_folder), '--format', 'torchvision', '--out', str(out)]) == 2
-    one_line_error(capsys, 'BlurPool', 'pt2 or onnx')
-    assert main(['export', str(tmp_path / 'nothing'), '--format', 'pt2', '--out', str(out)]) == 2
+    checkpoint = run_folder / 'checkpoints' / 'final.pt'
+    before = checkpoint.read_bytes()
+    for args, fragments in (
+            (['--format', 'torchvision', '--out', out], ['BlurPool', 'pt2 or onnx']),
+            (['--format', 'pt2', '--out', tmp_path / 'model.pt'], ['a pt2 export ends in .pt2']),
+            (['--format', 'onnx', '--out', tmp_path / 'model.pt2'], ['ends in .onnx']),
+            (['--format', 'torchvision', '--out', checkpoint], ['is the checkpoint being exported']),
+            (['--format', 'pt2', '--out', exports['pt2']], ['exists; pass --force'])):
+        assert main(['export', str(run_folder), *map(str, args)]) == 2
+        one_line_error(capsys, *fragments)
+    assert main(['export', str(tmp_path / 'nothing'), '--format', 'pt2', '--out',
+                 str(tmp_path / 'model.pt2')]) == 2
     one_line_error(capsys, 'nothing')
-    assert main(['export', str(exports['pt2']), '--format', 'onnx', '--out', str(out)]) == 2
+    assert main(['export', str(exports['pt2']), '--format', 'pt2', '--out',
+                 str(tmp_path / 'again.pt2')]) == 2
     one_line_error(capsys, 'is an export already')
+    assert list(tmp_path.iterdir()) == [] and checkpoint.read_bytes() == before
+
+
+def test_a_failed_export_removes_the_folders_it_made(run_folder, tmp_path, monkeypatch, capsys):
+    from ffcv_imagenet.training import export
+
+    def fail(*args):
+        raise export.ExportError('the check failed')
+    monkeypatch.setattr(export, '_run_back', fail)
+    out = tmp_path / 'a' / 'b' / 'model.pt2'
+    assert main(['export', str(run_folder), '--format', 'pt2', '--out', str(out)]) == 2
+    one_line_error(capsys, 'the check failed')
     assert list(tmp_path.iterdir()) == []
 
 
@@ -116,7 +144,7 @@ def test_predict_gives_the_networks_top_k_for_the_checkpoint_and_each_export(
     files = sorted((synth / 'val').rglob('*.JPEG'))[::5]
     (tmp_path / 'broken.jpg').write_bytes(b'not an image')
     listed = {}
-    for model in (run_folder, exports['pt2'], exports['onnx']):
+    for model in (run_folder, *exports.values()):
         code = main(['predict', str(model), *map(str, files), str(tmp_path), '--topk', '2',
                      '--json', '--workers', '0'])
         captured = capsys.readouterr()
@@ -230,6 +258,26 @@ def test_evaluate_reads_every_folder_layout_alike(run_folder, synth, betons, tmp
     for top1, top5, _, images in evaluate(capsys, run_folder, '--val', flat, '--labels',
                                           real)[0].values():
         assert (top1, top5, images) == (100.0, 100.0, count - 1)
+
+
+def test_class_index_folders_are_labelled_by_number_and_must_all_be_there(tmp_path):
+    """Twelve classes: '10' sorts before '2' as text, not as a number."""
+    from ffcv_imagenet.training.export import ModelCard
+    classes = [f'n{i:08d}' for i in range(12)]
+    card = ModelCard('resnet18', tuple(classes), tuple(classes), (0, 0, 0), (1, 1, 1), 32,
+                     0.875, False, True, 'raw', 'x.pt')
+    for index in range(12):
+        (tmp_path / str(index)).mkdir()
+        (tmp_path / str(index) / 'a.png').write_bytes(b'')
+    samples = folder_samples(tmp_path, '', card)
+    assert sorted((int(Path(path).parent.name), label) for path, label in samples) == [
+        (index, index) for index in range(12)]
+    shutil.rmtree(tmp_path / '7')
+    with pytest.raises(Exception, match=r'classes without a folder: 1 \(7\)'):
+        folder_samples(tmp_path, '', card)
+    unsorted = dataclasses.replace(card, classes=tuple(reversed(classes)))
+    with pytest.raises(ConfigError, match='not sorted'):
+        folder_samples(tmp_path, '', unsorted)
 
 
 def test_evaluate_names_an_unreadable_image_and_scores_the_rest(run_folder, synth, tmp_path,

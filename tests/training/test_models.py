@@ -350,3 +350,14 @@ def test_drop_path_makes_one_pass_over_the_activations():
     torch.manual_seed(1)
     mask = x.new_empty((8, 1, 1, 1)).bernoulli_(0.7)
     assert torch.allclose(y, x * mask / 0.7)
+
+
+def test_a_1x1_conv_head_exports_to_torchvisions_fc_with_the_same_logits():
+    import torchvision
+    torch.manual_seed(0)
+    model = build_model('resnet18', 5, head='conv1x1').eval()
+    plain = torchvision.models.resnet18(num_classes=5).eval()
+    plain.load_state_dict(to_torchvision_state_dict(model), strict=True)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(images), model(images), atol=1e-5, rtol=1e-5)

@@ -25,27 +25,30 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .decoders import IMAGENET_MEAN, IMAGENET_STD
+from ..write.sandbox import one_line
 from ..folders import ANNOTATIONS_FILE, DatasetError, find_classes, list_annotated, list_tree
 
 STANDARD_RESIZE = 256  # pixels, shorter side
 STANDARD_CROP = 224  # pixels, square centre crop
 
 
-def normalized_tensor() -> list:
-    """``ToTensor`` + ImageNet ``Normalize``: a PIL RGB image -> float32 (3, H, W)."""
+def normalized_tensor(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list:
+    """``ToTensor`` + ``Normalize`` (ImageNet's mean and std of [0, 1] RGB by default):
+    a PIL RGB image -> float32 (3, H, W)."""
     from torchvision import transforms
-    return [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return [transforms.ToTensor(), transforms.Normalize(mean, std)]
 
 
-def standard_eval_transform(resize: int = STANDARD_RESIZE, crop: int = STANDARD_CROP):
+def standard_eval_transform(resize: int = STANDARD_RESIZE, crop: int = STANDARD_CROP,
+                            mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """PIL RGB image -> float32 (3, crop, crop): the shorter side resized to ``resize``
     pixels (bilinear, antialiased; the longer one keeps the aspect ratio), then the
-    centre ``crop`` x ``crop`` pixels, normalised."""
+    centre ``crop`` x ``crop`` pixels, normalised with ``mean`` and ``std``."""
     from torchvision import transforms
     return transforms.Compose([
         transforms.Resize(resize, interpolation=transforms.InterpolationMode.BILINEAR,
                           antialias=True),
-        transforms.CenterCrop(crop), *normalized_tensor()])
+        transforms.CenterCrop(crop), *normalized_tensor(mean, std)])
 
 
 def folder_loader(dataset: Dataset, *, batch_size: int, workers: int, shuffle: bool,
@@ -103,8 +106,7 @@ class FolderImages(Dataset):
         try:
             image = default_loader(path)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            return None, label, f"{path}: {reason}"
+            return None, label, f"{path}: {one_line(str(err) or type(err).__name__, 200)}"
         return self.transform(image), label, None
 
 
@@ -127,12 +129,13 @@ def collate_readable(items: list) -> tuple[torch.Tensor, torch.Tensor, list[str]
 
 
 def eval_loader(samples: list[tuple[str, int | tuple[int, ...]]], *, resize: int, crop: int,
-                batch_size: int = 256, workers: int = 8) -> DataLoader:
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size: int = 256,
+                workers: int = 8) -> DataLoader:
     """Batches (images, labels, skipped) of ``samples`` as :func:`collate_readable`
     makes them, every file once in the given order, on the CPU: each image's shorter
     side resized to ``resize`` pixels, the centre ``crop`` x ``crop`` pixels kept,
-    normalised (:func:`standard_eval_transform`)."""
-    return DataLoader(FolderImages(samples, standard_eval_transform(resize, crop)),
+    normalised with ``mean`` and ``std`` (:func:`standard_eval_transform`)."""
+    return DataLoader(FolderImages(samples, standard_eval_transform(resize, crop, mean, std)),
                       batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate_readable)
 
