@@ -30,6 +30,9 @@ Section('data', 'the .beton files and their loaders').params(
     num_workers=Param(int, 'decoding threads per process', default=8),
     in_memory=Param(Flag(), '1: read through the OS page cache (dataset fits in RAM)',
                     default=1),
+    dct_scaling=Param(Flag(), '1: the train loader decodes a JPEG crop at least 2x the '
+                      'resolution both ways at 1/2-1/8 scale (faster, blurrier); 0: '
+                      'full-size decode and one area resize, as published', default=0),
 )
 Section('model', 'the network').params(
     arch=Param(OneOf(*ARCHS), 'architecture', default='resnet50'),
