@@ -29,3 +29,16 @@ def test_ddp_neither_broadcasts_buffers_nor_copies_gradients(betons, tmp_path):
     assert getattr(model, 'forward_sync_buffers', model.broadcast_buffers) is False
     assert model.gradient_as_bucket_view is True
     assert not any(group['fused'] for group in optimizer.param_groups)  # CPU: plain SGD
+
+
+def test_data_dct_scaling_reaches_the_train_loaders_decoder(betons, tmp_path):
+    dist = Dist(rank=0, local_rank=0, world_size=1, device=CPU)
+    for flag in (0, 1):
+        config = parse_config('t', tiny_args(betons, tmp_path, f'--data.dct_scaling={flag}'),
+                              SECTIONS)
+        train, val = recipe._loaders(config, dist, resolve_precision('off', CPU), *betons,
+                                     8, None)
+        assert train.decoder.dct_scaling is bool(flag)
+        assert val.decoder.dct_scaling is False  # validation decodes at full size
+    default = parse_config('t', tiny_args(betons, tmp_path), SECTIONS)
+    assert default['data.dct_scaling'] == 0
