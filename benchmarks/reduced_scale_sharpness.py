@@ -4,7 +4,7 @@ train loader is with it, against a full-size decode.
     python benchmarks/reduced_scale_sharpness.py sharpness [--crops 500]
            [--resolutions 160 192 224] [--images FILE ...]
     python benchmarks/reduced_scale_sharpness.py speed --beton PATH [--resolution 160]
-           [--rounds 7] [--workers 2]
+           [--rounds 7] [--epochs 2] [--workers 2]
 
 ``sharpness``: real photographs (scikit-image's data images when it is installed,
 matplotlib's ``grace_hopper.jpg``, Pillow's test images when present, and ``--images``)
@@ -28,9 +28,9 @@ neighbouring pixels, both directions, all channels) over the reference's, and th
 absolute difference from the reference (grey levels of 255).
 
 ``speed``: two train loaders over ``--beton`` (160 px, batch 64, float32 output as on
-the CPU), ``dct_scaling`` off and on, timed in interleaved rounds (one epoch each per
-round, the order reversed every other round); the first round (compilation) is left
-out. Prints the median images/sec of each, the median of the per-round ratios, and the
+the CPU), ``dct_scaling`` off and on, timed in interleaved rounds (``--epochs`` epochs
+of each per round, the order reversed every other round); the first round (compilation)
+is left out. Prints the median images/sec of each, the median of the per-round ratios, and the
 share of the JPEG-stored crops that take the reduced-scale path.
 """
 from __future__ import annotations
@@ -53,9 +53,10 @@ from ffcv_imagenet.data.read.loaders import ImageLoader, ShardedOrder, train_loa
 from ffcv_imagenet.data.write.writer import write_beton
 from ffcv_imagenet.tools.bench import decode_ceiling
 from ffcv_imagenet.tools.bench.loader import (cpu_ticks, epoch_rates, interleave,
-                                              paired_ratio, steal_share)
+                                              paired_ratio, repeated, steal_share)
 
 STORED_SIDE, QUALITY, BATCH = 500, 90, 32
+CPU = torch.device('cpu')
 
 
 def photographs(extra: list[str]) -> list[str]:
@@ -154,11 +155,11 @@ def sharpness(files: list[str], resolutions: list[int], crops: int) -> None:
     full = {j: decode_frame(jpegs, j, 1) for j in range(len(jpegs.sizes))}
     print(f"{len(files)} photographs: {', '.join(Path(f).name for f in files)}\n")
     print('| output px | path | gradient energy / reference | mean abs. difference '
-          '(grey levels) | crops |')
+          '(grey levels) | crops (of those drawn) |')
     print('|---|---|---|---|---|')
     for resolution in resolutions:
         rows = {name: [] for name in ('reference', 'full', 'reduced', 'narrowed')}
-        epoch, seen, reduced_share = 0, 0, []
+        epoch, seen = 0, 0
         loaders = {flag: flipless_loader(path, resolution, flag, seed=1) for flag in (False, True)}
         scaled = {}  # (image, denominator) -> frame decoded at that scale
         while len(rows['full']) < crops and epoch < 400:
@@ -167,7 +168,6 @@ def sharpness(files: list[str], resolutions: list[int], crops: int) -> None:
             boxes = decode_ceiling.train_plan(jpegs, resolution, epoch, batch_size=BATCH,
                                               seed=1).boxes  # the crops, stored pixels
             chosen = np.flatnonzero(plan.denoms > 1)
-            reduced_share.append(len(chosen) / len(plan.denoms))
             seen += len(plan.denoms)
             off, on = next_epoch(loaders[False]), next_epoch(loaders[True])
             if len(chosen):
@@ -194,12 +194,23 @@ def sharpness(files: list[str], resolutions: list[int], crops: int) -> None:
         for name, values in rows.items():
             values = np.array(values)
             print(f"| {resolution} | {names[name]} | {values[:, 0].mean():.4f} | "
-                  f"{values[:, 1].mean():.3f} | {len(values)} |")
-        print(f"<!-- {resolution} px: {sum(reduced_share) / len(reduced_share):.1%} of the "
-              f"crops drawn take the reduced-scale path ({seen} drawn, {epoch} epochs) -->")
+                  f"{values[:, 1].mean():.4f} | {len(values)} ({len(values) / seen:.1%} "
+                  f"of {seen:,}) |")
 
 
-def speed(beton: str, resolution: int, rounds: int, workers: int) -> None:
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the machine type."""
+    try:
+        with open('/proc/cpuinfo') as info:
+            for line in info:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def speed(beton: str, resolution: int, rounds: int, epochs: int, workers: int) -> None:
     loaders = {flag: train_loader(beton, batch_size=64, resolution=resolution,
                                   num_workers=workers, dct_scaling=flag)
                for flag in (False, True)}
@@ -207,11 +218,11 @@ def speed(beton: str, resolution: int, rounds: int, workers: int) -> None:
     share = np.mean(decode_ceiling.train_plan(jpegs, resolution, 0, batch_size=64,
                                               dct_scaling=True).denoms > 1)
     before = cpu_ticks()
-    passes = [(lambda loader=loader: epoch_rates(lambda: loader, 1, torch.device('cpu'))[0])
+    passes = [repeated(lambda loader=loader: epoch_rates(lambda: loader, 1, CPU)[0], epochs)
               for loader in loaders.values()]
     off, on = interleave(passes, rounds)
     stolen = steal_share(before, cpu_ticks())
-    print(f"{platform.processor() or platform.machine()}, {workers} decoding threads, "
+    print(f"{cpu_model()}, {workers} decoding threads, "
           f"{resolution} px, batch 64, float32; {len(jpegs.sizes)} of "
           f"{jpegs.num_samples} images stored as JPEG, {share:.1%} of their crops "
           f"(epoch 0) at reduced scale; CPU time stolen: "
@@ -223,7 +234,12 @@ def speed(beton: str, resolution: int, rounds: int, workers: int) -> None:
         timed = rates[1:]
         print(f"| {name} | {statistics.median(timed):,.0f} | {min(timed):,.0f}-"
               f"{max(timed):,.0f} | {ratio:.3f}x |")
-    print(f"\nper round (off, on): "
+    ratios = [b / a for a, b in zip(off[1:], on[1:])]
+    quartiles = statistics.quantiles(ratios, n=4)
+    print(f"\nper-round ratio on / off: median {statistics.median(ratios):.3f}, quartiles "
+          f"{quartiles[0]:.3f}-{quartiles[2]:.3f}, {sum(r > 1 for r in ratios)} of "
+          f"{len(ratios)} rounds above 1")
+    print(f"per round (off, on): "
           + ', '.join(f'{a:,.0f}/{b:,.0f}' for a, b in zip(off, on)))
 
 
@@ -238,12 +254,13 @@ def main() -> None:
     fast.add_argument('--beton', required=True)
     fast.add_argument('--resolution', type=int, default=160)
     fast.add_argument('--rounds', type=int, default=7, help='the first is left out')
+    fast.add_argument('--epochs', type=int, default=2, help='per loader and round')
     fast.add_argument('--workers', type=int, default=2)
     args = parser.parse_args()
     if args.command == 'sharpness':
         sharpness(photographs(args.images), args.resolutions, args.crops)
     else:
-        speed(args.beton, args.resolution, args.rounds, args.workers)
+        speed(args.beton, args.resolution, args.rounds, args.epochs, args.workers)
 
 
 if __name__ == '__main__':

@@ -15,9 +15,9 @@ numba-parallel loop:
 
 DCT scaling is off by default. The scaled IDCT is close to a mean of 2 x 2 (4 x 4,
 8 x 8) pixels, and the area resize after it is a second box filter: the two blur more
-than the one area resize of a full decode that ffcv's published results used
-(``benchmarks/reduced_scale_sharpness.py``: about 9% less gradient energy on the
-crops it touches). It decodes those crops faster, at that cost.
+than the one area resize of a full decode that ffcv's published results used (9-10%
+less gradient energy on the crops it takes, for a train loader about 3% faster on 500 px
+storage: BENCHMARKS.md, "Reduced-scale decoding").
 
 Randomness (crop, flip) is reproducible: each image reseeds numba's per-thread
 generator from its own index and the index that leads its batch (``images_per_batch``
