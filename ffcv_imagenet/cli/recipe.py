@@ -290,7 +290,8 @@ def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path
     resolution = config['resolution.min_res'] if stages is None else stages.at(0).resolution
     try:
         train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
-                             resolution=resolution, **common)
+                             resolution=resolution,
+                             dct_scaling=bool(config['data.dct_scaling']), **common)
     except DatasetError as err:
         raise ConfigError(f"data.train_dataset: {err}") from None
     try:

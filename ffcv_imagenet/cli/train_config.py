@@ -34,7 +34,7 @@ PARITY = {'ffcv': {
     'optimizer.decay_rule': 'names',  # decay every tensor whose name lacks 'bn'
     'lr.start_fraction': 1e-4,        # get_cyclic_lr starts at 1e-4 x the peak
     'lr.interpolate_epochs': 1,       # train_loop joins whole-epoch rates linearly
-    # 'data.dct_scaling': 0,          # decode every JPEG in full (with that key)
+    'data.dct_scaling': 0,            # decode every JPEG crop in full, one area resize
 }}
 register_switch('training.parity', PARITY)
 # ffcv-imagenet's trainer has these schedules only
@@ -49,6 +49,9 @@ Section('data', 'the .beton files and their loaders').params(
     storage_preset=Param(str, 'the storage preset (convert --preset) the recipe was '
                          f"published with: {', '.join(PRESETS)}; other storage gets a "
                          "note at the start ('' = no expectation)", default=''),
+    dct_scaling=Param(Flag(), '1: the train loader decodes a JPEG crop at least 2x the '
+                      'resolution both ways at 1/2-1/8 scale (faster, blurrier); 0: '
+                      'full-size decode and one area resize, as published', default=0),
 )
 Section('model', 'the network').params(
     arch=Param(OneOf(*ARCHS), 'architecture', default='resnet50'),

@@ -50,6 +50,8 @@ def test_a_parity_run_is_built_with_the_published_rules_and_says_so(betons, tmp_
     (note,) = [n for n in run.notes if n.startswith('training.parity=ffcv sets ')]
     assert 'optimizer.decay_rule=names' in note and 'training.precision=fp16' in note
     assert run.meta['config']['optimizer.decay_rule'] == 'names'  # saved with checkpoints
+
+
 def _notes_of_a_run(betons, folder, capsys, monkeypatch, *extra):
     """The lines starting with 'note:' that a run prints at its start (the training
     itself is skipped: the lines come before it)."""
@@ -73,6 +75,8 @@ def test_a_run_on_other_storage_says_what_differs_in_one_line(betons, tmp_path, 
 @pytest.mark.parametrize('recorded, expected', [('fast-256', []), (None, [
     "note: data.storage_preset expects storage fast-256 (256 px, jpg, quality 90); {train} "
     "and {val} have no storage record, so their storage is unknown"])])
+
+
 def test_a_run_on_its_storage_says_nothing_and_on_unrecorded_storage_that_it_is_unknown(
         betons, tmp_path, capsys, monkeypatch, recorded, expected):
     copies = [copy_beton(path, tmp_path / path.name) for path in betons]
@@ -83,3 +87,16 @@ def test_a_run_on_its_storage_says_nothing_and_on_unrecorded_storage_that_it_is_
     notes = _notes_of_a_run(copies, tmp_path / 'run', capsys, monkeypatch,
                             '--data.storage_preset=fast-256')
     assert notes == [line.format(train=copies[0], val=copies[1]) for line in expected]
+
+
+def test_data_dct_scaling_reaches_the_train_loaders_decoder(betons, tmp_path):
+    dist = Dist(rank=0, local_rank=0, world_size=1, device=CPU)
+    for flag in (0, 1):
+        config = parse_config('t', tiny_args(betons, tmp_path, f'--data.dct_scaling={flag}'),
+                              SECTIONS)
+        train, val = recipe._loaders(config, dist, resolve_precision('off', CPU), *betons,
+                                     8, None)
+        assert train.decoder.dct_scaling is bool(flag)
+        assert val.decoder.dct_scaling is False  # validation decodes at full size
+    default = parse_config('t', tiny_args(betons, tmp_path), SECTIONS)
+    assert default['data.dct_scaling'] == 0

@@ -293,7 +293,7 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                  dtype: torch.dtype = torch.float32, scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), batches_ahead: int = 3,
                  decoder_dtype: torch.dtype | None = None,
-                 num_classes: int | None = None) -> ImageLoader:
+                 num_classes: int | None = None, dct_scaling: bool = False) -> ImageLoader:
     """Random-resized-crop + flip batches of ``batch_size`` images per rank, in a new
     random order every epoch (RANDOM order: QUASI_RANDOM is not supported distributed).
 
@@ -310,6 +310,10 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
             None: uint8 for a GPU, float32 for the CPU.
         num_classes: every stored label must be below it; None: below the length of
             the class list ``<path>.classes.json``, when there is one.
+        dct_scaling: decode a JPEG crop at least 2, 4 or 8 times ``resolution`` on both
+            sides at 1/2, 1/4 or 1/8 scale, then resize it: faster, but blurrier than
+            the one area resize of a full decode (False, the default; see
+            :mod:`.decoders`).
     Raises:
         DatasetError: ``path`` is missing, not a whole ``.beton`` with ``image`` and
             ``label`` fields, empty, or its labels or class list do not match.
@@ -318,8 +322,8 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
     order = ShardedOrder(shuffle=True, rank=rank, world_size=world_size,
                          equal_shards=world_size > 1)
     decoder = FusedCropDecoder((resolution, resolution), random_crop=True, scale=scale,
-                               ratio=ratio,
-                               flip=True, **_decoder_normalisation(device, decoder_dtype))
+                               ratio=ratio, flip=True, dct_scaling=dct_scaling,
+                               **_decoder_normalisation(device, decoder_dtype))
     return ImageLoader(path, decoder, batch_size=batch_size, num_workers=num_workers,
                        device=device, order=order, seed=seed, in_memory=in_memory,
                        drop_last=True, dtype=dtype, batches_ahead=batches_ahead,
@@ -332,7 +336,7 @@ def val_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                world_size: int | None = None, center_ratio: float = 224 / 256,
                dtype: torch.dtype = torch.float32, batches_ahead: int = 3,
                decoder_dtype: torch.dtype | None = None,
-               num_classes: int | None = None) -> ImageLoader:
+               num_classes: int | None = None, dct_scaling: bool = False) -> ImageLoader:
     """Centre-crop batches in file order: a crop of ``center_ratio`` x the shorter side,
     resized to ``resolution`` pixels. Every image is seen exactly once per epoch across
     ranks (no padding, last batch kept), so summed metrics are exact. Arguments as in
@@ -340,7 +344,7 @@ def val_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
     rank, world_size = _rank_and_world(distributed, rank, world_size)
     order = ShardedOrder(shuffle=False, rank=rank, world_size=world_size)
     decoder = FusedCropDecoder((resolution, resolution), random_crop=False,
-                               center_ratio=center_ratio,
+                               center_ratio=center_ratio, dct_scaling=dct_scaling,
                                **_decoder_normalisation(device, decoder_dtype))
     return ImageLoader(path, decoder, batch_size=batch_size, num_workers=num_workers,
                        device=device, order=order, seed=0, in_memory=in_memory,

@@ -37,7 +37,8 @@ from ffcv.fields.rgb_image import IMAGE_MODES, get_center_crop, get_random_crop
 from ffcv.libffcv import imdecode
 
 from ...data.read.beton import read_image_table
-from ...data.read.decoders import dct_denominator, decoded_crop, sample_seed
+from ...data.read.decoders import (dct_denominator, decoded_crop, largest_denominator,
+                                   sample_seed)
 from ...data.read.jpeg_region import decode_region
 from ...data.read.loaders import epoch_order
 
@@ -113,10 +114,10 @@ def load_jpegs(path: str | os.PathLike) -> StoredJpegs:
 
 
 @njit(**_JIT)
-def _scale_and_box(height, width, crop, out_h, out_w, denoms, boxes, i):
+def _scale_and_box(height, width, crop, out_h, out_w, largest, denoms, boxes, i):
     # the decoder's choice of scale and its rounding of the crop to decoded pixels
     top, left, crop_h, crop_w = crop
-    denom = dct_denominator(crop_h, crop_w, out_h, out_w)
+    denom = dct_denominator(crop_h, crop_w, out_h, out_w, largest)
     denoms[i] = denom
     box = decoded_crop(top, left, crop_h, crop_w, (height + denom - 1) // denom,
                        (width + denom - 1) // denom, denom)
@@ -125,30 +126,31 @@ def _scale_and_box(height, width, crop, out_h, out_w, denoms, boxes, i):
 
 
 @njit(**_JIT)
-def _center_plan(heights, widths, center_ratio, out_h, out_w):
+def _center_plan(heights, widths, center_ratio, out_h, out_w, largest):
     denoms = np.ones(len(heights), dtype=np.int64)
     boxes = np.zeros((len(heights), 4), dtype=np.int64)
     scale = np.zeros(2)  # unused by the centre crop, as in the decoder
     for j in range(len(heights)):
         height, width = np.uint32(heights[j]), np.uint32(widths[j])
         crop = _center_crop(height, width, scale, center_ratio)
-        _scale_and_box(height, width, crop, out_h, out_w, denoms, boxes, j)
+        _scale_and_box(height, width, crop, out_h, out_w, largest, denoms, boxes, j)
     return denoms, boxes
 
 
-def val_plan(jpegs: StoredJpegs, resolution: int, center_ratio: float = 224 / 256) -> Plan:
+def val_plan(jpegs: StoredJpegs, resolution: int, center_ratio: float = 224 / 256,
+             dct_scaling: bool = False) -> Plan:
     """Every JPEG image in file order (the val loader's order) with the DCT
-    denominator the val loader's decoder picks for its centre crop of
-    ``center_ratio`` x the shorter side, resized to ``resolution`` pixels, and that
-    crop."""
+    denominator the val loader's decoder (with ``dct_scaling`` as given to it; off:
+    1 for every image) picks for its centre crop of ``center_ratio`` x the shorter
+    side, resized to ``resolution`` pixels, and that crop."""
     denoms, boxes = _center_plan(jpegs.heights, jpegs.widths, float(center_ratio),
-                                 resolution, resolution)
+                                 resolution, resolution, largest_denominator(dct_scaling))
     return Plan(np.arange(len(jpegs.heights), dtype=np.int64), denoms, boxes)
 
 
 @njit(**_JIT)
 def _random_plan(order, batch_size, positions, heights, widths, scale, ratio, out_h,
-                 out_w):
+                 out_w, largest):
     # the decoder reseeds per image from the id leading its batch and its own id, so
     # each image's crop depends only on those two, never on threads or other images
     denoms = np.zeros(len(order), dtype=np.int64)
@@ -160,22 +162,24 @@ def _random_plan(order, batch_size, positions, heights, widths, scale, ratio, ou
         np.random.seed(sample_seed(order[i - i % batch_size], order[i]))
         height, width = np.uint32(heights[j]), np.uint32(widths[j])
         crop = _random_crop(height, width, scale, ratio)
-        _scale_and_box(height, width, crop, out_h, out_w, denoms, boxes, i)
+        _scale_and_box(height, width, crop, out_h, out_w, largest, denoms, boxes, i)
     return denoms, boxes
 
 
 def train_plan(jpegs: StoredJpegs, resolution: int, epoch: int, *, batch_size: int,
                seed: int = 0, scale: tuple[float, float] = (0.08, 1.0),
-               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Plan:
+               ratio: tuple[float, float] = (3 / 4, 4 / 3), dct_scaling: bool = False
+               ) -> Plan:
     """The JPEG images the train loader (one rank, ``seed``, ``batch_size``, last
-    partial batch dropped) decodes in ``epoch``, in its order, with the DCT
-    denominator its decoder picks for the random crop it draws for each, resized to
-    ``resolution`` pixels, and that crop."""
+    partial batch dropped, ``dct_scaling`` as given to it) decodes in ``epoch``, in
+    its order, with the DCT denominator its decoder picks for the random crop it
+    draws for each, resized to ``resolution`` pixels, and that crop."""
     order = epoch_order(np.arange(jpegs.num_samples, dtype=np.uint64), seed, epoch)
     order = order[:len(order) - len(order) % batch_size]  # drop_last
     denoms, boxes = _random_plan(order, batch_size, jpegs.positions, jpegs.heights,
                                  jpegs.widths, np.array(scale, dtype=np.float64),
-                                 np.array(ratio, dtype=np.float64), resolution, resolution)
+                                 np.array(ratio, dtype=np.float64), resolution, resolution,
+                                 largest_denominator(dct_scaling))
     positions = jpegs.positions[order]
     keep = positions >= 0
     return Plan(positions[keep], denoms[keep], boxes[keep])

@@ -130,8 +130,8 @@ def test_shapes_range_and_resolution_change(betons):
 
 
 def test_reduced_scale_jpeg_decode_matches_a_full_decode(tmp_path):
-    """Images stored at 300-450 px and read at 48 px take the 1/4-scale decode path;
-    the result must match a full decode + area resize of the same crop."""
+    """Images stored at 300-450 px and read at 48 px with DCT scaling take the 1/4-scale
+    decode path; the result must match a full decode + area resize of the same crop."""
     rng = np.random.default_rng(1)
     files = []
     for i in range(8):
@@ -144,7 +144,7 @@ def test_reduced_scale_jpeg_decode_matches_a_full_decode(tmp_path):
     write_beton([(str(f), 0) for f in files], out, ['x'], max_resolution=0, jpeg_quality=95,
                 num_workers=1)
     x, _ = next(iter(val_loader(out, batch_size=8, resolution=48, num_workers=1,
-                                center_ratio=0.875)))
+                                center_ratio=0.875, dct_scaling=True)))
     for pixels, file in zip(to_pixels(x), files):
         full = np.asarray(Image.open(file).convert('RGB'))
         h, w, _ = full.shape

@@ -44,7 +44,7 @@ def test_buffer_holds_exactly_the_bytes_ffcvs_reader_hands_the_decoder(betons, j
 
 
 def test_every_planned_image_is_decoded_at_its_scale(jpegs):
-    plan = decode_ceiling.val_plan(jpegs, resolution=24)
+    plan = decode_ceiling.val_plan(jpegs, resolution=24, dct_scaling=True)
     _, sums = decode_ceiling.decode_pass(jpegs, plan, workers=2, checksum=True)
     for j, denom in zip(plan.positions, plan.denoms):
         height, width = int(jpegs.heights[j]), int(jpegs.widths[j])
@@ -81,22 +81,26 @@ def test_train_plan_has_the_scales_the_train_decoder_chooses(betons, monkeypatch
     jpegs = decode_ceiling.load_jpegs(betons[0])
     loader, used = _denominators_the_decoder_used(
         lambda: train_loader(betons[0], batch_size=7, resolution=16, num_workers=2,
-                             seed=5, decoder_dtype=torch.uint8), 2, monkeypatch)
+                             seed=5, decoder_dtype=torch.uint8, dct_scaling=True), 2,
+        monkeypatch)
     for epoch in range(2):
         positions, denoms, _ = decode_ceiling.train_plan(jpegs, 16, epoch, batch_size=7,
-                                                         seed=5)
+                                                         seed=5, dct_scaling=True)
         assert len(positions) == len(loader) * 7  # the last partial batch dropped
         assert np.array_equal(denoms, used[epoch])
         assert len(set(denoms.tolist())) > 1  # the crops vary enough to tell
-    assert not np.array_equal(decode_ceiling.train_plan(jpegs, 16, 0, batch_size=7).denoms,
+    assert not np.array_equal(decode_ceiling.train_plan(jpegs, 16, 0, batch_size=7,
+                                                        dct_scaling=True).denoms,
                               used[0])  # another seed, other crops
 
 
 def test_val_plan_has_the_scales_the_val_decoder_chooses(betons, jpegs, monkeypatch):
     _, (used,) = _denominators_the_decoder_used(
         lambda: val_loader(betons[1], batch_size=6, resolution=24, num_workers=2,
-                           center_ratio=0.5, decoder_dtype=torch.uint8), 1, monkeypatch)
-    positions, denoms, _ = decode_ceiling.val_plan(jpegs, 24, center_ratio=0.5)
+                           center_ratio=0.5, decoder_dtype=torch.uint8, dct_scaling=True),
+        1, monkeypatch)
+    positions, denoms, _ = decode_ceiling.val_plan(jpegs, 24, center_ratio=0.5,
+                                                   dct_scaling=True)
     assert np.array_equal(positions, np.arange(len(used)))
     assert np.array_equal(denoms, used)
 
