@@ -25,7 +25,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .decoders import IMAGENET_MEAN, IMAGENET_STD
-from ..write.sandbox import one_line
 from ..folders import ANNOTATIONS_FILE, DatasetError, find_classes, list_annotated, list_tree
 
 STANDARD_RESIZE = 256  # pixels, shorter side
@@ -106,7 +105,8 @@ class FolderImages(Dataset):
         try:
             image = default_loader(path)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            return None, label, f"{path}: {one_line(str(err) or type(err).__name__, 200)}"
+            reason = ' '.join((str(err) or type(err).__name__).split())[:200]
+            return None, label, f"{path}: {reason}"
         return self.transform(image), label, None
 
 
