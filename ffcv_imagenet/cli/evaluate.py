@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                            show_progress=sys.stderr.isatty(), all_ranks=False)
         for weights, result in zip(classifier.scorers, results):
             rows.append((protocol, weights, flip, result))
-    print(_table(rows, card, val))
+    print(_table(rows, card, classifier.source, val))
     return 0
 
 
@@ -153,8 +153,9 @@ def _check_imagenet_order(card: ModelCard, what: str) -> None:
                           f"the model's classes are not sorted")
 
 
-def _table(rows: list, card: ModelCard, val: Path) -> str:
-    lines = [f"{card.arch} ({card.source}) on {val}:",
+def _table(rows: list, card: ModelCard, model: Path, val: Path) -> str:
+    origin = '' if str(model) == card.source else f", exported from {card.source}"
+    lines = [f"{card.arch} ({model}{origin}) on {val}:",
              '| protocol | input | weights | top-1 (%) | top-5 (%) | loss | images |',
              '|---|---|---|---|---|---|---|']
     for protocol, weights, flip, result in rows:
