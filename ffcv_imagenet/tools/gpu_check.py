@@ -14,9 +14,12 @@ Stages, in order (each one's result is printed as it ends):
    scaler under ``torchrun --nproc_per_node=1`` (NCCL on a GPU; on the CPU, the toy
    check, bf16 under torchrun alone); each run stops half-way and resumes from its
    checkpoint; the training loss must fall;
-5. speed: images/sec at each resolution for the loader alone, the model alone and end to
-   end, channels-last, eager at every resolution and ``torch.compile``d at one (compile
-   time left out), bf16 on a GPU.
+5. speed: images/sec for the loader alone, the model alone and end to end,
+   channels-last, bf16 on a GPU, at the recipes' batch (and one row at 256): on the
+   published storage (500 px, half the images raw) eager, then ``torch.compile``d, at
+   160 and 192 px (compile time left out), then on 256 px JPEG storage, eager;
+6. loader-threads: the train loader alone at 1, 2, 4, 8 and 14 decoding threads on
+   each storage, and with reduced-scale decoding on the published one.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` (the table, the machine named) into
 ``--out``. Exit codes: 0 every check passed, 1 a check failed, 3 no CUDA device (and
@@ -25,11 +28,9 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` (the table, the machine named) in
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -40,15 +41,14 @@ from pathlib import Path
 import torch
 
 from ..data.read.decoders import IMAGENET_STD
-from ..data.folders import list_tree
 from ..data.read.loaders import endless_batches, train_loader
-from ..data.synthetic import generate
-from ..data.write.writer import write_beton
 from ..training.logs import read_log
-from .bench.loader import epoch_rates
-from .bench.steps import bench_train, default_workers
+from .bench.steps import default_workers
+from .gpu_speed import free_loaders, loader_scaling, make_storages, measure_speed
 
 NO_CUDA = 3
+# the stages after the environment, in the order they run
+STAGES = ('cuda-tests', 'crops', 'training', 'speed', 'loader-threads')
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
@@ -59,31 +59,39 @@ class Profile:
     classes: int
     train_per_class: int
     val_per_class: int
-    # the stored images' longer side, in pixels
-    stored_side: int
+    # the storage presets the data is converted with; the first is the one the
+    # published results used, where speed is measured first and compiled
+    storages: tuple[str, ...]
     # the training check: arch, resolution in pixels, batch per step, epochs
     train_arch: str
     train_resolution: int
     train_batch: int
     train_epochs: int
-    # the speed table: arch, resolutions in pixels, the one also timed compiled
+    # the speed table: arch, resolutions in pixels, those also timed compiled
     speed_arch: str
     resolutions: tuple[int, ...]
-    compile_resolution: int
-    # the speed table: batch per step, timed steps, untimed warm-up steps before them
+    compile_resolutions: tuple[int, ...]
+    # the speed table: batch per step (the recipes'), an extra row's batch (0: none),
+    # timed steps, untimed warm-up steps before them
     speed_batch: int
+    extra_batch: int
     steps: int
     warmup: int
+    # the loader's scaling: decoding thread counts
+    thread_counts: tuple[int, ...]
 
 
-GPU = Profile(classes=10, train_per_class=1000, val_per_class=50, stored_side=256,
+GPU = Profile(classes=10, train_per_class=1000, val_per_class=50,
+              storages=('rn50-published', 'fast-256'),
               train_arch='resnet50', train_resolution=160, train_batch=128, train_epochs=4,
-              speed_arch='resnet50', resolutions=(160, 192, 224), compile_resolution=160,
-              speed_batch=256, steps=100, warmup=20)
-TOY = Profile(classes=4, train_per_class=24, val_per_class=4, stored_side=64,
+              speed_arch='resnet50', resolutions=(160, 192), compile_resolutions=(160, 192),
+              speed_batch=512, extra_batch=256, steps=60, warmup=15,
+              thread_counts=(1, 2, 4, 8, 14))
+TOY = Profile(classes=4, train_per_class=24, val_per_class=4,
+              storages=('rn50-published', 'fast-256'),
               train_arch='resnet18', train_resolution=32, train_batch=8, train_epochs=4,
-              speed_arch='resnet18', resolutions=(32, 48), compile_resolution=32,
-              speed_batch=8, steps=3, warmup=2)
+              speed_arch='resnet18', resolutions=(32,), compile_resolutions=(32,),
+              speed_batch=8, extra_batch=0, steps=3, warmup=2, thread_counts=(2,))
 
 
 @dataclass
@@ -147,22 +155,6 @@ def run_cuda_tests(tests: Path | None) -> dict:
             'output_tail': '\n'.join(lines[-30:])}
 
 
-def make_data(out: Path, profile: Profile, workers: int) -> tuple[Path, Path]:
-    """Generated folder tree -> (train.beton, val.beton), reused when present."""
-    train, val = out / 'betons' / 'train.beton', out / 'betons' / 'val.beton'
-    if train.is_file() and val.is_file():
-        return train, val
-    root = generate(out / 'synthetic', classes=profile.classes,
-                    train_per_class=profile.train_per_class,
-                    val_per_class=profile.val_per_class, seed=0, workers=workers)
-    train_samples, classes = list_tree(root / 'train')
-    val_samples, _ = list_tree(root / 'val', classes)
-    for samples, path in ((train_samples, train), (val_samples, val)):
-        write_beton(samples, path, classes, max_resolution=profile.stored_side,
-                    num_workers=workers)
-    return train, val
-
-
 def check_crops(beton: Path, device: torch.device, workers: int, resolution: int,
                 batch: int) -> dict:
     """Largest pixel difference (0-255 levels) between the device loader (uint8 decode,
@@ -178,7 +170,7 @@ def check_crops(beton: Path, device: torch.device, workers: int, resolution: int
             # decoding thread may still write into while it stops
             batches.append((images.float().cpu().clone(), labels.cpu().clone()))
         del loader
-        _free_loaders()
+        free_loaders()
     (a, a_labels), (b, b_labels) = batches
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     worst = ((a - b) * std).abs().max().item()
@@ -238,49 +230,6 @@ def check_training(betons: tuple[Path, Path], out: Path, profile: Profile,
                        f"{epochs[-1].get('val_top1')}"}
 
 
-def loader_alone(beton: Path, device: torch.device, resolution: int, batch: int,
-                 workers: int, dtype: torch.dtype, epochs: int = 3) -> float:
-    """Images/sec of the train loader alone, batches delivered on ``device`` in
-    ``dtype`` (what training asks for); median over the epochs after the first."""
-    loader = train_loader(beton, batch_size=batch, resolution=resolution,
-                          num_workers=workers, device=device, dtype=dtype)
-    rates = epoch_rates(lambda: loader, epochs, device)
-    del loader
-    _free_loaders()
-    return statistics.median(rates[1:])
-
-
-def _free_loaders() -> None:
-    # a loader's numba functions are freed by the cycle collector; left to chance, that can
-    # happen while the next loader compiles, where numba's finalizer complains (KeyError)
-    gc.collect()
-
-
-def measure_speed(beton: Path, device: torch.device, profile: Profile, workers: int) -> list[dict]:
-    """One row per (resolution, compiled): loader alone, model alone, end to end."""
-    precision = 'bf16' if device.type == 'cuda' else 'off'
-    dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
-    rows = []
-    runs = [(res, False) for res in profile.resolutions] + [(profile.compile_resolution, True)]
-    for res, compiled in runs:
-        result = bench_train(str(beton), arch=profile.speed_arch, resolution=res,
-                             batch_size=profile.speed_batch, precision=precision,
-                             channels_last=True, blurpool=True, compile=compiled,
-                             workers=workers, steps=profile.steps, warmup=profile.warmup,
-                             device=device.type)
-        model, end_to_end = (row['images_per_sec'] for row in result['rows'])
-        rows.append({'resolution': res, 'compiled': compiled, 'precision': precision,
-                     'batch_size': profile.speed_batch, 'arch': profile.speed_arch,
-                     'loader_alone': loader_alone(beton, device, res, profile.speed_batch,
-                                                  workers, dtype),
-                     'model_alone': model, 'end_to_end': end_to_end,
-                     'end_to_end_vs_model': end_to_end / model})
-        print(f"          {res} px {'compiled' if compiled else 'eager'}: loader "
-              f"{rows[-1]['loader_alone']:.0f}, model {model:.0f}, end to end "
-              f"{end_to_end:.0f} images/sec ({end_to_end / model:.1%})", flush=True)
-    return rows
-
-
 def format_markdown(report: Report, env: dict) -> str:
     """The report as markdown: the machine, each stage's verdict, the speed table and
     the projection per 8-GPU node."""
@@ -293,19 +242,31 @@ def format_markdown(report: Report, env: dict) -> str:
         lines.append(f"| {stage['stage']} | {verdict} | {stage.get('summary', '')} |")
     speed = next((s for s in report.stages if s['stage'] == 'speed'), None)
     if speed and speed.get('rows'):
-        lines += ['', '| px | compiled | precision | batch | loader alone | model alone | '
-                      'end to end | end to end / model |', '|---|---|---|---|---|---|---|---|']
+        lines += ['', '| storage | px | compiled | precision | batch | loader alone | '
+                      'model alone | end to end | end to end / model |',
+                  '|---|---|---|---|---|---|---|---|---|']
         for row in speed['rows']:
-            lines.append(f"| {row['resolution']} | {'yes' if row['compiled'] else 'no'} | "
-                         f"{row['precision']} | {row['batch_size']} | "
-                         f"{row['loader_alone']:.0f} | {row['model_alone']:.0f} | "
-                         f"{row['end_to_end']:.0f} | {row['end_to_end_vs_model']:.1%} |")
+            lines.append(f"| {row['storage']} | {row['resolution']} | "
+                         f"{'yes' if row['compiled'] else 'no'} | {row['precision']} | "
+                         f"{row['batch_size']} | {row['loader_alone']:.0f} | "
+                         f"{row['model_alone']:.0f} | {row['end_to_end']:.0f} | "
+                         f"{row['end_to_end_vs_model']:.1%} |")
         best = max(speed['rows'], key=lambda row: row['end_to_end'])
         epoch = IMAGENET_TRAIN_IMAGES / (8 * best['end_to_end'])
-        lines += ['', f"Images/sec per device, {best['arch']}. At the best end-to-end rate "
-                      f"({best['end_to_end']:.0f} images/sec at {best['resolution']} px), "
-                      f"one ImageNet-1k epoch on 8 such devices takes {epoch:.0f} s "
-                      f"(perfect scaling assumed)."]
+        lines += ['', f"Images/sec per device, {best['arch']}, {best['workers']} decoding "
+                      f"threads. At the best end-to-end rate ({best['end_to_end']:.0f} "
+                      f"images/sec at {best['resolution']} px, {best['storage']}), one "
+                      f"ImageNet-1k epoch on 8 such devices takes {epoch:.0f} s (perfect "
+                      f"scaling assumed)."]
+    threads = next((s for s in report.stages if s['stage'] == 'loader-threads'), None)
+    if threads and threads.get('rows'):
+        lines += ['', '| storage | decoding | threads | loader images/sec | per thread |',
+                  '|---|---|---|---|---|']
+        for row in threads['rows']:
+            lines.append(f"| {row['storage']} | "
+                         f"{'reduced-scale' if row['dct_scaling'] else 'full-size'} | "
+                         f"{row['threads']} | {row['images_per_sec']:.0f} | "
+                         f"{row['per_thread']:.0f} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -319,7 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--workers', type=int, default=None,
                         help='decoding threads (default: cores less two)')
     parser.add_argument('--skip', nargs='*', default=[],
-                        choices=('cuda-tests', 'crops', 'training', 'speed'),
+                        choices=STAGES,
                         help='stages to leave out')
     return parser
 
@@ -353,12 +314,14 @@ def run_stages(report: Report, args, device: torch.device, profile: Profile, wor
     tests = Path(args.tests) if args.tests else Path(__file__).resolve().parents[2] / 'tests'
     stages = {
         'cuda-tests': lambda: run_cuda_tests(tests),
-        'crops': lambda: check_crops(betons[0], device, workers, profile.train_resolution,
+        'crops': lambda: check_crops(published[0], device, workers, profile.train_resolution,
                                      profile.train_batch),
-        'training': lambda: _training_stage(betons, out, profile, device, workers),
-        'speed': lambda: _speed_stage(betons[0], device, profile, workers),
+        'training': lambda: _training_stage(published, out, profile, device, workers),
+        'speed': lambda: _speed_stage(betons, device, profile, workers),
+        'loader-threads': lambda: _threads_stage(betons, device, profile),
     }
-    betons = make_data(out / 'data', profile, workers)
+    betons = make_storages(out / 'data', profile, workers)
+    published = betons[profile.storages[0]]
     for name, stage in stages.items():
         if name in args.skip:
             report.add(name, None, summary='left out (--skip)')
@@ -383,13 +346,25 @@ def _training_stage(betons, out: Path, profile: Profile, device: torch.device,
             'summary': '; '.join(f"{n}: {r['summary']}" for n, r in zip(names, results))}
 
 
-def _speed_stage(beton: Path, device: torch.device, profile: Profile, workers: int) -> dict:
-    rows = measure_speed(beton, device, profile, workers)
-    eager = [row for row in rows if not row['compiled']]
+def _speed_stage(betons, device: torch.device, profile: Profile, workers: int) -> dict:
+    rows = measure_speed(betons, device, profile, workers)
     return {'ok': True, 'rows': rows,
-            'summary': ', '.join(f"{row['resolution']} px {row['end_to_end']:.0f} images/sec "
-                                 f"end to end ({row['end_to_end_vs_model']:.0%} of model)"
-                                 for row in eager)}
+            'summary': ', '.join(f"{row['storage']} {row['resolution']} px "
+                                 f"{'compiled' if row['compiled'] else 'eager'} "
+                                 f"{row['end_to_end']:.0f} images/sec end to end "
+                                 f"({row['end_to_end_vs_model']:.0%} of model)"
+                                 for row in rows
+                                 if row['batch_size'] == profile.speed_batch
+                                 and row['storage'] == profile.storages[0])}
+
+
+def _threads_stage(betons, device: torch.device, profile: Profile) -> dict:
+    rows = loader_scaling(betons, device, profile)
+    most = [row for row in rows if row['threads'] == max(profile.thread_counts)
+            and not row['dct_scaling']]
+    return {'ok': True, 'rows': rows,
+            'summary': ', '.join(f"{row['storage']} {row['images_per_sec']:.0f} images/sec "
+                                 f"on {row['threads']} threads" for row in most)}
 
 
 if __name__ == '__main__':

@@ -19,19 +19,22 @@ def test_without_cuda_it_says_so_in_one_line(tmp_path, capsys):
 
 
 def test_a_failed_stage_fails_the_check_and_the_others_still_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, 'make_data', lambda out, profile, workers: ('a', 'b'))
+    monkeypatch.setattr(gpu_check, 'make_storages',
+                        lambda out, profile, workers: {name: ('a', 'b')
+                                                       for name in profile.storages})
     monkeypatch.setattr(gpu_check, 'check_crops', lambda *a: {'ok': False, 'summary': 'bad'})
 
     def broken(*args):
         raise RuntimeError('out of memory')
     monkeypatch.setattr(gpu_check, 'check_training', broken)
     monkeypatch.setattr(gpu_check, 'measure_speed', lambda *a: [])
+    monkeypatch.setattr(gpu_check, 'loader_scaling', lambda *a: [])
     code = gpu_check.main(['--device', 'cpu', '--out', str(tmp_path), '--skip', 'cuda-tests'])
     assert code == 1
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
     verdicts = {s['stage']: s['ok'] for s in report['stages']}
     assert verdicts == {'environment': True, 'cuda-tests': None, 'crops': False,
-                        'training': False, 'speed': True}
+                        'training': False, 'speed': True, 'loader-threads': True}
     assert 'RuntimeError: out of memory' in (tmp_path / 'gpu_check.md').read_text()
 
 
@@ -60,7 +63,8 @@ def test_every_stage_runs_at_toy_size_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
     stages = {s['stage']: s for s in report['stages']}
-    assert list(stages) == ['environment', 'cuda-tests', 'crops', 'training', 'speed']
+    assert list(stages) == ['environment', 'cuda-tests', 'crops', 'training', 'speed',
+                            'loader-threads']
     assert stages['cuda-tests']['ok'] is True  # pytest -m cuda ran: all skipped here
     assert '1 skipped, 1 deselected' in stages['cuda-tests']['summary']
     assert stages['crops']['max_pixel_difference'] < 0.01
@@ -68,9 +72,19 @@ def test_every_stage_runs_at_toy_size_on_the_cpu(tmp_path):
     for run in stages['training']['runs'].values():
         assert run['train_loss'][-1] < run['train_loss'][0]
     rows = stages['speed']['rows']
-    assert [(r['resolution'], r['compiled']) for r in rows] == [(32, False), (48, False),
-                                                                (32, True)]
+    # the published storage first, eager then compiled; then 256 px JPEG
+    assert [(r['storage'], r['resolution'], r['compiled']) for r in rows] == [
+        ('rn50-published', 32, False), ('rn50-published', 32, True), ('fast-256', 32, False)]
     assert all(r['loader_alone'] > 0 and r['model_alone'] > 0 and r['end_to_end'] > 0
                for r in rows)
+    scaling = stages['loader-threads']['rows']
+    assert [(r['storage'], r['dct_scaling'], r['threads']) for r in scaling] == [
+        ('rn50-published', False, 2), ('rn50-published', True, 2), ('fast-256', False, 2)]
+    assert all(r['images_per_sec'] > 0 for r in scaling)
     table = (tmp_path / 'gpu_check.md').read_text()
-    assert table.startswith('# gpu-check on CPU') and '| 48 | no | off |' in table
+    assert table.startswith('# gpu-check on CPU')
+    assert '| rn50-published | 32 | no | off |' in table and '| fast-256 | full-size | 2 |' in table
+    # the data in both storages, each recorded as its preset
+    for name in ('rn50-published', 'fast-256'):
+        record = json.loads((tmp_path / 'data' / name / 'train.beton.storage.json').read_text())
+        assert record['preset'] == name
