@@ -7,16 +7,26 @@
 #     make wheelhouse PYTHON_VERSION=3.12           # here, first; `wheelhouse/` is carried
 #     bash .ci/gpu_node_check.sh OUT_DIR            # there (device: carry ["wheelhouse"])
 #
-# Phases (seconds are upper bounds, each enforced with `timeout`):
-#   1. install + environment                               -> OUT/env.txt
-#   2. generated data (gpu-check with every stage skipped)  -> OUT/data.log
-#   3. side by side, none of it timed: the cuda tests and the crops check, then a few
-#      test files whose code paths change when CUDA is present (tests.log, tests.json);
-#      the training check, bf16 and fp16 under torchrun, stop + resume (train.log,
-#      train.json)
-#   4. alone on the GPU, last: the speed table (speed.log, speed.json, speed.md)
-# PHASES (default "tests train speed") names the phases 3-4 to run; a rerun in what is
-# left of a lease can take fewer. BROAD_TESTS=0 leaves out the extra test files.
+# Phases, in order of value (seconds are upper bounds, each enforced with `timeout`;
+# about 7 minutes in all on one H100 or H200):
+#   1. install + environment (lscpu, nvidia-smi, versions)      -> OUT/env.txt
+#   2. generated data in both storages: the published one (500 px, half the images
+#      raw) and 256 px JPEG (gpu-check with every stage skipped) -> OUT/data.log
+#   3. speed, alone on the GPU: end to end at 160 and 192 px on the published storage,
+#      eager then compiled, 14 decoding threads, beside the model alone, batch 512
+#      (and 256); then 256 px JPEG                               -> OUT/speed.{log,json,md}
+#   4. the trainer: bench trainer on rn50_32_epochs, shortened, published storage
+#                                                                -> OUT/trainer.{log,json}
+#   5. the loader alone at 1, 2, 4, 8 and 14 threads on both storages, and with
+#      reduced-scale decoding                                    -> OUT/threads.{log,json}
+#   6. BlurPool's forms, model alone                             -> OUT/blurpool.log
+#   7. side by side: the cuda tests and the crops check; the training check, bf16 and
+#      fp16 under torchrun, stop + resume                       -> OUT/{tests,train}.log
+# PHASES (default "speed trainer threads blurpool tests train") names the phases 3-7 to
+# run; a rerun in what is left of a lease can take fewer. WORKERS (default 14) is the
+# decoding threads of the speed and trainer phases.
+# DEVICE=cpu runs every phase at toy size on a machine without a GPU (the phases' own
+# check), and INSTALL=0 uses the environment as it is instead of the wheelhouse.
 # The tests run from a copy of the checkout without ffcv_imagenet/, so that they import
 # the installed package (the checkout's sources lack the compiled extension).
 set -uo pipefail
@@ -26,8 +36,19 @@ WORK=${GPU_CHECK_WORK:-/tmp/gpu_node_check}
 PY=${PYTHON:-python3}
 cd /tmp  # not the checkout: its sources, without the compiled extension, would shadow the install
 export PYTHONUNBUFFERED=1
-PHASES=${PHASES:-tests train speed}
-BROAD_TESTS=${BROAD_TESTS:-1}
+PHASES=${PHASES:-speed trainer threads blurpool tests train}
+WORKERS=${WORKERS:-14}
+DEVICE=${DEVICE:-cuda}
+INSTALL=${INSTALL:-1}
+# the bench commands' sizes: ResNet-50 at the recipes' batch, or toy size on the CPU
+if [[ $DEVICE == cpu ]]; then
+    SIZES=(--arch resnet18 --resolution 32 --batch-size 8 --steps 2 --warmup 1)
+    TRAINER_SIZES=(--set model.arch=resnet18 resolution.min_res=32 resolution.max_res=48
+                   validation.resolution=32 training.batch_size=8 validation.batch_size=8)
+else
+    SIZES=(--resolution 160 --batch-size 512)
+    TRAINER_SIZES=()
+fi
 T0=$SECONDS
 stamp() { echo "== $* (t=$((SECONDS - T0)) s)"; }
 
@@ -38,7 +59,9 @@ stamp() { echo "== $* (t=$((SECONDS - T0)) s)"; }
     # (then reinstalled: a rebuilt wheel keeps its version, which pip would skip on a
     # machine kept warm between two runs)
     rm -rf "$WORK/site"
-    if "$PY" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" ffcv_imagenet; then
+    if [[ $INSTALL != 1 ]]; then
+        echo "INSTALL=$INSTALL: the environment as it is"
+    elif "$PY" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" ffcv_imagenet; then
         "$PY" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" --no-deps \
             --force-reinstall ffcv_imagenet
     else
@@ -48,7 +71,8 @@ stamp() { echo "== $* (t=$((SECONDS - T0)) s)"; }
         export PYTHONPATH=$WORK/site
     fi
     stamp environment
-    nvidia-smi
+    nvidia-smi || echo "no nvidia-smi"
+    lscpu
     nproc; free -g | head -2
     "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|numpy|numba|ffcv|fastargs|opencv|pytest)'
     "$PY" -c 'import ffcv_imagenet.data.read.jpeg_region as j, ffcv; print("imports ok", j.__file__)'
@@ -60,7 +84,8 @@ check() {  # check NAME SECONDS ARGS...: gpu-check into $WORK/NAME sharing the d
     mkdir -p "$WORK/$name"
     [[ $name == data || -e $WORK/$name/data ]] || ln -s "$WORK/data/data" "$WORK/$name/data"
     # (-k: a hung child, torchrun say, would hold the GPU into the next phase)
-    timeout -k 15 "$limit" "$PY" -m ffcv_imagenet gpu-check --out "$WORK/$name" "$@"
+    timeout -k 15 "$limit" "$PY" -m ffcv_imagenet gpu-check --device "$DEVICE" \
+        --out "$WORK/$name" "$@"
     local rc=$?
     cp "$WORK/$name/gpu_check.json" "$OUT/$name.json" 2>/dev/null
     [[ $name == speed ]] && cp "$WORK/$name/gpu_check.md" "$OUT/speed.md" 2>/dev/null
@@ -70,42 +95,56 @@ check() {  # check NAME SECONDS ARGS...: gpu-check into $WORK/NAME sharing the d
 
 stamp data
 # (the later phases would otherwise each write the data at once, into one folder)
-check data 90 --skip cuda-tests crops training speed > "$OUT/data.log" 2>&1 \
+check data 150 --skip cuda-tests crops training speed loader-threads > "$OUT/data.log" 2>&1 \
     || { tail -n 20 "$OUT/data.log"; exit 1; }
 tail -n 2 "$OUT/data.log"
+PUBLISHED=$WORK/data/data/rn50-published
+
+wants() { [[ " $PHASES " == *" $1 "* ]]; }
+failed=0
+if wants speed; then
+    stamp speed
+    check speed 200 --workers "$WORKERS" --skip cuda-tests crops training loader-threads \
+        > "$OUT/speed.log" 2>&1 || failed=1
+    cat "$OUT/speed.log"; cat "$OUT/speed.md" 2>/dev/null
+fi
+if wants trainer; then
+    stamp trainer
+    timeout -k 15 100 "$PY" -m ffcv_imagenet bench trainer --recipe rn50_32_epochs.yaml \
+        --train "$PUBLISHED/train.beton" --val "$PUBLISHED/val.beton" \
+        --out "$WORK/trainer" --workers "$WORKERS" --json "$OUT/trainer.json" \
+        --device "$DEVICE" "${TRAINER_SIZES[@]}" > "$OUT/trainer.log" 2>&1 || failed=1
+    stamp "trainer exit $?"; tail -n 40 "$OUT/trainer.log"
+fi
+if wants threads; then
+    stamp threads
+    check threads 90 --skip cuda-tests crops training speed > "$OUT/threads.log" 2>&1 \
+        || failed=1
+    cat "$OUT/threads.log"
+fi
+if wants blurpool; then
+    stamp blurpool
+    timeout -k 15 60 "$PY" -m ffcv_imagenet bench train --beton "$PUBLISHED/train.beton" \
+        "${SIZES[@]}" --workers "$WORKERS" --blurpool-forms --device "$DEVICE" \
+        > "$OUT/blurpool.log" 2>&1 || failed=1
+    stamp "blurpool exit $?"; cat "$OUT/blurpool.log"
+fi
 
 # the checkout without its package sources (tests read files at its root at collection)
 rm -rf "$WORK/clone" && mkdir -p "$WORK/clone"
 tar -C "$ROOT" --exclude=./.git --exclude=./ffcv_imagenet --exclude=./wheelhouse \
     --exclude='./.venv*' --exclude=./.wheels --exclude=./data -cf - . | tar -C "$WORK/clone" -xf -
-wants() { [[ " $PHASES " == *" $1 "* ]]; }
-failed=0
 jobs_started=()
 if wants tests; then
-    (
-        check tests 100 --skip training speed --tests "$WORK/clone/tests"; rc=$?
-        [[ $BROAD_TESTS == 1 ]] || exit $rc
-        stamp "test files with CUDA present"
-        cd "$WORK/clone" && timeout -k 15 120 "$PY" -m pytest -q -ra -p no:cacheprovider \
-            -m 'not slow' -n 4 tests/data/read/test_loaders.py \
-            tests/data/read/test_ffcv_loader.py tests/training tests/cli/test_recipe.py \
-            tests/test_train.py 2>&1 | tail -n 40
-        (( rc == 0 && PIPESTATUS[0] == 0 )) || rc=1
-        stamp "tests done"
-        exit $rc
-    ) > "$OUT/tests.log" 2>&1 &
+    check tests 100 --skip training speed loader-threads --tests "$WORK/clone/tests" \
+        > "$OUT/tests.log" 2>&1 &
     jobs_started+=($!)
 fi
 if wants train; then
-    check train 220 --skip cuda-tests crops speed > "$OUT/train.log" 2>&1 &
+    check train 150 --skip cuda-tests crops speed loader-threads > "$OUT/train.log" 2>&1 &
     jobs_started+=($!)
 fi
 for job in "${jobs_started[@]}"; do wait "$job" || failed=1; done
 grep -h '^\[' "$OUT"/{tests,train}.log 2>/dev/null
-if wants speed; then
-    stamp speed
-    check speed 250 --skip cuda-tests crops training > "$OUT/speed.log" 2>&1 || failed=1
-    cat "$OUT/speed.log"; cat "$OUT/speed.md" 2>/dev/null
-fi
 stamp "end ($( ((failed)) && echo 'a phase FAILED' || echo 'every phase passed'))"
 exit $failed
