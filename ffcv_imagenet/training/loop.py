@@ -10,7 +10,8 @@ runs them. Per epoch, ``fit``:
    each batch (MixUp/CutMix) and updating an EMA of the weights;
 3. validates every ``eval_every`` epochs and at the end (see
    :mod:`~ffcv_imagenet.training.evaluate`), the raw and, when kept, the EMA weights;
-4. logs one JSON line and, on rank 0, writes the checkpoints;
+4. on rank 0, writes the checkpoints, then logs one JSON line, with where the
+   epoch's time went (see :mod:`~ffcv_imagenet.training.timing`);
 5. stops early when ``best_metric`` has not improved for ``patience`` epochs.
 
 Running sums stay on the device; every ``log_every`` steps they are all-reduced
@@ -45,6 +46,7 @@ from .logs import Progress, RunLog
 from .mix import Mixer
 from .optim import Precision, set_lr
 from .preempt import CheckpointPeriod, Preempted, StopSignals
+from .timing import PassTimer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -209,7 +211,8 @@ def _sync(totals: torch.Tensor, stop: StopSignals | None) -> tuple[torch.Tensor,
     return summed[:3], bool(summed[3].item() > 0)
 
 
-def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint') -> dict:
+def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint',
+                timer: PassTimer | None = None) -> dict:
     """Trains epoch ``epoch`` (0-based) of ``run`` from batch ``run.state.step`` on
     (0 unless resuming inside the epoch), advancing ``run.state.iteration`` and
     ``.step``.
@@ -221,12 +224,14 @@ def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint') -> dict:
 
     Returns train ``loss`` (mean, with label smoothing), ``top1`` (fraction; against
     the dominant label when mixing), ``images`` (all ranks), ``seconds``, ``lr`` (the
-    last one).
+    last one). ``timer`` (default: a fresh one) times the loader waits, first steps at
+    new shapes and checkpoint writes of the pass.
     Raises:
         NonFiniteLossError: the loss summed over ranks is NaN or infinite.
         Preempted: see above.
     """
     state, options, dist, loader = run.state, run.options, run.dist, run.train_loader
+    timer = timer or PassTimer(dist.device)
     run.model.train()
     loader.start_batch = state.step
     steps = state.step + len(loader)
@@ -240,7 +245,9 @@ def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint') -> dict:
     if state.step < steps:
         progress = Progress(loader, steps - state.step, dist.is_main and options.progress,
                             f"epoch {epoch + 1}/{options.epochs}")
-        for step, (images, labels) in enumerate(progress, start=state.step + 1):
+        for step, (images, labels) in enumerate(timer.batches(progress),
+                                                start=state.step + 1):
+            timer.begin_step(images.shape)
             seed_step(options.seed, epoch, step, dist.rank, dist.device)
             lr = run.lr_at(state.iteration)
             set_lr(run.optimizer, lr)
@@ -254,6 +261,7 @@ def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint') -> dict:
             state.iteration, state.step = state.iteration + 1, step
             if run.ema is not None:
                 run.ema.update(run.module, state.iteration)
+            timer.end_step()
             if step % options.log_every == 0 or step == steps:
                 seen, stop = _sync(totals.clone(), run.stop)
                 _check_finite(seen, epoch, state.iteration)
@@ -262,7 +270,8 @@ def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint') -> dict:
                               res=images.shape[-1], img_s=f"{seen[2].item() / elapsed:.0f}")
                 if stop or saver.time_due():
                     state.partial = [*seen.tolist(), elapsed]
-                    saver.save(['last.pt'])
+                    with timer.checkpoint():
+                        saver.save(['last.pt'])
                 if stop:
                     progress.close()
                     barrier()  # no rank exits before last.pt is complete
@@ -310,6 +319,7 @@ def fit(run: Run, log: RunLog) -> TrainState:
     if state.stopped_early:
         return state
     saver = LastCheckpoint(run)
+    shapes: set = set()  # the input shapes the model has run at (compiled for)
     last_epoch = min(options.epochs, options.stop_after or options.epochs)
     for epoch in range(state.epoch, last_epoch):
         run.train_loader.resolution = run.res_at(epoch)
@@ -318,20 +328,21 @@ def fit(run: Run, log: RunLog) -> TrainState:
             run.train_loader.batch_size = batch
         run.train_loader.epoch = epoch
         seed_epoch(options.seed, epoch, dist.rank)
-        train = train_epoch(run, epoch, saver)
+        timer = PassTimer(dist.device, shapes)
+        train = train_epoch(run, epoch, saver, timer)
+        trained = time.perf_counter()
         state.epoch, state.step, state.partial = epoch + 1, 0, None
         broadcast_buffers(run.module)
         _check_finite_weights(run.module, state.epoch)
-        val = {}
+        val, val_seconds = {}, 0.0
         if state.epoch % options.eval_every == 0 or state.epoch == options.epochs:
+            began = time.perf_counter()  # the GPU is idle: the last step's sums were read
             val = validate(run.module, run.ema, run.val_loader, precision=run.precision,
                            tta=options.tta, device=dist.device)
+            val_seconds = time.perf_counter() - began  # validate reads its sums too
         improved = _update_best(state, val, options)
         state.metrics = _epoch_record(state, train, val, run.train_loader.resolution, batch,
                                       dist, options, mixed=run.mixer is not None)
-        log.event('epoch', **state.metrics)
-        log.scalars(state.epoch, {k: v for k, v in state.metrics.items()
-                                  if isinstance(v, float)})
         # a signal that came during validation is acted on here, at the boundary
         stop = _sync(torch.zeros(3, device=dist.device, dtype=torch.float64), run.stop)[1]
         names = checkpoint_names(
@@ -339,7 +350,13 @@ def fit(run: Run, log: RunLog) -> TrainState:
             last_due=(options.last_every.due_at_epoch_end(state.epoch) or saver.time_due()
                       or state.epoch == last_epoch or state.stopped_early or stop),
             finished=state.epoch == options.epochs or state.stopped_early)
-        saver.save(names)
+        if names:  # checkpoint_s is 0 exactly when no checkpoint was written
+            with timer.checkpoint():
+                saver.save(names)
+        timing = timer.record(val_seconds, train['seconds'] + time.perf_counter() - trained)
+        log.event('epoch', **state.metrics, **timing)
+        log.scalars(state.epoch, {k: v for k, v in {**state.metrics, **timing}.items()
+                                  if isinstance(v, float)})
         if state.stopped_early:
             log.event('early_stop', epoch=state.epoch, metric=options.best_metric,
                       best=state.best_top1, best_epoch=state.best_epoch,

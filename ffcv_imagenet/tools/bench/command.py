@@ -33,6 +33,13 @@ Details: :mod:`.loader`.
         --steps 100 --warmup 20 --json bench_train.json
 
 See :mod:`.steps` for what ``train`` times and leaves out.
+
+    python -m ffcv_imagenet bench trainer -C rn50_32_epochs --out runs/bench_trainer \
+        --set data.train_dataset=betons/train.beton --set data.val_dataset=betons/val.beton \
+        --gpus 8 --json bench_trainer.json
+
+``trainer`` runs the training command itself for a few epochs across its resolution
+switch, prints where the time went and projects a whole recipe; see :mod:`.trainer`.
 """
 from __future__ import annotations
 
@@ -40,10 +47,12 @@ import argparse
 import json
 import os
 
+from ...cli.config import ConfigError
 from ...training.models import ARCHS
 from ...training.optim import PRECISIONS
 from .loader import BOTH, DECODER_DTYPES, bench_loaders, format_loader_table
 from .steps import bench_train, default_workers, format_train_table
+from .trainer import bench_trainer, format_trainer_report, shortening
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +100,49 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument('--device', choices=('auto', 'cuda', 'cpu'), default='auto',
                        help="'auto': cuda if available")
     train.add_argument('--json', help='also write the results (a list, one per resolution)')
+    _trainer_parser(commands)
     return parser
+
+
+def _trainer_parser(commands) -> None:
+    trainer = commands.add_parser('trainer', help='the training command timed: a breakdown '
+                                  'of a short run and a projection of a whole recipe')
+    trainer.add_argument('-C', '--config', action='append', default=[], metavar='FILE',
+                         help='config file or shipped recipe name (repeatable)')
+    trainer.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                         help="a setting of the run and of the projected recipe, e.g. "
+                              "data.train_dataset=betons/train.beton (repeatable)")
+    trainer.add_argument('--out', default='runs/bench_trainer',
+                         help='run folder (new or empty)')
+    trainer.add_argument('--epochs', type=int, default=3, help='epochs of the short run')
+    trainer.add_argument('--start-ramp', type=int, default=1,
+                         help="the short run's resolution.start_ramp")
+    trainer.add_argument('--end-ramp', type=int, default=2,
+                         help="the short run's resolution.end_ramp")
+    trainer.add_argument('--project', metavar='RECIPE',
+                         help='the recipe to project (default: the one run), not shortened')
+    trainer.add_argument('--gpus', type=int, default=8, help='GPUs of the projection')
+    trainer.add_argument('--dataset-images', type=int, default=1_281_167,
+                         help='train images per epoch of the projection (ImageNet-1k)')
+    trainer.add_argument('--val-images', type=int, default=50_000,
+                         help='images per validation pass of the projection')
+    trainer.add_argument('--json', help='also write the result here')
+
+
+def _trainer(parser, args) -> None:
+    if min(args.epochs, args.gpus, args.dataset_images) < 1 or args.val_images < 0:
+        parser.error("--epochs, --gpus and --dataset-images must be positive and "
+                     "--val-images not negative")
+    try:
+        result = bench_trainer(args.config, args.set, args.out,
+                               shorten=shortening(args.epochs, args.start_ramp, args.end_ramp),
+                               project_configs=[args.project] if args.project else None,
+                               gpus=args.gpus, dataset_images=args.dataset_images,
+                               val_images=args.val_images)
+    except (ConfigError, RuntimeError) as err:
+        parser.exit(2, f"bench trainer: {err}\n")
+    print(format_trainer_report(result))
+    _write_json(args.json, result)
 
 
 def _write_json(path: str | None, result) -> None:
@@ -103,6 +154,9 @@ def _write_json(path: str | None, result) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == 'trainer':
+        _trainer(parser, args)
+        return
     paths = [args.beton]
     if args.command == 'loader':
         paths += [args.val_beton, args.folder]
