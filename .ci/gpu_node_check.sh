@@ -43,8 +43,9 @@ INSTALL=${INSTALL:-1}
 # the bench commands' sizes: ResNet-50 at the recipes' batch, or toy size on the CPU
 if [[ $DEVICE == cpu ]]; then
     SIZES=(--arch resnet18 --resolution 32 --batch-size 8 --steps 2 --warmup 1)
-    TRAINER_SIZES=(--set model.arch=resnet18 resolution.min_res=32 resolution.max_res=48
-                   validation.resolution=32 training.batch_size=8 validation.batch_size=8)
+    TRAINER_SIZES=(--set model.arch=resnet18 --set resolution.min_res=32
+                   --set resolution.max_res=48 --set validation.resolution=32
+                   --set training.batch_size=8 --set validation.batch_size=8)
 else
     SIZES=(--resolution 160 --batch-size 512)
     TRAINER_SIZES=()
@@ -58,7 +59,7 @@ stamp() { echo "== $* (t=$((SECONDS - T0)) s)"; }
     # falls back to a target folder
     # (then reinstalled: a rebuilt wheel keeps its version, which pip would skip on a
     # machine kept warm between two runs)
-    rm -rf "$WORK/site"
+    rm -rf "$WORK/site" "$WORK/trainer"
     if [[ $INSTALL != 1 ]]; then
         echo "INSTALL=$INSTALL: the environment as it is"
     elif "$PY" -m pip install -q --no-index --find-links "$ROOT/wheelhouse" ffcv_imagenet; then
@@ -110,10 +111,11 @@ if wants speed; then
 fi
 if wants trainer; then
     stamp trainer
-    timeout -k 15 100 "$PY" -m ffcv_imagenet bench trainer --recipe rn50_32_epochs.yaml \
-        --train "$PUBLISHED/train.beton" --val "$PUBLISHED/val.beton" \
-        --out "$WORK/trainer" --workers "$WORKERS" --json "$OUT/trainer.json" \
-        --device "$DEVICE" "${TRAINER_SIZES[@]}" > "$OUT/trainer.log" 2>&1 || failed=1
+    timeout -k 15 100 "$PY" -m ffcv_imagenet bench trainer -C rn50_32_epochs.yaml \
+        --set "data.train_dataset=$PUBLISHED/train.beton" \
+        --set "data.val_dataset=$PUBLISHED/val.beton" --set "data.num_workers=$WORKERS" \
+        --set "training.device=$DEVICE" "${TRAINER_SIZES[@]}" --out "$WORK/trainer" \
+        --gpus 8 --json "$OUT/trainer.json" > "$OUT/trainer.log" 2>&1 || failed=1
     stamp "trainer exit $?"; tail -n 40 "$OUT/trainer.log"
 fi
 if wants threads; then
