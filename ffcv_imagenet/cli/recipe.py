@@ -291,6 +291,7 @@ def _fit_options(config) -> FitOptions:
     return FitOptions(
         epochs=config['training.epochs'], label_smoothing=config['training.label_smoothing'],
         grad_clip=config['training.grad_clip'], eval_every=config['validation.every'],
+        eval_from=config['validation.start_epoch'],
         tta=bool(config['validation.tta']), checkpoint_every=config['checkpoint.every'],
         last_every=CheckpointPeriod.parse(config['checkpoint.last_every']),
         stop_after=config['training.stop_after'], log_every=config['logging.log_every'],

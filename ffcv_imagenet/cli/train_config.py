@@ -138,6 +138,8 @@ Section('validation', 'validation').params(
     crop_ratio=Param(float, 'centre crop side / shorter image side', default=224 / 256),
     tta=Param(Flag(), 'average the logits of each image and its mirror', default=1),
     every=Param(int, 'validate every this many epochs (and after the last)', default=1),
+    start_epoch=Param(int, 'validate no epoch before this one (1-based, 0 = from the '
+                      'first), except the last', default=0),
     resolutions=Param(str, "eval_only: validate at each of these resolutions ('160,192,224') "
                       "and print a table", default=''),
     crop_ratios=Param(str, "eval_only: validate at each of these centre-crop ratios "
@@ -212,7 +214,7 @@ _POSITIVE = ('training.epochs', 'training.batch_size',
              'validation.folder_resize', 'validation.folder_crop',
              'logging.log_every', 'lr.reference_batch', 'ema.every')
 _NON_NEGATIVE = ('data.num_workers', 'training.global_batch_size', 'training.grad_clip',
-                 'training.stop_after',
+                 'training.stop_after', 'validation.start_epoch',
                  'checkpoint.every', 'checkpoint.best_after', 'optimizer.weight_decay',
                  'optimizer.momentum',
                  'optimizer.eps', 'optimizer.trust_coefficient', 'lr.lr', 'lr.min_lr',
