@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import numba
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -81,12 +82,16 @@ def setup_threads(config, dist: Dist) -> ThreadPlan:
     cores) and torch's, which it sets (every rank must call it: the ranks on a host
     tell one another their CPUs).
     Raises:
-        ConfigError: a bad ``OMP_NUM_THREADS``.
+        ConfigError: a bad ``OMP_NUM_THREADS``, or more threads than numba can start.
     """
     try:
         plan = distributed.process_threads(dist.device.type, config['data.num_workers'])
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if plan.decoding > numba.config.NUMBA_NUM_THREADS:  # numba's pool: one per CPU
+        raise ConfigError(f"data.num_workers: {plan.decoding} decoding threads asked for, "
+                          f"but numba starts at most {numba.config.NUMBA_NUM_THREADS} "
+                          f"(NUMBA_NUM_THREADS, by default the machine's CPUs)")
     torch.set_num_threads(plan.torch)
     return plan
 
