@@ -2,10 +2,16 @@
 several test files read (each generated once per test process), the offline wheelhouse;
 and a last-resort end for a test that hangs."""
 import faulthandler
+import os
 import sys
 from pathlib import Path
 
-import pytest
+# the tiny runs' math on one torch thread (as the loaders' thread count used to set
+# it): a test process shares the cores with the decoding threads and with the other
+# test processes; the tests of the thread rule set or clear it themselves
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the entry points live at the repository root

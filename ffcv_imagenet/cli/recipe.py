@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import numba
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -21,7 +22,7 @@ from ..data.read.loaders import ImageLoader, train_loader, val_loader
 from ..data.write.storage import storage_notes
 from ..training import distributed
 from ..training.checkpoint import TrainState, load_checkpoint, restore
-from ..training.distributed import Dist
+from ..training.distributed import Dist, ThreadPlan
 from ..training.ema import ModelEMA
 from ..training.erasing import RandomErasing
 from ..training.loop import FitOptions, Run
@@ -60,6 +61,8 @@ class Parts:
     eraser: RandomErasing | None = None
     # the parsed resolution.stages (None: the linear ramp)
     stages: Stages | None = None
+    # this process's decoding and torch threads (None: not chosen here)
+    threads: ThreadPlan | None = None
 
 
 def setup_distributed(config) -> Dist:
@@ -72,6 +75,25 @@ def setup_distributed(config) -> Dist:
         return distributed.setup(config['training.device'])
     except ValueError as err:
         raise ConfigError(f"training.device: {err}") from None
+
+
+def setup_threads(config, dist: Dist) -> ThreadPlan:
+    """This process's decoding threads (``data.num_workers``; 0: its share of the
+    cores) and torch's, which it sets (every rank must call it: the ranks on a host
+    tell one another their CPUs).
+    Raises:
+        ConfigError: a bad ``OMP_NUM_THREADS``, or more threads than numba can start.
+    """
+    try:
+        plan = distributed.process_threads(dist.device.type, config['data.num_workers'])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if plan.decoding > numba.config.NUMBA_NUM_THREADS:  # numba's pool: one per CPU
+        raise ConfigError(f"data.num_workers: {plan.decoding} decoding threads asked for, "
+                          f"but numba starts at most {numba.config.NUMBA_NUM_THREADS} "
+                          f"(NUMBA_NUM_THREADS, by default the machine's CPUs)")
+    torch.set_num_threads(plan.torch)
+    return plan
 
 
 def check_dataset(config, key: str) -> tuple[str, list[str]]:
@@ -158,10 +180,12 @@ def build_parts(config, dist: Dist) -> Parts:
                           f"list than {train_path}")
     batch = per_gpu_batch(config, dist.world_size, stages)
     precision = resolve_config_precision(config, dist.device)
-    train, val = _loaders(config, dist, precision, train_path, val_path, batch, stages)
+    threads = setup_threads(config, dist)
+    train, val = _loaders(config, dist, precision, train_path, val_path, batch, stages,
+                          threads.decoding)
     model, module, optimizer, scaler = _network(config, dist, precision, len(classes))
     return Parts(model, module, optimizer, scaler, precision, train, val, classes, batch,
-                 _mixer(config, len(classes)), _eraser(config), stages)
+                 _mixer(config, len(classes)), _eraser(config), stages, threads)
 
 
 def resolve_config_precision(config, device: torch.device) -> Precision:
@@ -219,6 +243,7 @@ def build_run(config, dist: Dist) -> Run:
     steps = schedules.first_iteration(epoch + 1) - schedules.first_iteration(epoch)
     notes.append(f"{dist.world_size} process(es) on {dist.device.type}, {schedules.summary}, "
                  f"precision {parts.precision.name}, {steps} steps per epoch")
+    notes.append(f"threads per process: {parts.threads.why}")
     if dist.is_main:  # a forward pass on a CPU copy: only the rank that prints pays
         start_res = schedules.res_at(state.epoch)
         cost = describe_model(parts.module, start_res,
@@ -271,6 +296,7 @@ def _fit_options(config) -> FitOptions:
     return FitOptions(
         epochs=config['training.epochs'], label_smoothing=config['training.label_smoothing'],
         grad_clip=config['training.grad_clip'], eval_every=config['validation.every'],
+        eval_from=config['validation.start_epoch'],
         tta=bool(config['validation.tta']), checkpoint_every=config['checkpoint.every'],
         last_every=CheckpointPeriod.parse(config['checkpoint.last_every']),
         stop_after=config['training.stop_after'], log_every=config['logging.log_every'],
@@ -281,10 +307,11 @@ def _fit_options(config) -> FitOptions:
 
 
 def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path: str,
-             batch: int, stages: Stages | None) -> tuple[ImageLoader, ImageLoader]:
+             batch: int, stages: Stages | None,
+             workers: int) -> tuple[ImageLoader, ImageLoader]:
     # the loaders check each .beton's labels against its .classes.json (so that an
     # error names that file)
-    common = dict(num_workers=config['data.num_workers'], device=dist.device,
+    common = dict(num_workers=workers, device=dist.device,
                   in_memory=bool(config['data.in_memory']), distributed=dist.enabled,
                   dtype=precision.input_dtype)
     resolution = config['resolution.min_res'] if stages is None else stages.at(0).resolution

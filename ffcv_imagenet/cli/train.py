@@ -139,7 +139,7 @@ def _standard_eval_batches(config, run: Run) -> OnDevice | None:
         loader = standard_eval_loader(
             folder, run.meta['classes'], resize=config['validation.folder_resize'],
             crop=config['validation.folder_crop'],
-            batch_size=config['validation.batch_size'], workers=config['data.num_workers'])
+            batch_size=config['validation.batch_size'], workers=run.train_loader.num_workers)
     except DatasetError as err:
         raise ConfigError(f"validation.folder: {err}") from None
     return OnDevice(loader, run.dist.device, channels_last=bool(config['model.channels_last']),

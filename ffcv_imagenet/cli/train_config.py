@@ -43,7 +43,8 @@ PARITY_SCHEDULES = ('cyclic', 'step')
 Section('data', 'the .beton files and their loaders').params(
     train_dataset=Param(str, 'train .beton', required=True),
     val_dataset=Param(str, 'val .beton', required=True),
-    num_workers=Param(int, 'decoding threads per process', default=8),
+    num_workers=Param(int, "decoding threads per process (0 = the process's share of "
+                      "the cores it may run on, less one for its main thread)", default=0),
     in_memory=Param(Flag(), '1: read through the OS page cache (dataset fits in RAM)',
                     default=1),
     storage_preset=Param(str, 'the storage preset (convert --preset) the recipe was '
@@ -137,6 +138,8 @@ Section('validation', 'validation').params(
     crop_ratio=Param(float, 'centre crop side / shorter image side', default=224 / 256),
     tta=Param(Flag(), 'average the logits of each image and its mirror', default=1),
     every=Param(int, 'validate every this many epochs (and after the last)', default=1),
+    start_epoch=Param(int, 'validate no epoch before this one (1-based, 0 = from the '
+                      'first), except the last', default=0),
     resolutions=Param(str, "eval_only: validate at each of these resolutions ('160,192,224') "
                       "and print a table", default=''),
     crop_ratios=Param(str, "eval_only: validate at each of these centre-crop ratios "
@@ -206,11 +209,12 @@ Section('early_stop', 'stop when the best metric has not improved for a while').
 SECTIONS = ('data', 'model', 'resolution', 'lr', 'optimizer', 'training', 'validation',
             'checkpoint', 'logging', 'ema', 'mix', 'erase', 'early_stop')
 
-_POSITIVE = ('data.num_workers', 'training.epochs', 'training.batch_size',
+_POSITIVE = ('training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
              'validation.folder_resize', 'validation.folder_crop',
              'logging.log_every', 'lr.reference_batch', 'ema.every')
-_NON_NEGATIVE = ('training.global_batch_size', 'training.grad_clip', 'training.stop_after',
+_NON_NEGATIVE = ('data.num_workers', 'training.global_batch_size', 'training.grad_clip',
+                 'training.stop_after', 'validation.start_epoch',
                  'checkpoint.every', 'checkpoint.best_after', 'optimizer.weight_decay',
                  'optimizer.momentum',
                  'optimizer.eps', 'optimizer.trust_coefficient', 'lr.lr', 'lr.min_lr',

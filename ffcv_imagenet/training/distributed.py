@@ -3,12 +3,18 @@
 ``torchrun`` sets RANK, LOCAL_RANK and WORLD_SIZE (plus the rendezvous variables);
 a plain ``python`` run has none of them and is a world of one, with no process
 group at all. GPUs use NCCL and one device per local rank; CPUs use gloo.
+
+Threads: each process decodes on its loader's threads while its main thread drives
+the model; :func:`plan_threads` shares the node's cores out between the processes on
+it so that eight ranks do not each start a thread per core.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -77,6 +83,99 @@ def setup(device: str = 'auto', timeout_minutes: float = 30.0) -> Dist:
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
                                 device_id=here if use_cuda else None)
     return Dist(rank, local_rank, world_size, here, launched)
+
+
+# torch's threads on a GPU process: the GPU does the math, and idle OpenMP threads
+# spin on the cores the decoding threads need
+GPU_TORCH_THREADS = 1
+
+
+class ThreadPlan(NamedTuple):
+    """Threads for one process: ``decoding`` (the loader's), ``torch`` (torch's
+    intra-op threads), and ``why``, a line saying where each number came from."""
+    decoding: int
+    torch: int
+    why: str
+
+
+def plan_threads(cores: int, local_ranks: int, device_type: str, *, decoding: int = 0,
+                 omp_threads: int | None = None) -> ThreadPlan:
+    """The threads of one of ``local_ranks`` processes sharing ``cores`` CPUs.
+
+    The process's share is ``cores // local_ranks`` (at least 1). Decoding gets the
+    share less the main thread's core (at least 1); torch gets
+    :data:`GPU_TORCH_THREADS` on a GPU process and the whole share on a CPU one,
+    whose main thread does the math.
+
+    Args:
+        decoding: decoding threads asked for (0: from the share).
+        omp_threads: ``OMP_NUM_THREADS`` where set: torch's threads as given.
+    Raises:
+        ValueError: cores or local_ranks below 1, decoding below 0, omp_threads below 1.
+    """
+    if cores < 1 or local_ranks < 1:
+        raise ValueError(f"cores and local ranks must be positive, got {cores} and "
+                         f"{local_ranks}")
+    if decoding < 0:
+        raise ValueError(f"decoding threads must not be negative, got {decoding}")
+    if omp_threads is not None and omp_threads < 1:
+        raise ValueError(f"OMP_NUM_THREADS must be a positive whole number, got {omp_threads}")
+    share = max(1, cores // local_ranks)
+    split = f"{cores} cores / {local_ranks} process(es)"
+    if decoding:
+        decode_why = f"{decoding} decoding (as asked)"
+    else:
+        decoding = max(1, share - 1)
+        decode_why = f"{decoding} decoding ({split} - 1 for the main thread)"
+    if omp_threads is not None:
+        torch_threads, torch_why = omp_threads, 'OMP_NUM_THREADS'
+    elif device_type == 'cuda':
+        torch_threads, torch_why = GPU_TORCH_THREADS, 'the GPU does the math'
+    else:
+        torch_threads, torch_why = share, f"{split}, on the CPU"
+    return ThreadPlan(decoding, torch_threads,
+                      f"{decode_why}, {torch_threads} torch ({torch_why})")
+
+
+def shared_cores(own: set[int], node: list[set[int]]) -> tuple[int, int]:
+    """(cores, processes): the CPUs this process may run on (``own``), and how many of
+    the node's processes (their CPU sets ``node``, this one's among them) may run on
+    any of those. Ranks bound to NUMA nodes or to cores of their own share less."""
+    return len(own), max(1, sum(1 for other in node if other & own))
+
+
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (taskset, cgroups, Slurm, numactl)."""
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not on Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def node_cpu_sets() -> list[set[int]]:
+    """The CPU sets of the processes on this host, this one's included (every rank must
+    call it; without a process group, this process's alone)."""
+    own = usable_cpus()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [own]
+    host = socket.gethostname()
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, (host, sorted(own)))
+    return [set(cpus) for name, cpus in everyone if name == host]
+
+
+def process_threads(device_type: str, decoding: int = 0) -> ThreadPlan:
+    """:func:`plan_threads` for this process: the CPUs it shares with the processes on
+    its host (a collective under a process group) and ``OMP_NUM_THREADS``.
+    Raises:
+        ValueError: a bad ``decoding`` or ``OMP_NUM_THREADS``.
+    """
+    omp = os.environ.get('OMP_NUM_THREADS', '').strip()
+    if omp and not omp.isdigit():
+        raise ValueError(f"OMP_NUM_THREADS must be a positive whole number, got {omp!r}")
+    cores, ranks = shared_cores(usable_cpus(), node_cpu_sets())
+    return plan_threads(cores, ranks, device_type, decoding=decoding,
+                        omp_threads=int(omp) if omp else None)
 
 
 def cleanup() -> None:

@@ -8,7 +8,7 @@ runs them. Per epoch, ``fit``:
 2. trains, setting the learning rate ``lr_at(iteration)`` before every step and
    seeding the step's random draws from (seed, epoch, step, rank), optionally mixing
    each batch (MixUp/CutMix) and updating an EMA of the weights;
-3. validates every ``eval_every`` epochs and at the end (see
+3. validates every ``eval_every`` epochs from ``eval_from`` on, and at the end (see
    :mod:`~ffcv_imagenet.training.evaluate`), the raw and, when kept, the EMA weights;
 4. on rank 0, writes the checkpoints, then logs one JSON line, with where the
    epoch's time went (see :mod:`~ffcv_imagenet.training.timing`);
@@ -64,6 +64,9 @@ class FitOptions:
     grad_clip: float = 0.0
     # validate every this many epochs, and after the last
     eval_every: int = 1
+    # validate no epoch before this one (1-based; 0 or 1 = from the first), except the
+    # last: an early model's score often decides nothing
+    eval_from: int = 0
     # validation averages the logits of each image and its mirror image
     tta: bool = True
     # keep ``epoch_NNNN.pt`` every this many epochs (0 = off)
@@ -335,7 +338,7 @@ def fit(run: Run, log: RunLog) -> TrainState:
         broadcast_buffers(run.module)
         _check_finite_weights(run.module, state.epoch)
         val, val_seconds = {}, 0.0
-        if state.epoch % options.eval_every == 0 or state.epoch == options.epochs:
+        if validation_due(state.epoch, options):
             began = time.perf_counter()  # the GPU is idle: the last step's sums were read
             val = validate(run.module, run.ema, run.val_loader, precision=run.precision,
                            tta=options.tta, device=dist.device)
@@ -367,6 +370,15 @@ def fit(run: Run, log: RunLog) -> TrainState:
             raise Preempted(run.stop.received or 'a signal to another rank', state.epoch, 0,
                             state.iteration)
     return state
+
+
+def validation_due(epoch: int, options: FitOptions) -> bool:
+    """Whether the model is validated after ``epoch`` (1-based): every ``eval_every``
+    epochs from ``eval_from`` on, and after the last. An epoch without validation leaves
+    the best and early stopping as they were."""
+    if epoch == options.epochs:
+        return True
+    return epoch >= options.eval_from and epoch % options.eval_every == 0
 
 
 def _update_best(state: TrainState, val: dict, options: FitOptions) -> bool:

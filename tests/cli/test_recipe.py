@@ -2,6 +2,8 @@
 buffers nor copies its gradients; training.parity=ffcv reaches the run's optimizer,
 learning rate, precision and notes; a run on other storage than its recipe's preset
 says so in one line at the start, and a run on the same storage says nothing."""
+import os
+
 import pytest
 import torch
 import torch.distributed as torch_dist
@@ -9,7 +11,7 @@ from torch import nn
 
 import train_imagenet
 from ffcv_imagenet.cli import recipe, train
-from ffcv_imagenet.cli.config import parse_config
+from ffcv_imagenet.cli.config import ConfigError, parse_config
 from ffcv_imagenet.cli.train_config import SECTIONS
 from ffcv_imagenet.data.write.storage import find_preset, record_json, storage_path
 from ffcv_imagenet.training.distributed import Dist
@@ -95,8 +97,34 @@ def test_data_dct_scaling_reaches_the_train_loaders_decoder(betons, tmp_path):
         config = parse_config('t', tiny_args(betons, tmp_path, f'--data.dct_scaling={flag}'),
                               SECTIONS)
         train, val = recipe._loaders(config, dist, resolve_precision('off', CPU), *betons,
-                                     8, None)
+                                     8, None, 1)
         assert train.decoder.dct_scaling is bool(flag)
         assert val.decoder.dct_scaling is False  # validation decodes at full size
     default = parse_config('t', tiny_args(betons, tmp_path), SECTIONS)
     assert default['data.dct_scaling'] == 0
+
+
+def test_the_run_decodes_on_its_share_of_the_cores_unless_told_and_says_so(
+        betons, tmp_path, monkeypatch):
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    cores = len(os.sched_getaffinity(0))
+    dist = Dist(rank=0, local_rank=0, world_size=1, device=CPU)
+    before = torch.get_num_threads()
+    try:
+        auto = recipe.build_run(parse_config(
+            't', tiny_args(betons, tmp_path, '--data.num_workers=0'), SECTIONS), dist)
+        assert auto.train_loader.num_workers == auto.val_loader.num_workers \
+            == max(1, cores - 1)
+        assert torch.get_num_threads() == cores  # a CPU process: torch gets the share
+        line = (f"threads per process: {max(1, cores - 1)} decoding ({cores} cores / 1 "
+                f"process(es) - 1 for the main thread), {cores} torch")
+        assert any(note.startswith(line) for note in auto.notes)
+        monkeypatch.setenv('OMP_NUM_THREADS', '1')
+        asked = recipe.build_parts(parse_config(
+            't', tiny_args(betons, tmp_path, f'--data.num_workers={cores}'), SECTIONS), dist)
+        assert asked.train_loader.num_workers == cores and torch.get_num_threads() == 1
+        with pytest.raises(ConfigError, match=f'data.num_workers: {cores + 1} decoding '):
+            recipe.build_parts(parse_config('t', tiny_args(
+                betons, tmp_path, f'--data.num_workers={cores + 1}'), SECTIONS), dist)
+    finally:
+        torch.set_num_threads(before)

@@ -20,6 +20,7 @@ from ffcv_imagenet.training import loop
 from ffcv_imagenet.training.checkpoint import TrainState, load_checkpoint
 from ffcv_imagenet.training.distributed import Dist
 from ffcv_imagenet.training.erasing import RandomErasing
+from ffcv_imagenet.training.logs import RunLog
 from ffcv_imagenet.training.loop import FitOptions, _update_best
 from ffcv_imagenet.training.mix import Mixer
 from ffcv_imagenet.training.optim import resolve_precision
@@ -588,6 +589,40 @@ def test_best_after_leaves_the_earlier_epochs_out_of_the_best_and_of_early_stopp
     assert loop._update_best(state, {'val_top1': 0.5}, options) is True
     assert (state.best_top1, state.best_epoch, state.stopped_early) == (0.5, 4, False)
 
+
+
+@pytest.mark.parametrize('every, start, validated', [
+    (1, 0, [1, 2, 3, 4, 5, 6, 7, 8]),
+    (1, 1, [1, 2, 3, 4, 5, 6, 7, 8]),   # epochs count from 1: 1 is from the first too
+    (1, 6, [6, 7, 8]),
+    (3, 0, [3, 6, 8]),                  # and always the last
+    (2, 5, [6, 8]),                     # every's multiples from start_epoch on
+    (1, 20, [8]),                       # past the end: the last alone
+])
+def test_validation_is_due_every_n_epochs_from_the_start_epoch_and_at_the_last(
+        every, start, validated):
+    options = loop.FitOptions(epochs=8, eval_every=every, eval_from=start)
+    assert [epoch for epoch in range(1, 9) if loop.validation_due(epoch, options)] \
+        == validated
+
+
+def test_epochs_before_the_start_epoch_are_neither_validated_nor_candidates_for_best(
+        tmp_path, monkeypatch):
+    """best.pt and early stopping see only the validated epochs: the first validated
+    one is the first best, however good the skipped ones were."""
+    scores = iter([0.5, 0.25, 0.125, 0.0625])
+    validated = []
+
+    def validate(module, *args, **kwargs):
+        validated.append(run.state.epoch)
+        return {'val_top1': next(scores), 'val_top5': 1.0, 'val_loss': 1.0}
+    monkeypatch.setattr(loop, 'validate', validate)
+    run = make_run(tmp_path, train_batches(), epochs=6, eval_from=4, patience=2,
+                   last_every=CheckpointPeriod.parse('100'))
+    state = loop.fit(run, RunLog(tmp_path, enabled=False))
+    assert validated == [4, 5, 6]
+    assert (state.best_top1, state.best_epoch, state.stopped_early) == (0.5, 4, False)
+    assert load_checkpoint(tmp_path / 'checkpoints' / 'best.pt')['epoch'] == 4
 
 # --- the progress bar --------------------------------------------------------------------
 

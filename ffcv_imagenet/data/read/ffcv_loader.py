@@ -8,6 +8,9 @@
 * With ``reuse_buffers``, batch buffers are kept from one epoch to the next.
 * With ``batches_per_launch`` > 1 (CPU pipelines only), one launch of the compiled
   pipeline decodes that many batches.
+* ``num_workers`` sets the decoding threads only: torch's thread count stays as the
+  process set it (ffcv sets it to ``num_workers`` as well, when a loader is built and
+  at every epoch, from the main thread and from the epoch's).
 
 Why reuse the buffers: ffcv allocates ``batches_ahead + 2`` slots of batch memory
 every epoch. Each is a whole batch of decoded output plus each image's working
@@ -49,11 +52,20 @@ from ffcv.loader import epoch_iterator
 from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.memory_managers.os_cache import OSCacheContext
 from ffcv.pipeline.compiler import Compiler
+import torch
 from queue import Full
 
 # what ImageLoader asks of a CPU loader: 4 batches per launch made the val loader 1.04x
 # (float32, 64 images per batch, 2 threads), for 3 more slots of batch memory
 CPU_BATCHES_PER_LAUNCH = 4
+
+
+def set_decoding_threads(threads: int) -> None:
+    """ffcv's ``Compiler.set_num_threads`` without its ``torch.set_num_threads``:
+    ``threads`` for the pipelines compiled next and for numba's parallel loops launched
+    from the calling thread (numba's count is per thread)."""
+    Compiler.num_threads = threads
+    numba.set_num_threads(threads)
 
 
 class _SetUpEpochIterator(EpochIterator):
@@ -67,6 +79,9 @@ class _SetUpEpochIterator(EpochIterator):
         self.thread_setup, self.error, self.first_slot = thread_setup, None, first_slot
         self.number = number  # of the loader's epochs started, this one's
         self.grouped = False  # set by the thread before it queues anything
+        # ffcv's run sets torch's thread count (process-wide) to the decoding threads'
+        # before its first batch; the first batch sets back the count the process chose
+        self.torch_threads: int | None = torch.get_num_threads()
         super().__init__(loader, order)
 
     def run(self) -> None:
@@ -106,7 +121,8 @@ class _SetUpEpochIterator(EpochIterator):
         ``batches_per_launch`` batches at a time, in consecutive slots (a group stops at
         the last slot)."""
         slots, most = self.loader._slots(), self.loader.batches_per_launch
-        Compiler.set_num_threads(self.loader.num_workers)
+        set_decoding_threads(self.loader.num_workers)
+        self.torch_threads = None
         first = 0  # the group's first batch, counted in the epoch
         while True:
             slot = self.current_batch_slot
@@ -144,6 +160,13 @@ class _SetUpEpochIterator(EpochIterator):
         size = self.loader.batch_size
         return [tuple(args[f'result_{node}'][start:start + size] for node in outputs)
                 for start in range(0, len(indices), size)]
+
+    def run_pipeline(self, *args, **kwargs):
+        # called by ffcv's run for each batch, in this thread
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
+            self.torch_threads = None
+        return super().run_pipeline(*args, **kwargs)
 
     def _put(self, item) -> bool:
         """Queues ``item`` when there is room; False if the epoch was closed first."""
@@ -186,7 +209,9 @@ class SetUpLoader(Loader):
 
     def __init__(self, *args, thread_setup: Callable[[], None] = lambda: None,
                  reuse_buffers: bool = False, batches_per_launch: int = 1, **kwargs):
+        torch_threads = torch.get_num_threads()
         super().__init__(*args, **kwargs)
+        torch.set_num_threads(torch_threads)  # ffcv's constructor set the decoding threads'
         self.thread_setup = thread_setup
         self.start_batch = 0
         self.reuse_buffers = reuse_buffers
@@ -226,7 +251,7 @@ class SetUpLoader(Loader):
 
     def __iter__(self) -> _SetUpEpochIterator:
         # ffcv's Loader.__iter__, starting our thread class instead of its own
-        Compiler.set_num_threads(self.num_workers)
+        set_decoding_threads(self.num_workers)
         order = self.next_traversal_order()
         # a run resumed inside an epoch skips the batches it already trained on
         selected_order = order[self.start_batch * self.batch_size:len(self) * self.batch_size]

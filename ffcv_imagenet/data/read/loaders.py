@@ -191,6 +191,11 @@ class ImageLoader:
         self._label_first = names == ['label', 'image']
 
     @property
+    def num_workers(self) -> int:
+        """Decoding threads."""
+        return self.loader.num_workers
+
+    @property
     def resolution(self) -> int:
         """Output side length in pixels."""
         return self.decoder.output_size[0]

@@ -190,3 +190,21 @@ def test_fewer_batches_per_launch_after_an_epoch_ending_in_a_later_slot(betons):
         got = _batches(loader, batches_per_launch)
         assert all(torch.equal(a, b) for pair in zip(got, expected, strict=True)
                    for a, b in zip(*pair))
+
+
+@pytest.mark.parametrize('in_memory', [True, False])  # grouped launches, ffcv's own run
+def test_loaders_leave_torchs_thread_count_as_the_process_set_it(betons, in_memory):
+    """ffcv sets torch's (process-wide) thread count to the decoding threads' when a
+    loader is built and at each epoch: a process that chose fewer for the model's
+    math (one on a GPU rank) would get the loader's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loader = val_loader(betons[1], batch_size=4, resolution=32, num_workers=2,
+                            in_memory=in_memory)
+        assert torch.get_num_threads() == 1
+        _epoch(loader)
+        assert torch.get_num_threads() == 1
+        assert loader.loader.num_workers == 2
+    finally:
+        torch.set_num_threads(before)
