@@ -5,10 +5,10 @@ form of its blur (``ffcv_imagenet.training.blurpool``), side by side in one run.
         [--batch-size 8] [--rounds 5] [--steps 3] [--compile] [--threads 2]
 
 Rows: ``off`` (no blur), ``reference`` (the blur at every position, then the strided
-conv: the form before the cheaper ones), ``conv`` (the blur before a 1x1 strided conv
-computed only where that conv reads it, as a strided depthwise conv; the default in
-eager mode) and ``shifted`` (the same positions, the blur as sums of shifted views: the
-default under ``torch.compile``). All get the same weights (seed 0), train mode,
+conv: the form before the cheaper ones), ``conv`` (the default: the blur before a 1x1
+strided conv computed only where that conv reads it, as a strided depthwise conv) and
+``shifted`` (the same positions, the blur as sums of shifted views, which
+``torch.compile`` can fuse with the work around it). All get the same weights (seed 0), train mode,
 channels-last, float32, a fixed random batch, cross-entropy on random labels; the
 step is forward, loss and backward (no optimizer). Each variant first runs two
 untimed steps (compilation with ``--compile``, whose seconds are printed), then the

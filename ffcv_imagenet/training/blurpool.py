@@ -6,19 +6,18 @@ the forms differ only in how much work they do and in what ``torch.compile`` can
 
 - ``'reference'``: the blur at every input position (a depthwise 3x3 conv), then the
   strided conv. The definition, kept to check the others against.
-- ``'conv'``: as ``'reference'``, except before a 1x1 conv with padding 0 and stride
+- ``'conv'`` (the default): as ``'reference'``, except before a 1x1 conv with padding 0 and stride
   s, which reads the blurred map only at rows and columns 0, s, 2s, ...: there the
   blur is computed at those positions alone (a depthwise conv at stride s, padding 1:
   its output j is the stride-1 blur's output at s * j, for odd and even sizes alike,
   as both have (H - 1) // s + 1 positions), and the conv runs at stride 1; 1 / s^2 of
-  the blur's work. Fastest in eager mode.
+  the blur's work.
 - ``'shifted'``: the same positions as ``'conv'``, each blur as sums of shifted views
   of the zero-padded input, one 1-D [1,2,1] pass per axis, in float32 (or wider): pointwise work
-  that inductor fuses with the BatchNorm and ReLU before it instead of calling a
-  depthwise convolution kernel. Slower than ``'conv'`` in eager mode (each sum is a
-  pass over memory).
-- ``'auto'`` (the default): ``'shifted'`` while ``torch.compile`` traces the model,
-  ``'conv'`` otherwise.
+  that ``torch.compile`` can fuse with the BatchNorm and ReLU before it instead of
+  calling a depthwise convolution kernel. On a CPU it is slower than ``'conv'``, in
+  eager mode (each sum is a pass over memory) and compiled alike (BENCHMARKS.md,
+  "BlurPool forms"), so it is not the default.
 
 The forms agree up to float rounding (the sums run in another order).
 """
@@ -28,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BLUR_FORMS = ('auto', 'conv', 'shifted', 'reference')
+BLUR_FORMS = ('conv', 'shifted', 'reference')
 _TAPS = (1.0, 2.0, 1.0)  # the binomial filter along each axis; sums to 4
 
 
@@ -37,8 +36,8 @@ def _sampled_pass(x: torch.Tensor, dim: int, stride: int) -> torch.Tensor:
     output positions 0, stride, 2 * stride, ...: (size - 3) // stride + 1 of them."""
     last = x.shape[dim] - 3  # the last output position, in padded coordinates, at stride 1
     last -= last % stride
-    low, mid, high = (x.narrow(dim, k, last + 1)[(slice(None),) * dim + (slice(None, None, stride),)]
-                      for k in range(3))
+    every = (slice(None),) * dim + (slice(None, None, stride),)
+    low, mid, high = (x.narrow(dim, k, last + 1)[every] for k in range(3))
     return (low + 2.0 * mid + high) * 0.25
 
 
@@ -64,7 +63,7 @@ class BlurConv2d(nn.Conv2d):
     see the module's docstring) picks how the same function is computed.
     """
 
-    form = 'auto'  # class default; set per instance with set_blur_form
+    form = 'conv'  # class default; set per instance with set_blur_form
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -105,8 +104,6 @@ class BlurConv2d(nn.Conv2d):
         form = self.form
         if form == 'reference':
             return self.reference(x)
-        if form == 'auto':
-            form = 'shifted' if torch.compiler.is_compiling() else 'conv'
         stride = self.stride if self.samples_blur else (1, 1)
         blurred = blur_shifted(x, stride) if form == 'shifted' else self.blur(x, stride)
         if not self.samples_blur:

@@ -166,16 +166,21 @@ def test_a_checkpoint_of_the_reference_form_gives_the_same_logits():
         torch.testing.assert_close(new.eval()(x), old.eval()(x), rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_blur_conv_matches_the_reference():
-    conv = BlurConv2d(16, 8, 3, stride=2, padding=1, bias=False)
+@pytest.mark.parametrize('kernel', [1, 3])
+def test_compiled_forms_match_the_reference(kernel):
+    conv = BlurConv2d(16, 8, kernel, stride=2, padding=kernel // 2, bias=False)
     x = torch.randn(2, 16, 9, 10)
-    compiled = torch.compile(conv, dynamic=False)
     expected = conv.reference(x)
-    torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6)
+    assert BlurConv2d.form == 'conv'  # the default
+    for form in FAST_FORMS:
+        torch.compiler.reset()
+        set_blur_form(conv, form)
+        compiled = torch.compile(conv, dynamic=False)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6, msg=form)
 
 
 def test_unknown_blur_form_is_refused():
-    with pytest.raises(ValueError, match="unknown blur form 'fast'.*auto, conv, shifted"):
+    with pytest.raises(ValueError, match="unknown blur form 'fast'.*conv, shifted, reference"):
         set_blur_form(build_model('resnet18', blurpool=True), 'fast')
     assert set_blur_form(build_model('resnet18', blurpool=True), 'shifted') == 6
     assert set_blur_form(build_model('resnet18'), 'shifted') == 0
