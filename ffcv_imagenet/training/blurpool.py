@@ -34,10 +34,9 @@ _TAPS = (1.0, 2.0, 1.0)  # the binomial filter along each axis; sums to 4
 def _sampled_pass(x: torch.Tensor, dim: int, stride: int) -> torch.Tensor:
     """[1,2,1] / 4 along ``dim`` of ``x`` (already zero-padded by 1 there), kept at
     output positions 0, stride, 2 * stride, ...: (size - 3) // stride + 1 of them."""
-    last = x.shape[dim] - 3  # the last output position, in padded coordinates, at stride 1
-    last -= last % stride
+    size = x.shape[dim] - 2  # outputs at stride 1
     every = (slice(None),) * dim + (slice(None, None, stride),)
-    low, mid, high = (x.narrow(dim, k, last + 1)[every] for k in range(3))
+    low, mid, high = (x.narrow(dim, k, size)[every] for k in range(3))
     return (low + 2.0 * mid + high) * 0.25
 
 
