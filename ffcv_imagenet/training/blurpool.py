@@ -8,15 +8,16 @@ the forms differ only in how much work they do and in what ``torch.compile`` can
   strided conv. The definition, kept to check the others against.
 - ``'conv'`` (the default): as ``'reference'``, except before a 1x1 conv with
   padding 0 and stride s, which reads the blurred map only at rows and columns 0, s,
-  2s, ...: there the blur is computed at those positions alone (a depthwise conv at stride s, padding 1:
-  its output j is the stride-1 blur's output at s * j, for odd and even sizes alike,
-  as both have (H - 1) // s + 1 positions), and the conv runs at stride 1; 1 / s^2 of
-  the blur's work.
+  2s, ...: there the blur is computed at those positions alone (a depthwise conv at
+  stride s, padding 1: its output j is the stride-1 blur's output at s * j, for odd
+  and even sizes alike, as both have (H - 1) // s + 1 positions), and the conv runs
+  at stride 1; 1 / s^2 of the blur's work.
 - ``'shifted'``: the same positions as ``'conv'``, each blur as sums of shifted views
   of the zero-padded input, one 1-D [1,2,1] pass per axis, in float32 (or wider):
-  pointwise work that ``torch.compile`` can fuse with the BatchNorm and ReLU before it instead of
-  calling a depthwise convolution kernel. On a CPU it is slower than ``'conv'``, in
-  eager mode (each sum is a pass over memory) and compiled alike (BENCHMARKS.md,
+  pointwise work that ``torch.compile`` can fuse with the BatchNorm and ReLU before
+  it instead of calling a depthwise convolution kernel. On a CPU it is slower than
+  ``'conv'``, in eager mode (each sum is a pass over memory) and compiled alike
+  (BENCHMARKS.md,
   "BlurPool forms"), so it is not the default.
 
 The forms agree up to float rounding (the sums run in another order).
