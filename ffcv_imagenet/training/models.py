@@ -1,6 +1,6 @@
 """ResNet-18/50 for ImageNet training, with the ffcv recipe's optional tweaks.
 
-Provides ``build_model`` (torchvision ResNets plus BlurPool, zero-init residuals,
+Provides ``build_model`` (torchvision ResNets plus BlurPool (:mod:`.blurpool`), zero-init residuals,
 channels-last and stochastic depth), ``drop_path_rates`` to inspect per-block
 drop rates, and plain-torchvision weight exchange: ``to_torchvision_state_dict``,
 ``load_torchvision_state_dict`` and ``unwrap`` (removes DDP / torch.compile wrappers).
@@ -15,50 +15,13 @@ Models take (B, 3, H, W) float images and return (B, num_classes) logits.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from .blurpool import BLUR_FORMS, BlurConv2d, set_blur_form  # noqa: F401 (re-exported)
+
 ARCHS = ('resnet18', 'resnet50')
 _WRAPPER_PREFIXES = ('module.', '_orig_mod.')
-
-
-class BlurConv2d(nn.Conv2d):
-    """A Conv2d that low-pass filters its input before the (strided) convolution.
-
-    The blur is a fixed, depthwise, normalised [1,2,1] x [1,2,1] / 16 filter applied
-    at stride 1 with zero padding 1, so spatial shapes are those of the plain conv.
-    Zero padding (not reflect) matches the ffcv / rn50 reference recipe whose
-    accuracies this project reproduces, and it avoids the extra padded copy that
-    ``F.pad(mode='reflect')`` makes; the darkened one-pixel border is harmless as
-    the following conv zero-pads too. The filter is a non-persistent buffer, so the
-    state_dict is exactly that of ``nn.Conv2d``.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        taps = torch.tensor([1.0, 2.0, 1.0])
-        kernel = torch.outer(taps, taps) / 16.0
-        self.register_buffer('blur_filter', kernel.expand(self.in_channels, 1, 3, 3).clone(),
-                             persistent=False)
-
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> 'BlurConv2d':
-        """A BlurConv2d sharing ``conv``'s hyper-parameters and parameter tensors."""
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                  padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                  bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                  device=conv.weight.device, dtype=conv.weight.dtype)
-        new.weight = conv.weight
-        new.bias = conv.bias
-        return new
-
-    def blur(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, H, W), each channel blurred independently."""
-        return F.conv2d(x, self.blur_filter.to(x.dtype), padding=1, groups=self.in_channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.blur(x))
 
 
 class DropPath(nn.Module):

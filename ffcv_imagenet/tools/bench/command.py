@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True)
     train.add_argument('--blurpool', action=argparse.BooleanOptionalAction, default=True)
     train.add_argument('--compile', action='store_true', help='torch.compile the model')
+    train.add_argument('--blurpool-forms', action='store_true',
+                       help='also time the model alone with BlurPool off, in its reference '
+                            'form and in the form training uses')
     train.add_argument('--workers', type=int, default=default_workers(),
                        help='decoding threads (default: the cores less two, at least '
                             'one: the main thread launches the kernels)')
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
                            batch_size=args.batch_size, precision=args.precision,
                            channels_last=args.channels_last, blurpool=args.blurpool,
                            compile=args.compile, workers=args.workers, steps=args.steps,
-                           warmup=args.warmup, device=args.device)
+                           warmup=args.warmup, device=args.device,
+                           blurpool_forms=args.blurpool_forms)
                for res in args.resolution]
     print(format_train_table(results))
     _write_json(args.json, results)

@@ -28,6 +28,12 @@ steps. ``--compile`` compiles with ``dynamic=False``, as training does, so that 
 resolution is timed with the static-shape code training runs. ``--workers`` defaults
 to the cores less two (at least one): the main thread launching the GPU's kernels
 and the decoding thread's own Python need cores the workers would otherwise take.
+
+``--blurpool-forms`` adds model-alone rows with BlurPool off, in its reference form
+(the blur at every position, then the strided conv) and in the form training uses
+(``'conv'``: the same function, the blur before a 1x1 strided conv computed only where
+that conv reads it); see :mod:`ffcv_imagenet.training.blurpool`. They run one after
+the other, each on a fresh model from the same seed: on a busy machine, rerun.
 """
 from __future__ import annotations
 
@@ -44,11 +50,15 @@ from ...data.folders import classes_path, load_classes
 from ...data.read.loaders import endless_batches, train_loader
 from ...training.distributed import select_device
 from ...training.loop import train_step
-from ...training.models import build_model
+from ...training.models import build_model, set_blur_form
 from ...training.optim import Precision, build_sgd, resolve_precision
 from .loader import sync as _sync
 
 TRAIN_ROWS = ('model alone (synthetic batch)', 'end to end (.beton loader)')
+# --blurpool-forms: (form, row name); 'off' builds the model without BlurPool
+BLURPOOL_ROWS = (('off', 'model alone, no blurpool'),
+                 ('reference', 'model alone, blurpool reference'),
+                 ('conv', 'model alone, blurpool conv (default)'))
 
 
 def default_workers(cpus: int | None = None) -> int:
@@ -65,7 +75,8 @@ def _device_name(device: torch.device) -> str:
 
 
 def _fresh_training(arch: str, num_classes: int, *, blurpool: bool, channels_last: bool,
-                    compile: bool, device: torch.device, seed: int = 0):
+                    compile: bool, device: torch.device, seed: int = 0,
+                    blur_form: str = 'conv'):
     """(model, optimizer), initialised from ``seed``: each measurement gets its own, so
     neither starts from the other's trained weights or momentum. Compiled as training
     compiles (static shapes, so a later resolution is not timed with dynamic-shape
@@ -75,6 +86,7 @@ def _fresh_training(arch: str, num_classes: int, *, blurpool: bool, channels_las
     module = build_model(arch, num_classes, blurpool=blurpool,
                          channels_last=channels_last).to(device)
     module.train()
+    set_blur_form(module, blur_form)
     # recipe defaults; the rate only has to be small enough to stay finite for a few
     # hundred steps on random labels
     optimizer = build_sgd(module, lr=0.01, momentum=0.9, weight_decay=5e-5,
@@ -121,14 +133,34 @@ def _time_loader(loader, model, optimizer, precision: Precision, **timing) -> di
                           drain=loader.batches_ahead + 1, **timing)
 
 
+def _time_blurpool_forms(arch: str, num_classes: int, build: dict, precision: Precision,
+                         batch, **timing) -> list[dict]:
+    """Model-alone rows (:data:`BLURPOOL_ROWS` order) on ``batch``, each with its
+    images/sec relative to the reference form's, ``vs_reference``."""
+    rows = []
+    for form, name in BLURPOOL_ROWS:
+        options = dict(build, blurpool=form != 'off', blur_form='conv' if form == 'off' else form)
+        model, optimizer = _fresh_training(arch, num_classes, **options)
+        rows.append({'measurement': name, 'blur_form': form,
+                     **time_steps(model, optimizer, precision, itertools.repeat(batch), **timing)})
+        del model, optimizer
+    reference = next(row for row in rows if row['blur_form'] == 'reference')
+    for row in rows:
+        row['vs_reference'] = row['images_per_sec'] / reference['images_per_sec']
+    return rows
+
+
 def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
                 batch_size: int = 512, precision: str = 'auto', channels_last: bool = True,
                 blurpool: bool = True, compile: bool = False, workers: int | None = None,
-                steps: int = 100, warmup: int = 20, device: str = 'auto') -> dict:
+                steps: int = 100, warmup: int = 20, device: str = 'auto',
+                blurpool_forms: bool = False) -> dict:
     """Training images/sec of the model alone on one synthetic batch already on the
     device, then end to end from ``beton``'s train loader; returns a dict with the
     settings, the two rows (in :data:`TRAIN_ROWS` order) and
-    ``ratio_end_to_end_vs_model``. ``workers`` defaults to :func:`default_workers`."""
+    ``ratio_end_to_end_vs_model``. ``workers`` defaults to :func:`default_workers`.
+    ``blurpool_forms``: also ``blurpool_rows``, model alone with BlurPool off and in
+    its reference and default forms (:data:`BLURPOOL_ROWS`)."""
     if warmup < 1 or steps < 1:
         raise ValueError("need warmup >= 1 (the first steps compile) and steps >= 1")
     dev = select_device(device)  # as in training, cuDNN autotuning included
@@ -148,7 +180,11 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
     model, optimizer = _fresh_training(arch, len(classes), **build)
     ceiling = time_steps(model, optimizer, resolved, itertools.repeat((images, labels)),
                          warmup=warmup, steps=steps, device=dev)
-    del model, optimizer, images, labels
+    del model, optimizer
+    blurpool_rows = (_time_blurpool_forms(arch, len(classes), build, resolved, (images, labels),
+                                          warmup=warmup, steps=steps, device=dev)
+                     if blurpool_forms else None)
+    del images, labels
     loader = train_loader(beton, batch_size=batch_size, resolution=resolution,
                           num_workers=workers, device=dev, dtype=dtype)
     batches_per_epoch = len(loader)
@@ -161,7 +197,7 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
     # finalizer fails ('Exception ignored ... KeyError')
     gc.collect()
     rows = [{'measurement': name, **row} for name, row in zip(TRAIN_ROWS, (ceiling, end_to_end))]
-    return {
+    result = {
         'settings': {'beton': beton, 'arch': arch, 'num_classes': len(classes),
                      'resolution': resolution, 'batch_size': batch_size,
                      'precision': resolved.name, 'channels_last': channels_last,
@@ -175,6 +211,9 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
         'rows': rows,
         'ratio_end_to_end_vs_model': end_to_end['images_per_sec'] / ceiling['images_per_sec'],
     }
+    if blurpool_rows:
+        result['blurpool_rows'] = blurpool_rows
+    return result
 
 
 def format_train_table(results: dict | list[dict]) -> str:
@@ -200,4 +239,12 @@ def format_train_table(results: dict | list[dict]) -> str:
             tail = f"{ratio:.3f} ({ratio:.1%})" if last else ''
             lines.append(f"{res:>4} {row['measurement']:<30} {row['images_per_sec']:>11.1f} "
                          f"{row['steps']:>6} {row['seconds']:>8.2f} {tail:>19}")
+    if any('blurpool_rows' in result for result in results):
+        lines.append(f"{'res':>4} {'blurpool form, one after the other':<37} {'images/sec':>11} "
+                     f"{'steps':>6} {'seconds':>8} {'/ reference':>14}")
+    for result in results:
+        for row in result.get('blurpool_rows', ()):
+            lines.append(f"{result['settings']['resolution']:>4} {row['measurement']:<37} "
+                         f"{row['images_per_sec']:>11.1f} {row['steps']:>6} "
+                         f"{row['seconds']:>8.2f} {row['vs_reference']:>14.3f}")
     return '\n'.join(lines)

@@ -9,7 +9,7 @@ import torch
 
 from ffcv_imagenet.data.read.loaders import endless_batches
 from ffcv_imagenet.tools.bench import command, loader as bench_loader, steps
-from ffcv_imagenet.training.models import build_model
+from ffcv_imagenet.training.models import BlurConv2d, build_model
 
 
 def test_train_benchmark_times_model_alone_and_end_to_end(betons, monkeypatch):
@@ -111,3 +111,43 @@ def test_train_benchmark_leaves_cores_to_the_main_thread(monkeypatch):
     assert steps.default_workers() == 14
     args = command._parser().parse_args(['train', '--beton', 'b'])
     assert args.workers == 14
+
+
+def test_train_benchmark_adds_blurpool_form_rows_when_asked(betons, capsys, monkeypatch):
+    forms = []
+    fresh = steps._fresh_training
+
+    def recording_fresh_training(*args, **kwargs):
+        model, optimizer = fresh(*args, **kwargs)
+        blurs = [m for m in model.modules() if isinstance(m, BlurConv2d)]
+        forms.append((len(blurs), {m.form for m in blurs}))
+        return model, optimizer
+
+    monkeypatch.setattr(steps, '_fresh_training', recording_fresh_training)
+    command.main(['train', '--beton', str(betons[0]), '--arch', 'resnet18', '--resolution',
+                  '32', '--batch-size', '4', '--steps', '1', '--warmup', '1', '--device',
+                  'cpu', '--precision', 'off', '--workers', '1', '--blurpool-forms'])
+    table = capsys.readouterr().out
+    # model alone as asked (blurpool, default form); off, reference and default on the
+    # same synthetic batch; then end to end as asked
+    assert forms == [(6, {'conv'}), (0, set()), (6, {'reference'}), (6, {'conv'}),
+                     (6, {'conv'})]
+    lines = table.splitlines()
+    for form, name in steps.BLURPOOL_ROWS:
+        (row,) = [line for line in lines if name in line]
+        assert row.lstrip().startswith('32 ')
+        ratio = float(row.split()[-1])
+        assert ratio > 0 and (ratio == 1.0 or form != 'reference')
+    assert '/ reference' in table
+
+
+def test_train_benchmark_has_no_blurpool_form_rows_unless_asked():
+    args = command._parser().parse_args(['train', '--beton', 'b'])
+    assert args.blurpool_forms is False
+    result = {'settings': {'arch': 'resnet18', 'batch_size': 8, 'precision': 'off',
+                           'channels_last': True, 'blurpool': True, 'compile': False,
+                           'workers': 1, 'device_name': 'CPU', 'torch': '2', 'steps': 1,
+                           'warmup': 1, 'untimed_after_warmup': 4, 'resolution': 32},
+              'rows': [{'measurement': name, 'images_per_sec': 1.0, 'steps': 1, 'seconds': 1.0}
+                       for name in steps.TRAIN_ROWS], 'ratio_end_to_end_vs_model': 1.0}
+    assert 'blurpool form' not in steps.format_train_table(result)
