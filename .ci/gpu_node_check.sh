@@ -15,14 +15,19 @@
 #   3. speed, alone on the GPU: end to end at 160 and 192 px on the published storage,
 #      eager then compiled, 14 decoding threads, beside the model alone, batch 512
 #      (and 256); then 256 px JPEG                               -> OUT/speed.{log,json,md}
-#   4. the trainer: bench trainer on rn50_32_epochs, shortened, published storage
+#   4. the trainer: bench trainer on rn50_32_epochs, shortened, published storage, and
+#      the recipe projected as published and with the speed-run settings
 #                                                                -> OUT/trainer.{log,json}
 #   5. the loader alone at 1, 2, 4, 8 and 14 threads on both storages, and with
 #      reduced-scale decoding                                    -> OUT/threads.{log,json}
 #   6. BlurPool's forms, model alone                             -> OUT/blurpool.log
-#   7. side by side: the cuda tests and the crops check; the training check, bf16 and
+#   7. DDP's own cost: model alone in a process group of one over NCCL, buckets of
+#      25 and 100 MiB, beside the same model without DDP        -> OUT/ddp.log
+#   8. torch.compile's modes (default, reduce-overhead: CUDA graphs), model alone at
+#      160 px, with each one's compilation (first step)         -> OUT/modes.log
+#   9. side by side: the cuda tests and the crops check; the training check, bf16 and
 #      fp16 under torchrun, stop + resume                       -> OUT/{tests,train}.log
-# PHASES (default "speed trainer threads blurpool tests train") names the phases 3-7 to
+# PHASES (default "speed trainer threads blurpool ddp modes tests train") names phases 3-9 to
 # run; a rerun in what is left of a lease can take fewer. WORKERS (default 14) is the
 # decoding threads of the speed and trainer phases.
 # DEVICE=cpu runs every phase at toy size on a machine without a GPU (the phases' own
@@ -36,18 +41,20 @@ WORK=${GPU_CHECK_WORK:-/tmp/gpu_node_check}
 PY=${PYTHON:-python3}
 cd /tmp  # not the checkout: its sources, without the compiled extension, would shadow the install
 export PYTHONUNBUFFERED=1
-PHASES=${PHASES:-speed trainer threads blurpool tests train}
+PHASES=${PHASES:-speed trainer threads blurpool ddp modes tests train}
 WORKERS=${WORKERS:-14}
 DEVICE=${DEVICE:-cuda}
 INSTALL=${INSTALL:-1}
 # the bench commands' sizes: ResNet-50 at the recipes' batch, or toy size on the CPU
 if [[ $DEVICE == cpu ]]; then
     SIZES=(--arch resnet18 --resolution 32 --batch-size 8 --steps 2 --warmup 1)
+    MODE_STEPS=()
     TRAINER_SIZES=(--set model.arch=resnet18 --set resolution.min_res=32
                    --set resolution.max_res=48 --set validation.resolution=32
                    --set training.batch_size=8 --set validation.batch_size=8)
 else
     SIZES=(--resolution 160 --batch-size 512)
+    MODE_STEPS=(--steps 40 --warmup 5)
     TRAINER_SIZES=()
 fi
 T0=$SECONDS
@@ -115,7 +122,9 @@ if wants trainer; then
         --set "data.train_dataset=$PUBLISHED/train.beton" \
         --set "data.val_dataset=$PUBLISHED/val.beton" --set "data.num_workers=$WORKERS" \
         --set "training.device=$DEVICE" "${TRAINER_SIZES[@]}" --out "$WORK/trainer" \
-        --gpus 8 --json "$OUT/trainer.json" > "$OUT/trainer.log" 2>&1 || failed=1
+        --gpus 8 --variant-set validation.every=2 --variant-set validation.start_epoch=25 \
+        --variant-set checkpoint.last_every=30m --variant-set logging.progress=0 \
+        --json "$OUT/trainer.json" > "$OUT/trainer.log" 2>&1 || failed=1
     stamp "trainer exit $?"; tail -n 40 "$OUT/trainer.log"
 fi
 if wants threads; then
@@ -130,6 +139,21 @@ if wants blurpool; then
         "${SIZES[@]}" --workers "$WORKERS" --blurpool-forms --device "$DEVICE" \
         > "$OUT/blurpool.log" 2>&1 || failed=1
     stamp "blurpool exit $?"; cat "$OUT/blurpool.log"
+fi
+if wants ddp; then
+    stamp ddp
+    timeout -k 15 60 "$PY" -m ffcv_imagenet bench train --beton "$PUBLISHED/train.beton" \
+        "${SIZES[@]}" "${MODE_STEPS[@]}" --workers "$WORKERS" --device "$DEVICE" \
+        --ddp-buckets 25 100 --json "$OUT/ddp.json" > "$OUT/ddp.log" 2>&1 || failed=1
+    stamp "ddp exit $?"; cat "$OUT/ddp.log"
+fi
+if wants modes; then
+    stamp modes
+    timeout -k 15 240 "$PY" -m ffcv_imagenet bench train --beton "$PUBLISHED/train.beton" \
+        "${SIZES[@]}" "${MODE_STEPS[@]}" --workers "$WORKERS" --device "$DEVICE" \
+        --compile-modes default reduce-overhead --json "$OUT/modes.json" \
+        > "$OUT/modes.log" 2>&1 || failed=1
+    stamp "modes exit $?"; cat "$OUT/modes.log"
 fi
 
 # the checkout without its package sources (tests read files at its root at collection)

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from torch import nn
 from ffcv_imagenet.data.folders import classes_path
 from ffcv_imagenet.data.write.writer import skipped_path
 from ffcv_imagenet.training.checkpoint import TrainState, load_checkpoint
+from ffcv_imagenet.training.distributed import free_port  # noqa: F401 (tests import it here)
 from ffcv_imagenet.training.ema import ModelEMA
 from ffcv_imagenet.training.logs import RunLog
 
@@ -180,13 +180,6 @@ def random_batches(count=3, size=4, classes=10, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return [(torch.randn(size, 3, 32, 32, generator=generator),
              torch.randint(0, classes, (size,), generator=generator)) for _ in range(count)]
-
-
-def free_port():
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 # --- files a conversion meets: a few odd and bad ones ------------------------------------

@@ -18,8 +18,8 @@ import torch
 
 import train_imagenet
 from ffcv_imagenet.cli.config import ConfigError, parse_config
-from ffcv_imagenet.cli.recipe import _schedules, build_config_optimizer, \
-    resolve_config_precision
+from ffcv_imagenet.cli.network import build_config_optimizer
+from ffcv_imagenet.cli.recipe import _schedules, resolve_config_precision
 from ffcv_imagenet.cli.train_config import SECTIONS, check_values, per_gpu_batch
 from ffcv_imagenet.data.write.storage import Storage, find_preset
 from ffcv_imagenet.training.checkpoint import checkpoint_dir, load_checkpoint

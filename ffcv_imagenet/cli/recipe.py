@@ -5,7 +5,6 @@ live in :mod:`ffcv_imagenet.cli.train_config`.
 """
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -15,7 +14,6 @@ from typing import Callable, NamedTuple
 import numba
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data.folders import DatasetError, classes_path, load_classes
 from ..data.read.loaders import ImageLoader, train_loader, val_loader
@@ -27,12 +25,13 @@ from ..training.ema import ModelEMA
 from ..training.erasing import RandomErasing
 from ..training.loop import FitOptions, Run
 from ..training.mix import Mixer
-from ..training.models import build_model, describe_model
-from ..training.optim import Precision, build_optimizer, resolve_precision
+from ..training.models import describe_model
+from ..training.optim import Precision, resolve_precision
 from ..training.preempt import CheckpointPeriod
 from ..training.schedules import Stages, epoch_schedule, lr_schedule, resolution_at, \
     staged_lr
 from .config import ConfigError, as_dict, switch_settings
+from .network import build_network, eval_compiler
 from .resume import agreed_resume_source, apply_optimizer_config, check_can_continue
 from .train_config import SECTIONS, check_values, per_gpu_batch
 
@@ -183,7 +182,7 @@ def build_parts(config, dist: Dist) -> Parts:
     threads = setup_threads(config, dist)
     train, val = _loaders(config, dist, precision, train_path, val_path, batch, stages,
                           threads.decoding)
-    model, module, optimizer, scaler = _network(config, dist, precision, len(classes))
+    model, module, optimizer, scaler = build_network(config, dist, precision, len(classes))
     return Parts(model, module, optimizer, scaler, precision, train, val, classes, batch,
                  _mixer(config, len(classes)), _eraser(config), stages, threads)
 
@@ -259,11 +258,15 @@ def build_run(config, dist: Dist) -> Run:
     meta = {'arch': arch, 'num_classes': len(parts.classes), 'classes': parts.classes,
             'names': names, 'config': as_dict(config, SECTIONS), 'world_size': dist.world_size,
             'batch': parts.batch}
+    shapes = {(schedules.res_at(e), schedules.batch_at(e))
+              for e in range(config['training.epochs'])}
+    evaluator = eval_compiler(config, len(shapes), parts.val_loader.batch_size, ema)
     return Run(parts.model, parts.module, parts.optimizer, parts.scaler, parts.precision,
                parts.train_loader, parts.val_loader, dist, _fit_options(config), state,
                schedules.lr_at, schedules.res_at, run_dir, meta, mixer=parts.mixer, ema=ema,
                eraser=parts.eraser, resumed_from=source, notes=notes,
-               batch_at=schedules.batch_at)
+               batch_at=schedules.batch_at,
+               eval_wrap=evaluator.wrap if evaluator is not None else None)
 
 
 def _mixer(config, num_classes: int) -> Mixer | None:
@@ -336,52 +339,3 @@ def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path
                           f"processes {train.num_samples} images, fewer than one batch "
                           f"of {largest}")
     return train, val
-
-
-def _no_forward_buffer_sync() -> dict:
-    """DDP's switch for the buffer broadcast before every forward: torch 2.14 renamed
-    it (``forward_sync_buffers``; it keeps the one broadcast at start-up, which is
-    wanted), older releases only know ``broadcast_buffers``."""
-    if 'forward_sync_buffers' in inspect.signature(DDP.__init__).parameters:
-        return {'forward_sync_buffers': False}
-    return {'broadcast_buffers': False}
-
-
-def build_config_optimizer(config, module: nn.Module,
-                           device: torch.device) -> torch.optim.Optimizer:
-    """The ``optimizer.*`` optimizer over ``module`` (on ``device``); the rate is set
-    before every step."""
-    return build_optimizer(
-        config['optimizer.name'], module, lr=0.0, momentum=config['optimizer.momentum'],
-        weight_decay=config['optimizer.weight_decay'],
-        nesterov=bool(config['optimizer.nesterov']),
-        betas=(config['optimizer.beta1'], config['optimizer.beta2']),
-        eps=config['optimizer.eps'], trust_coefficient=config['optimizer.trust_coefficient'],
-        fused=device.type == 'cuda', decay_rule=config['optimizer.decay_rule'])
-
-
-def _network(config, dist: Dist, precision: Precision, num_classes: int):
-    """(model to train, plain module, optimizer, scaler), initialised from the seed."""
-    torch.manual_seed(config['training.seed'])
-    module = build_model(config['model.arch'], num_classes,
-                         blurpool=bool(config['model.blurpool']),
-                         zero_init_residual=bool(config['model.zero_init_residual']),
-                         channels_last=bool(config['model.channels_last']),
-                         drop_path_rate=config['model.drop_path_rate'],
-                         head=config['model.head'])
-    module = module.to(dist.device)
-    optimizer = build_config_optimizer(config, module, dist.device)
-    scaler = precision.scaler()
-    model = module
-    if dist.enabled:
-        device_ids = [dist.device.index] if dist.device.type == 'cuda' else None
-        # BN buffers are agreed across ranks before validation and saving, so a
-        # broadcast before every forward would be wasted; bucket views save a copy
-        # of every gradient
-        model = DDP(module, device_ids=device_ids, gradient_as_bucket_view=True,
-                    **_no_forward_buffer_sync())
-    if config['model.compile']:
-        # a few fixed resolutions: static shapes compile faster convolutions than the
-        # symbolic ones dynamo switches to after the first resolution change
-        model = torch.compile(model, dynamic=False)
-    return model, module, optimizer, scaler

@@ -19,6 +19,8 @@ from fastargs import Param, Section
 
 from .config import ConfigError, Flag, OneOf, register_switch
 from ..data.write.storage import PRESETS, find_preset
+from ..training.compiled import MODES as COMPILE_MODES
+from ..training.distributed import DDP_BUCKET_MB
 from ..training.erasing import MODES as ERASE_MODES
 from ..training.models import ARCHS, HEADS
 from ..training.optim import DECAY_RULES, OPTIMIZERS, PRECISIONS
@@ -60,7 +62,14 @@ Section('model', 'the network').params(
     zero_init_residual=Param(Flag(), 'zero-init the last BatchNorm of each block',
                              default=0),
     channels_last=Param(Flag(), 'channels-last memory format', default=1),
-    compile=Param(Flag(), 'torch.compile the model', default=0),
+    compile=Param(Flag(), 'torch.compile the model for training and for validation '
+                  'during training, each shape once (static shapes)', default=0),
+    compile_mode=Param(OneOf(*COMPILE_MODES), "torch.compile's mode: 'default', "
+                       "'reduce-overhead' (CUDA graphs), 'max-autotune' (minutes per shape)",
+                       default='default'),
+    compile_backend=Param(str, "torch.compile's backend: 'inductor', or 'eager' / "
+                          "'aot_eager' to debug (these take only compile_mode=default)",
+                          default='inductor'),
     drop_path_rate=Param(float, 'stochastic depth: drop rate of the last residual block, '
                                 'rising linearly from 0 at the first (0 = off)', default=0.0),
     head=Param(OneOf(*HEADS), "classifier: 'fc' (torchvision's keys) or 'conv1x1' (a 1x1 "
@@ -125,6 +134,8 @@ Section('training', 'the run').params(
     device=Param(OneOf('auto', 'cuda', 'cpu'), 'auto = GPU when there is one',
                  default='auto'),
     eval_only=Param(Flag(), '1: evaluate the resumed checkpoint and exit', default=0),
+    ddp_bucket_mb=Param(float, "DDP's gradient buckets in MiB, each all-reduced as soon as "
+                        'its gradients are ready', default=DDP_BUCKET_MB),
     stop_after=Param(int, 'end this invocation after this epoch (0 = run to epochs)',
                      default=0),
     parity=Param(OneOf(*PARITY_MODES), "'ffcv': train as ffcv-imagenet's trainer did where "
@@ -212,7 +223,8 @@ SECTIONS = ('data', 'model', 'resolution', 'lr', 'optimizer', 'training', 'valid
 _POSITIVE = ('training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
              'validation.folder_resize', 'validation.folder_crop',
-             'logging.log_every', 'lr.reference_batch', 'ema.every')
+             'logging.log_every', 'lr.reference_batch', 'ema.every',
+             'training.ddp_bucket_mb')
 _NON_NEGATIVE = ('data.num_workers', 'training.global_batch_size', 'training.grad_clip',
                  'training.stop_after', 'validation.start_epoch',
                  'checkpoint.every', 'checkpoint.best_after', 'optimizer.weight_decay',
@@ -280,6 +292,10 @@ def check_values(config) -> Stages | None:
         raise ConfigError(f"lr.schedule={config['lr.schedule']} cannot be combined with "
                           f"training.parity=ffcv, whose trainer has the schedules "
                           f"{' and '.join(PARITY_SCHEDULES)} only")
+    if config['model.compile_mode'] != 'default' and config['model.compile_backend'] != 'inductor':
+        raise ConfigError(f"model.compile_mode={config['model.compile_mode']} needs "
+                          f"model.compile_backend=inductor, not "
+                          f"{config['model.compile_backend']}")
     if config['optimizer.nesterov'] and config['optimizer.momentum'] <= 0:
         raise ConfigError("optimizer.nesterov=1 needs optimizer.momentum > 0")
     if config['logging.tensorboard']:

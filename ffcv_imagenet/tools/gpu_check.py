@@ -79,6 +79,8 @@ class Profile:
     warmup: int
     # the loader's scaling: decoding thread counts
     thread_counts: tuple[int, ...]
+    # torch.compile's backend of the compiled rows ('eager': dynamo's tracing alone)
+    compile_backend: str = 'inductor'
 
 
 GPU = Profile(classes=10, train_per_class=1000, val_per_class=50,
@@ -91,7 +93,8 @@ TOY = Profile(classes=4, train_per_class=24, val_per_class=4,
               storages=('rn50-published', 'fast-256'),
               train_arch='resnet18', train_resolution=32, train_batch=8, train_epochs=4,
               speed_arch='resnet18', resolutions=(32,), compile_resolutions=(32,),
-              speed_batch=8, extra_batch=0, steps=3, warmup=2, thread_counts=(2,))
+              speed_batch=8, extra_batch=0, steps=3, warmup=2, thread_counts=(2,),
+              compile_backend='eager')  # the compiled path checked, not code generation
 
 
 @dataclass

@@ -98,7 +98,8 @@ def measure_speed(betons: dict[str, tuple[Path, Path]], device: torch.device, pr
         result = bench_train(str(beton), arch=profile.speed_arch, resolution=res,
                              batch_size=batch, precision=precision, channels_last=True,
                              blurpool=True, compile=compiled, workers=workers,
-                             steps=profile.steps, warmup=profile.warmup, device=device.type)
+                             steps=profile.steps, warmup=profile.warmup, device=device.type,
+                             compile_backend=profile.compile_backend)
         model, end_to_end = (row['images_per_sec'] for row in result['rows'])
         rows.append({'storage': storage, 'resolution': res, 'compiled': compiled,
                      'precision': precision, 'batch_size': batch, 'arch': profile.speed_arch,

@@ -36,7 +36,7 @@ from ..cli.runner import exit_code
 from ..cli.train_config import SECTIONS
 from ..data.read.loaders import endless_batches
 from ..training.logs import Progress
-from ..training.loop import prepare_batch, train_step
+from ..training.step import prepare_batch, train_step
 from ..training.optim import set_lr
 from ..training.plots import save_png
 

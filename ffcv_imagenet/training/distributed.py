@@ -10,14 +10,17 @@ it so that eight ranks do not each start a thread per core.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import inspect
 import os
 import socket
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,51 @@ def setup(device: str = 'auto', timeout_minutes: float = 30.0) -> Dist:
                                 timeout=datetime.timedelta(minutes=timeout_minutes),
                                 device_id=here if use_cuda else None)
     return Dist(rank, local_rank, world_size, here, launched)
+
+
+# DDP's own default: gradients are all-reduced in buckets of this many MiB, each as soon
+# as its gradients are ready, overlapping the rest of the backward pass
+DDP_BUCKET_MB = 25.0
+
+
+def _no_forward_buffer_sync() -> dict:
+    """DDP's switch for the buffer broadcast before every forward: torch 2.14 renamed
+    it (``forward_sync_buffers``; it keeps the one broadcast at start-up, which is
+    wanted), older releases only know ``broadcast_buffers``."""
+    if 'forward_sync_buffers' in inspect.signature(DDP.__init__).parameters:
+        return {'forward_sync_buffers': False}
+    return {'broadcast_buffers': False}
+
+
+def wrap_ddp(module: torch.nn.Module, device: torch.device,
+             bucket_mb: float = DDP_BUCKET_MB) -> DDP:
+    """``module`` (already on ``device``) in DDP as training uses it: BN buffers are
+    agreed across ranks before validation and saving (:func:`broadcast_buffers`), so no
+    broadcast before every forward; gradients are views into the buckets (no copy);
+    buckets of ``bucket_mb`` MiB. Needs a process group."""
+    device_ids = [device.index] if device.type == 'cuda' else None
+    return DDP(module, device_ids=device_ids, gradient_as_bucket_view=True,
+               bucket_cap_mb=bucket_mb, **_no_forward_buffer_sync())
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def process_group_of_one(device: torch.device) -> Iterator[None]:
+    """A process group of this process alone (NCCL on a GPU, gloo on the CPU), for
+    timing DDP's own cost without other ranks; left when the block ends."""
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo',
+                            init_method=f'tcp://127.0.0.1:{free_port()}', rank=0,
+                            world_size=1, device_id=device if device.type == 'cuda' else None)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 # torch's threads on a GPU process: the GPU does the math, and idle OpenMP threads

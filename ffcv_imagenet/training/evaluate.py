@@ -2,6 +2,8 @@
 together, optionally averaging each image's logits with its mirror's (test-time flip)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,13 +79,15 @@ def _scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, .
 
 def validate(module: nn.Module, ema: ModelEMA | None, loader, *, precision: Precision,
              tta: bool, device: torch.device, show_progress: bool = False,
-             all_ranks: bool = True) -> dict:
+             all_ranks: bool = True,
+             wrap: Callable[[nn.Module], nn.Module] | None = None) -> dict:
     """:func:`evaluate` of the raw weights as ``val_loss``/``val_top1``/``val_top5``
     and, when ``ema`` is given, of the EMA weights as ``ema_val_*``, in one pass over
     the split. Call it with the BN statistics already agreed across ranks: an EMA
     that copies its buffers takes them from ``module``; one that averages them takes
     rank 0's. ``all_ranks=False``: as in :func:`evaluate`; on rank 0, whose
-    statistics the others would receive, nothing needs agreeing."""
+    statistics the others would receive, nothing needs agreeing. ``wrap`` turns each
+    plain network into the forward that scores it (a compiled one)."""
     models, prefixes = [module], ['val_']
     if ema is not None:
         if not ema.averages_buffers:
@@ -92,6 +96,8 @@ def validate(module: nn.Module, ema: ModelEMA | None, loader, *, precision: Prec
             broadcast_buffers(ema.module)  # each rank averaged its own BN statistics
         models.append(ema.module)
         prefixes.append('ema_val_')
+    if wrap is not None:
+        models = [wrap(model) for model in models]
     results = evaluate(models, loader, precision=precision, tta=tta, device=device,
                        show_progress=show_progress, all_ranks=all_ranks)
     return {f'{prefix}{key}': result[key] for prefix, result in zip(prefixes, results)

@@ -25,19 +25,17 @@ resumed run continues exactly as an unbroken one would have.
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import TrainState, checkpoint_dir, checkpoint_names, checkpoint_state, \
     save_checkpoints
+from .compiled import graphs_compiled, mark_step
 from .distributed import Dist, all_reduce_max, all_reduce_sum, barrier, broadcast_buffers
 from .ema import ModelEMA
 from .erasing import RandomErasing
@@ -46,6 +44,7 @@ from .logs import Progress, RunLog
 from .mix import Mixer
 from .optim import Precision, set_lr
 from .preempt import CheckpointPeriod, Preempted, StopSignals
+from .step import prepare_batch, seed_epoch, seed_step, train_step
 from .timing import PassTimer
 
 
@@ -136,34 +135,9 @@ class Run:
     # the per-process batch size of a 0-based epoch, set on the train loader before
     # the epoch (None: the loader's own, never changed)
     batch_at: Callable[[int], int] | None = None
-
-
-def seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Seeds torch, numpy and python RNGs from (seed, epoch, rank)."""
-    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
-    torch.manual_seed(int(state[0]))
-    np.random.seed(int(state[1]))
-    random.seed(int(state[1]))
-
-
-def train_step(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               precision: Precision, label_smoothing: float = 0.0,
-               grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch. images: (B, 3, H, W); targets: (B,) int64
-    labels or (B, classes) probabilities (mixed batches). Returns (mean loss, logits
-    (B, classes)), both detached, still on the device."""
-    optimizer.zero_grad(set_to_none=True)
-    with precision.autocast():
-        logits = model(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach(), logits.detach()
+    # a plain network -> the forward validation runs (None: the network itself); with
+    # ``torch.compile``, compiled at one batch shape (see :mod:`.compiled`)
+    eval_wrap: Callable[[nn.Module], nn.Module] | None = None
 
 
 def _check_finite(totals: torch.Tensor, epoch: int, iteration: int) -> None:
@@ -180,30 +154,6 @@ def _check_finite_weights(module: nn.Module, epoch: int) -> None:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise NonFiniteLossError(f"{name} became non-finite in epoch {epoch}; stopped "
                                      f"before writing any checkpoint")
-
-
-def prepare_batch(images: torch.Tensor, labels: torch.Tensor, mixer: Mixer | None,
-                  label_smoothing: float, eraser: RandomErasing | None = None):
-    """(images, targets, labels to score top-1 against, label smoothing still to apply
-    in the loss). ``eraser`` erases rectangles first (in place). A mixer returns soft
-    targets that already include the smoothing, and top-1 is then scored against the
-    dominant label of each mixed pair."""
-    if eraser is not None:
-        images = eraser(images)
-    if mixer is None:
-        return images, labels, labels, label_smoothing
-    images, targets, dominant = mixer(images, labels)
-    return images, targets, dominant, 0.0
-
-
-def seed_step(seed: int, epoch: int, step: int, rank: int, device: torch.device) -> None:
-    """Seeds torch's CPU generator and ``device``'s from (seed, epoch, step, rank).
-    The random draws of a step (MixUp/CutMix, drop path) then depend only on where
-    the step is, so a run resumed in the middle of an epoch replays them exactly."""
-    value = int(np.random.SeedSequence([seed, epoch, step, rank]).generate_state(1)[0])
-    torch.default_generator.manual_seed(value)
-    if device.type == 'cuda':  # only this rank's GPU: seeding all would touch every one
-        torch.cuda.default_generators[device.index or 0].manual_seed(value)
 
 
 def _sync(totals: torch.Tensor, stop: StopSignals | None) -> tuple[torch.Tensor, bool]:
@@ -256,6 +206,8 @@ def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint',
             set_lr(run.optimizer, lr)
             images, targets, labels, smoothing = prepare_batch(
                 images, labels, run.mixer, options.label_smoothing, run.eraser)
+            if run.eval_wrap is not None:  # compiled: CUDA graphs may reuse last step's memory
+                mark_step()
             loss, logits = train_step(run.model, images, targets, run.optimizer, run.scaler,
                                       run.precision, smoothing, options.grad_clip)
             totals[0] += loss.double() * labels.shape[0]
@@ -332,6 +284,7 @@ def fit(run: Run, log: RunLog) -> TrainState:
         run.train_loader.epoch = epoch
         seed_epoch(options.seed, epoch, dist.rank)
         timer = PassTimer(dist.device, shapes)
+        graphs = graphs_compiled()
         train = train_epoch(run, epoch, saver, timer)
         trained = time.perf_counter()
         state.epoch, state.step, state.partial = epoch + 1, 0, None
@@ -341,7 +294,7 @@ def fit(run: Run, log: RunLog) -> TrainState:
         if validation_due(state.epoch, options):
             began = time.perf_counter()  # the GPU is idle: the last step's sums were read
             val = validate(run.module, run.ema, run.val_loader, precision=run.precision,
-                           tta=options.tta, device=dist.device)
+                           tta=options.tta, device=dist.device, wrap=run.eval_wrap)
             val_seconds = time.perf_counter() - began  # validate reads its sums too
         improved = _update_best(state, val, options)
         state.metrics = _epoch_record(state, train, val, run.train_loader.resolution, batch,
@@ -357,6 +310,8 @@ def fit(run: Run, log: RunLog) -> TrainState:
             with timer.checkpoint():
                 saver.save(names)
         timing = timer.record(val_seconds, train['seconds'] + time.perf_counter() - trained)
+        if run.eval_wrap is not None:  # 0 once every shape has been met
+            timing['graphs_compiled'] = graphs_compiled() - graphs
         log.event('epoch', **state.metrics, **timing)
         log.scalars(state.epoch, {k: v for k, v in {**state.metrics, **timing}.items()
                                   if isinstance(v, float)})

@@ -1,13 +1,10 @@
-"""A config -> a built run (cli/recipe.py): under DDP the model neither broadcasts its
-buffers nor copies its gradients; training.parity=ffcv reaches the run's optimizer,
+"""A config -> a built run (cli/recipe.py): training.parity=ffcv reaches the run's optimizer,
 learning rate, precision and notes; a run on other storage than its recipe's preset
 says so in one line at the start, and a run on the same storage says nothing."""
 import os
 
 import pytest
 import torch
-import torch.distributed as torch_dist
-from torch import nn
 
 import train_imagenet
 from ffcv_imagenet.cli import recipe, train
@@ -16,26 +13,10 @@ from ffcv_imagenet.cli.train_config import SECTIONS
 from ffcv_imagenet.data.write.storage import find_preset, record_json, storage_path
 from ffcv_imagenet.training.distributed import Dist
 from ffcv_imagenet.training.optim import resolve_precision
-from tests.support import copy_beton, free_port, tiny_args
+from tests.support import copy_beton, tiny_args
 
 
 CPU = torch.device('cpu')
-
-
-def test_ddp_neither_broadcasts_buffers_nor_copies_gradients(betons, tmp_path):
-    config = parse_config('t', tiny_args(betons, tmp_path), SECTIONS)
-    torch_dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{free_port()}',
-                                  rank=0, world_size=1)
-    try:
-        dist = Dist(rank=0, local_rank=0, world_size=2, device=CPU)  # "enabled" path
-        model, module, optimizer, _ = recipe._network(config, dist,
-                                                      resolve_precision('off', CPU), 4)
-    finally:
-        torch_dist.destroy_process_group()
-    assert isinstance(model, nn.parallel.DistributedDataParallel)
-    assert getattr(model, 'forward_sync_buffers', model.broadcast_buffers) is False
-    assert model.gradient_as_bucket_view is True
-    assert not any(group['fused'] for group in optimizer.param_groups)  # CPU: plain SGD
 
 
 def test_a_parity_run_is_built_with_the_published_rules_and_says_so(betons, tmp_path):

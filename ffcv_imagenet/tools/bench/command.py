@@ -48,6 +48,7 @@ import json
 import os
 
 from ...cli.config import ConfigError
+from ...training.compiled import MODES as COMPILE_MODES
 from ...training.models import ARCHS
 from ...training.optim import PRECISIONS
 from .loader import BOTH, DECODER_DTYPES, bench_loaders, format_loader_table
@@ -92,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True)
     train.add_argument('--blurpool', action=argparse.BooleanOptionalAction, default=True)
     train.add_argument('--compile', action='store_true', help='torch.compile the model')
+    train.add_argument('--compile-mode', choices=COMPILE_MODES, default='default',
+                       help="with --compile: torch.compile's mode")
+    train.add_argument('--compile-modes', nargs='+', choices=COMPILE_MODES, default=[],
+                       metavar='MODE',
+                       help='also time the model alone compiled in each of these modes '
+                            f"({', '.join(COMPILE_MODES)}), with the first step's seconds")
+    train.add_argument('--ddp-buckets', nargs='+', type=float, default=[], metavar='MIB',
+                       help='also time the model alone under DDP in a process group of one '
+                            '(NCCL on a GPU), with buckets of each size in MiB (torch: 25)')
     train.add_argument('--blurpool-forms', action='store_true',
                        help='also time the model alone with BlurPool off, in its reference '
                             'form and in the form training uses')
@@ -124,6 +134,9 @@ def _trainer_parser(commands) -> None:
                          help="the short run's resolution.end_ramp")
     trainer.add_argument('--project', metavar='RECIPE',
                          help='the recipe to project (default: the one run), not shortened')
+    trainer.add_argument('--variant-set', action='append', default=[], metavar='KEY=VALUE',
+                         help='also project the recipe with this setting added, and print '
+                              'what it saves, e.g. validation.start_epoch=25 (repeatable)')
     trainer.add_argument('--gpus', type=int, default=8, help='GPUs of the projection')
     trainer.add_argument('--dataset-images', type=int, default=1_281_167,
                          help='train images per epoch of the projection (ImageNet-1k)')
@@ -141,7 +154,7 @@ def _trainer(parser, args) -> None:
                                shorten=shortening(args.epochs, args.start_ramp, args.end_ramp),
                                project_configs=[args.project] if args.project else None,
                                gpus=args.gpus, dataset_images=args.dataset_images,
-                               val_images=args.val_images)
+                               val_images=args.val_images, variant_sets=args.variant_set)
     except (ConfigError, RuntimeError) as err:
         parser.exit(2, f"bench trainer: {err}\n")
     print(format_trainer_report(result))
@@ -180,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
                            channels_last=args.channels_last, blurpool=args.blurpool,
                            compile=args.compile, workers=args.workers, steps=args.steps,
                            warmup=args.warmup, device=args.device,
-                           blurpool_forms=args.blurpool_forms)
+                           blurpool_forms=args.blurpool_forms,
+                           compile_modes=args.compile_modes, compile_mode=args.compile_mode,
+                           ddp_buckets=args.ddp_buckets)
                for res in args.resolution]
     print(format_train_table(results))
     _write_json(args.json, results)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 
+from ...training.loop import FitOptions, validation_due
+
 ASSUMPTIONS = (
     'perfect scaling: N GPUs train and validate N times as many images per second as '
     'one GPU of the measured run',
@@ -146,8 +148,8 @@ def project(parts: dict, plan: dict, *, gpus: int, dataset_images: int,
             val_images: int) -> dict:
     """The time of the recipe ``plan`` on ``gpus`` GPUs like the measured one, from
     :func:`measured_parts`'s ``parts``. ``plan``: ``resolutions`` (pixels, one per
-    epoch), ``eval_every`` (epochs), ``last_every_epochs``, ``last_every_seconds``,
-    ``keep_every``. ``dataset_images`` and ``val_images``: images of one train epoch and
+    epoch), ``eval_every`` (epochs), ``eval_from`` (the first 1-based epoch validated;
+    optional), ``last_every_epochs``, ``last_every_seconds``, ``keep_every``. ``dataset_images`` and ``val_images``: images of one train epoch and
     one validation pass. Seconds throughout; :data:`ASSUMPTIONS` lists what it assumes.
 
     total = start-up + compilation of each shape + sum over epochs of
@@ -169,8 +171,10 @@ def project(parts: dict, plan: dict, *, gpus: int, dataset_images: int,
                       'measured': measured, 'seconds_per_epoch': each,
                       'seconds': each * count})
     train_s = sum(row['seconds'] for row in train)
-    passes = sum(1 for epoch in range(1, epochs + 1)
-                 if epoch % plan['eval_every'] == 0 or epoch == epochs)
+    # the training loop's own rule
+    schedule = FitOptions(epochs=epochs, eval_every=plan['eval_every'],
+                          eval_from=plan.get('eval_from', 0))
+    passes = sum(1 for epoch in range(1, epochs + 1) if validation_due(epoch, schedule))
     val_rate = parts['val_images_per_sec_per_gpu']
     val_each = val_images / (val_rate * gpus) if val_rate else 0.0
     val_s = passes * val_each + (parts['val_warmup_s'] if passes else 0.0)

@@ -5,7 +5,7 @@
         --arch resnet50 --resolution 160 192 --batch-size 512 --precision auto \
         --steps 100 --warmup 20 --json bench_train.json
 
-``train`` times full training steps (``training.loop.train_step``: forward, loss,
+``train`` times full training steps (``training.step.train_step``: forward, loss,
 backward, SGD step) of one model, resolution, batch size and precision, two ways:
 (1) *model alone*, the ceiling: one random batch already on the device, in the
 loader's layout and dtype, fed again and again; (2) *end to end*: batches from the
@@ -48,8 +48,9 @@ import torch
 
 from ...data.folders import classes_path, load_classes
 from ...data.read.loaders import endless_batches, train_loader
-from ...training.distributed import select_device
-from ...training.loop import train_step
+from ...training.distributed import process_group_of_one, select_device, wrap_ddp
+from ...training.compiled import compiled, mark_step
+from ...training.step import train_step
 from ...training.models import build_model, set_blur_form
 from ...training.optim import Precision, build_sgd, resolve_precision
 from .loader import sync as _sync
@@ -76,12 +77,14 @@ def _device_name(device: torch.device) -> str:
 
 def _fresh_training(arch: str, num_classes: int, *, blurpool: bool, channels_last: bool,
                     compile: bool, device: torch.device, seed: int = 0,
-                    blur_form: str = 'conv'):
+                    blur_form: str = 'conv', compile_mode: str = 'default',
+                    ddp_bucket_mb: float | None = None, compile_backend: str = 'inductor'):
     """(model, optimizer), initialised from ``seed``: each measurement gets its own, so
     neither starts from the other's trained weights or momentum. Compiled as training
     compiles (static shapes, so a later resolution is not timed with dynamic-shape
     code), from a cleared cache, so that no measurement runs on, or counts against the
-    recompile limit of, code compiled for an earlier one."""
+    recompile limit of, code compiled for an earlier one. ``ddp_bucket_mb``: wrapped in
+    DDP as training wraps it, with buckets of that many MiB (needs a process group)."""
     torch.manual_seed(seed)
     module = build_model(arch, num_classes, blurpool=blurpool,
                          channels_last=channels_last).to(device)
@@ -91,10 +94,11 @@ def _fresh_training(arch: str, num_classes: int, *, blurpool: bool, channels_las
     # hundred steps on random labels
     optimizer = build_sgd(module, lr=0.01, momentum=0.9, weight_decay=5e-5,
                           fused=device.type == 'cuda')  # as training builds it
+    model = module if ddp_bucket_mb is None else wrap_ddp(module, device, ddp_bucket_mb)
     if not compile:
-        return module, optimizer
+        return model, optimizer
     torch.compiler.reset()
-    return torch.compile(module, dynamic=False), optimizer
+    return compiled(model, compile_mode, compile_backend), optimizer
 
 
 def time_steps(model, optimizer, precision: Precision, batches: Iterator, *,
@@ -102,16 +106,22 @@ def time_steps(model, optimizer, precision: Precision, batches: Iterator, *,
     """Runs ``warmup`` + ``drain`` untimed then ``steps`` timed training steps on
     ``batches``; ``drain``: the batches a loader had ready ahead when the warm-up
     ended, which took no time inside the window. Returns images/sec, steps timed,
-    seconds, the drained steps and the last loss."""
+    seconds, the drained steps, the last loss and ``first_step_s``, the first step's
+    seconds (with ``torch.compile``, its compilation)."""
     scaler = precision.scaler()
 
     def step():
         images, labels = next(batches)
+        mark_step()  # CUDA graphs (reduce-overhead): the last step's outputs are done with
         loss, _ = train_step(model, images, labels, optimizer, scaler, precision,
                              label_smoothing=0.1)
         return loss, images.shape[0]
 
-    for _ in range(warmup + drain):
+    began = time.perf_counter()
+    step()
+    _sync(device)
+    first = time.perf_counter() - began
+    for _ in range(warmup - 1 + drain):
         step()
     _sync(device)
     seen, start = 0, time.perf_counter()
@@ -121,7 +131,7 @@ def time_steps(model, optimizer, precision: Precision, batches: Iterator, *,
     _sync(device)
     seconds = time.perf_counter() - start
     return {'images_per_sec': seen / seconds, 'steps': steps, 'seconds': seconds,
-            'untimed_after_warmup': drain, 'last_loss': loss.item()}
+            'untimed_after_warmup': drain, 'last_loss': loss.item(), 'first_step_s': first}
 
 
 def _time_loader(loader, model, optimizer, precision: Precision, **timing) -> dict:
@@ -150,17 +160,58 @@ def _time_blurpool_forms(arch: str, num_classes: int, build: dict, precision: Pr
     return rows
 
 
+def _time_compile_modes(arch: str, num_classes: int, build: dict, precision: Precision,
+                        batch, modes: list[str], eager_rate: float, **timing) -> list[dict]:
+    """Model-alone rows on ``batch``, compiled in each of ``modes`` (one after the
+    other, each on a fresh model from the same seed), with images/sec relative to the
+    ``eager_rate`` of the same model uncompiled, ``vs_eager``, and the first step's
+    seconds (its compilation), ``first_step_s``."""
+    rows = []
+    for mode in modes:
+        model, optimizer = _fresh_training(arch, num_classes, **dict(
+            build, compile=True, compile_mode=mode))
+        row = time_steps(model, optimizer, precision, itertools.repeat(batch), **timing)
+        rows.append({'measurement': f'model alone, compiled {mode}', 'compile_mode': mode,
+                     **row, 'vs_eager': row['images_per_sec'] / eager_rate})
+        del model, optimizer
+    return rows
+
+
+def _time_ddp_buckets(arch: str, num_classes: int, build: dict, precision: Precision,
+                      batch, buckets: list[float], plain_rate: float, **timing) -> list[dict]:
+    """Model-alone rows on ``batch`` under DDP in a process group of this process
+    alone (NCCL on a GPU), one per bucket size in MiB, each with images/sec relative to
+    ``plain_rate``, the same model without DDP, ``vs_plain``: what DDP itself costs a
+    step (its hooks, bucket copies and one-rank all-reduces), before any other rank."""
+    rows = []
+    with process_group_of_one(build['device']):
+        for mb in buckets:
+            model, optimizer = _fresh_training(arch, num_classes,
+                                               **dict(build, ddp_bucket_mb=mb))
+            row = time_steps(model, optimizer, precision, itertools.repeat(batch), **timing)
+            rows.append({'measurement': f'model alone, DDP, {mb:g} MiB buckets',
+                         'bucket_mb': mb, **row, 'vs_plain': row['images_per_sec'] / plain_rate})
+            del model, optimizer
+    return rows
+
+
 def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
                 batch_size: int = 512, precision: str = 'auto', channels_last: bool = True,
                 blurpool: bool = True, compile: bool = False, workers: int | None = None,
                 steps: int = 100, warmup: int = 20, device: str = 'auto',
-                blurpool_forms: bool = False) -> dict:
+                blurpool_forms: bool = False, compile_modes: list[str] = (),
+                compile_mode: str = 'default', ddp_buckets: list[float] = (),
+                compile_backend: str = 'inductor') -> dict:
     """Training images/sec of the model alone on one synthetic batch already on the
     device, then end to end from ``beton``'s train loader; returns a dict with the
     settings, the two rows (in :data:`TRAIN_ROWS` order) and
     ``ratio_end_to_end_vs_model``. ``workers`` defaults to :func:`default_workers`.
     ``blurpool_forms``: also ``blurpool_rows``, model alone with BlurPool off and in
-    its reference and default forms (:data:`BLURPOOL_ROWS`)."""
+    its reference and default forms (:data:`BLURPOOL_ROWS`). ``compile_modes``: also
+    ``compile_rows``, model alone compiled in each ``torch.compile`` mode named, beside
+    the model-alone row (eager unless ``compile``). ``ddp_buckets``: also ``ddp_rows``,
+    model alone under DDP in a group of one, per bucket size (MiB). ``compile_backend``:
+    ``torch.compile``'s (``'eager'``: dynamo's tracing alone, for a quick check)."""
     if warmup < 1 or steps < 1:
         raise ValueError("need warmup >= 1 (the first steps compile) and steps >= 1")
     dev = select_device(device)  # as in training, cuDNN autotuning included
@@ -172,7 +223,8 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
     classes, _ = load_classes(classes_path(beton))
     # the loader's output: channels-last always, in the dtype training asks it for
     dtype = resolved.input_dtype
-    build = dict(blurpool=blurpool, channels_last=channels_last, compile=compile, device=dev)
+    build = dict(blurpool=blurpool, channels_last=channels_last, compile=compile, device=dev,
+                 compile_mode=compile_mode, compile_backend=compile_backend)
     torch.manual_seed(1)
     images = torch.randn(batch_size, 3, resolution, resolution, device=dev).to(
         dtype=dtype, memory_format=torch.channels_last)
@@ -181,6 +233,12 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
     ceiling = time_steps(model, optimizer, resolved, itertools.repeat((images, labels)),
                          warmup=warmup, steps=steps, device=dev)
     del model, optimizer
+    compile_rows = _time_compile_modes(arch, len(classes), build, resolved, (images, labels),
+                                       list(compile_modes), ceiling['images_per_sec'],
+                                       warmup=warmup, steps=steps, device=dev)
+    ddp_rows = _time_ddp_buckets(arch, len(classes), build, resolved, (images, labels),
+                                 list(ddp_buckets), ceiling['images_per_sec'],
+                                 warmup=warmup, steps=steps, device=dev)
     blurpool_rows = (_time_blurpool_forms(arch, len(classes), build, resolved, (images, labels),
                                           warmup=warmup, steps=steps, device=dev)
                      if blurpool_forms else None)
@@ -201,7 +259,8 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
         'settings': {'beton': beton, 'arch': arch, 'num_classes': len(classes),
                      'resolution': resolution, 'batch_size': batch_size,
                      'precision': resolved.name, 'channels_last': channels_last,
-                     'blurpool': blurpool, 'compile': compile, 'workers': workers,
+                     'blurpool': blurpool, 'compile': compile,
+                     'compile_mode': compile_mode if compile else None, 'workers': workers,
                      'torch_threads': torch.get_num_threads(),
                      'steps': steps, 'warmup': warmup,
                      'untimed_after_warmup': end_to_end['untimed_after_warmup'],
@@ -213,6 +272,10 @@ def bench_train(beton: str, *, arch: str = 'resnet50', resolution: int = 160,
     }
     if blurpool_rows:
         result['blurpool_rows'] = blurpool_rows
+    if compile_rows:
+        result['compile_rows'] = compile_rows
+    if ddp_rows:
+        result['ddp_rows'] = ddp_rows
     return result
 
 
@@ -224,7 +287,7 @@ def format_train_table(results: dict | list[dict]) -> str:
     options = [f"precision {s['precision']}",
                'channels-last' if s['channels_last'] else 'contiguous',
                'blurpool' if s['blurpool'] else 'no blurpool',
-               'compiled' if s['compile'] else 'eager']
+               f"compiled ({s.get('compile_mode') or 'default'})" if s['compile'] else 'eager']
     lines = [f"train benchmark: {s['arch']}, batch {s['batch_size']}, {', '.join(options)}, "
              f"{s['workers']} loader workers; {s['device_name']}, torch {s['torch']}",
              f"{s['warmup']} warm-up steps left out (compilation, autotuning), then "
@@ -242,6 +305,22 @@ def format_train_table(results: dict | list[dict]) -> str:
     if any('blurpool_rows' in result for result in results):
         lines.append(f"{'res':>4} {'blurpool form, one after the other':<37} {'images/sec':>11} "
                      f"{'steps':>6} {'seconds':>8} {'/ reference':>14}")
+    if any('ddp_rows' in result for result in results):
+        lines.append(f"{'res':>4} {'DDP, one process, one after the other':<44} "
+                     f"{'images/sec':>11} {'steps':>6} {'seconds':>8} {'/ model alone':>14}")
+    for result in results:
+        for row in result.get('ddp_rows', ()):
+            lines.append(f"{result['settings']['resolution']:>4} {row['measurement']:<44} "
+                         f"{row['images_per_sec']:>11.1f} {row['steps']:>6} "
+                         f"{row['seconds']:>8.2f} {row['vs_plain']:>14.3f}")
+    if any('compile_rows' in result for result in results):
+        lines.append(f"{'res':>4} {'torch.compile mode, one after the other':<44} "
+                     f"{'images/sec':>11} {'first step s':>13} {'/ model alone':>14}")
+    for result in results:
+        for row in result.get('compile_rows', ()):
+            lines.append(f"{result['settings']['resolution']:>4} {row['measurement']:<44} "
+                         f"{row['images_per_sec']:>11.1f} {row['first_step_s']:>13.1f} "
+                         f"{row['vs_eager']:>14.3f}")
     for result in results:
         for row in result.get('blurpool_rows', ()):
             lines.append(f"{result['settings']['resolution']:>4} {row['measurement']:<37} "

@@ -94,7 +94,8 @@ def recipe_plan(configs: list[str], sets: list[str]) -> dict:
     except ValueError as err:
         raise ConfigError(f"checkpoint.last_every: {err}") from None
     return {'recipe': ' + '.join(configs) or '(defaults)', 'resolutions': resolutions,
-            'eval_every': config['validation.every'], 'last_every_epochs': period.epochs,
+            'eval_every': config['validation.every'],
+            'eval_from': config['validation.start_epoch'], 'last_every_epochs': period.epochs,
             'last_every_seconds': period.seconds, 'keep_every': config['checkpoint.every'],
             'arch': config['model.arch'], 'batch_size': config['training.batch_size'],
             'compile': config['model.compile']}
@@ -125,25 +126,35 @@ def read_run(run_dir: str | os.PathLike, launched_at: float) -> dict:
 
 def bench_trainer(configs: list[str], sets: list[str], out: str | os.PathLike, *,
                   shorten: list[str], project_configs: list[str] | None = None, gpus: int = 8,
-                  dataset_images: int = 1_281_167, val_images: int = 50_000) -> dict:
+                  dataset_images: int = 1_281_167, val_images: int = 50_000,
+                  variant_sets: list[str] = ()) -> dict:
     """Runs the shortened recipe into ``out`` (a new or empty folder), reads its
     log and projects ``project_configs`` (default: the recipe run) with ``sets``, not
     shortened, on ``gpus`` GPUs. Returns {'measured', 'plan', 'projection',
-    'run_dir', 'command'}.
+    'run_dir', 'command'}; with ``variant_sets`` (settings added after ``sets``: the
+    speed-run set, say), also 'variant_plan' and 'variant_projection', the same recipe
+    projected with them from the same measured parts.
     Raises:
         ConfigError: a bad setting, or an ``out`` that holds files.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out: {out} is not empty; give a new folder")
-    plan = recipe_plan(configs if project_configs is None else project_configs,
-                       sets)  # a bad recipe stops the bench before the run
+    projected = configs if project_configs is None else project_configs
+    plan = recipe_plan(projected, sets)  # a bad recipe stops the bench before the run
+    variant = recipe_plan(projected, [*sets, *variant_sets]) if variant_sets else None
     argv = train_argv(configs, sets, out, shorten)
     measured = read_run(out, run_training(argv))
     projection = project(measured, plan, gpus=gpus, dataset_images=dataset_images,
                          val_images=val_images)
-    return {'measured': measured, 'plan': plan, 'projection': projection,
-            'run_dir': str(out), 'command': ['python', '-m', 'ffcv_imagenet', 'train', *argv]}
+    result = {'measured': measured, 'plan': plan, 'projection': projection,
+              'run_dir': str(out), 'command': ['python', '-m', 'ffcv_imagenet', 'train', *argv]}
+    if variant is not None:
+        variant['recipe'] += ' with ' + ' '.join(f'--{item}' for item in variant_sets)
+        result.update(variant_plan=variant, variant_projection=project(
+            measured, variant, gpus=gpus, dataset_images=dataset_images,
+            val_images=val_images))
+    return result
 
 
 def _row(name: str, seconds: float, total: float, what: str) -> str:
@@ -210,7 +221,29 @@ def format_projection(projection: dict, plan: dict) -> str:
     return '\n'.join(lines)
 
 
+def format_saving(result: dict) -> str:
+    """What the variant saves against the recipe as projected, part by part."""
+    before, after = result['projection'], result['variant_projection']
+    lines = [f"### Saved by {' '.join(result['variant_plan']['recipe'].split(' with ')[1:])}",
+             '', '| part | recipe s | with the settings s | saved s |', '|---|---:|---:|---:|']
+    for name, key in (('validation', 'val_s'), ('checkpoint writes', 'checkpoint_s'),
+                      ('training', 'train_s'), ('total', 'total_s')):
+        lines.append(f"| {name} | {before[key]:.1f} | {after[key]:.1f} | "
+                     f"{before[key] - after[key]:.1f} |")
+    saved = before['total_s'] - after['total_s']
+    share = saved / before['total_s'] if before['total_s'] > 0 else 0.0
+    lines.append(f"\nValidations {before['validations']} -> {after['validations']}, "
+                 f"checkpoint writes {before['checkpoint_writes']} -> "
+                 f"{after['checkpoint_writes']}: {share:.1%} of the projected run.")
+    return '\n'.join(lines)
+
+
 def format_trainer_report(result: dict) -> str:
-    """Both tables of a :func:`bench_trainer` result, markdown."""
-    return format_breakdown(result['measured']) + '\n\n' + format_projection(
-        result['projection'], result['plan'])
+    """The tables of a :func:`bench_trainer` result, markdown: the breakdown, the
+    projection, and with a variant its projection and what it saves."""
+    parts = [format_breakdown(result['measured']),
+             format_projection(result['projection'], result['plan'])]
+    if 'variant_projection' in result:
+        parts += [format_projection(result['variant_projection'], result['variant_plan']),
+                  format_saving(result)]
+    return '\n\n'.join(parts)

@@ -94,6 +94,17 @@ def test_the_projection_adds_each_part_of_the_recipe():
                                            + checkpoint)
 
 
+def test_validation_from_an_epoch_on_leaves_the_earlier_passes_out():
+    p = parts()
+    every = project(p, {**PLAN, 'eval_every': 1}, gpus=4, dataset_images=10_000,
+                    val_images=500)
+    late = project(p, {**PLAN, 'eval_every': 1, 'eval_from': 6}, gpus=4,
+                   dataset_images=10_000, val_images=500)
+    assert (every['validations'], late['validations']) == (8, 3)  # epochs 6, 7 and 8
+    saved = 5 * 500 / (p['val_images_per_sec_per_gpu'] * 4)
+    assert every['total_s'] - late['total_s'] == pytest.approx(saved)
+
+
 def test_more_gpus_shorten_the_per_epoch_parts_only():
     p = parts()
     one, eight = (project(p, PLAN, gpus=n, dataset_images=10_000, val_images=500)

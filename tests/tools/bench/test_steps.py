@@ -90,9 +90,12 @@ def test_time_steps_starts_the_clock_after_the_drained_steps(monkeypatch):
     monkeypatch.setattr(steps, '_sync', lambda device: clock_reads.append(len(drawn)))
     row = steps.time_steps(None, None, steps.resolve_precision('off', torch.device('cpu')),
                            batches, warmup=5, steps=7, device=torch.device('cpu'), drain=3)
-    assert clock_reads == [5 + 3, 5 + 3 + 7] and len(drawn) == 15
+    # after the first step (its seconds: compilation), after the warm-up and drained
+    # steps, after the timed ones
+    assert clock_reads == [1, 5 + 3, 5 + 3 + 7] and len(drawn) == 15
     assert row['steps'] == 7 and row['untimed_after_warmup'] == 3
     assert row['images_per_sec'] == pytest.approx(7 * 2 / row['seconds'])
+    assert 0 < row['first_step_s'] < row['seconds'] + 1
 
 
 def test_compiled_benchmarks_use_static_shapes_as_training_does(monkeypatch):
@@ -101,7 +104,7 @@ def test_compiled_benchmarks_use_static_shapes_as_training_does(monkeypatch):
     monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: calls.append(kwargs) or model)
     model, _ = steps._fresh_training('resnet18', 4, blurpool=False, channels_last=True,
                                      compile=True, device=torch.device('cpu'))
-    assert calls == ['reset', {'dynamic': False}]
+    assert calls == ['reset', {'dynamic': False, 'mode': 'default'}]
     assert isinstance(model, torch.nn.Module)
 
 
@@ -113,32 +116,49 @@ def test_train_benchmark_leaves_cores_to_the_main_thread(monkeypatch):
     assert args.workers == 14
 
 
-def test_train_benchmark_adds_blurpool_form_rows_when_asked(betons, capsys, monkeypatch):
-    forms = []
+def test_train_benchmark_adds_the_blurpool_ddp_and_compile_mode_rows_asked_for(
+        betons, capsys, monkeypatch):
+    built = []  # per model built: (blurs, their forms, DDP bucket cap in bytes or None)
     fresh = steps._fresh_training
 
     def recording_fresh_training(*args, **kwargs):
         model, optimizer = fresh(*args, **kwargs)
         blurs = [m for m in model.modules() if isinstance(m, BlurConv2d)]
-        forms.append((len(blurs), {m.form for m in blurs}))
+        built.append((len(blurs), {m.form for m in blurs},
+                      getattr(model, 'bucket_bytes_cap', None)))
         return model, optimizer
 
+    modes = []
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: modes.append(kwargs['mode'])
+                        or model)
     monkeypatch.setattr(steps, '_fresh_training', recording_fresh_training)
     command.main(['train', '--beton', str(betons[0]), '--arch', 'resnet18', '--resolution',
                   '32', '--batch-size', '4', '--steps', '1', '--warmup', '1', '--device',
-                  'cpu', '--precision', 'off', '--workers', '1', '--blurpool-forms'])
+                  'cpu', '--precision', 'off', '--workers', '1', '--blurpool-forms',
+                  '--ddp-buckets', '1', '25', '--compile-modes', 'default', 'reduce-overhead'])
     table = capsys.readouterr().out
-    # model alone as asked (blurpool, default form); off, reference and default on the
-    # same synthetic batch; then end to end as asked
-    assert forms == [(6, {'conv'}), (0, set()), (6, {'reference'}), (6, {'conv'}),
-                     (6, {'conv'})]
+    # model alone as asked (blurpool, default form, eager); compiled in each mode; under
+    # DDP with each bucket cap; BlurPool off, reference and default on the same batch;
+    # then end to end as asked
+    conv = (6, {'conv'}, None)
+    assert built == [conv, conv, conv, (6, {'conv'}, 2 ** 20), (6, {'conv'}, 25 * 2 ** 20),
+                     (0, set(), None), (6, {'reference'}, None), conv, conv]
+    assert modes == ['default', 'reduce-overhead']  # the other rows stay eager
+    assert not torch.distributed.is_initialized()  # DDP's group of one is left
     lines = table.splitlines()
     for form, name in steps.BLURPOOL_ROWS:
         (row,) = [line for line in lines if name in line]
         assert row.lstrip().startswith('32 ')
         ratio = float(row.split()[-1])
         assert ratio > 0 and (ratio == 1.0 or form != 'reference')
-    assert '/ reference' in table
+    for name in ('DDP, 1 MiB buckets', 'DDP, 25 MiB buckets'):
+        (row,) = [line for line in lines if name in line]
+        assert float(row.split()[-1]) > 0
+    for mode in modes:
+        (row,) = [line for line in lines if f'compiled {mode} ' in line]
+        first_step, ratio = (float(value) for value in row.split()[-2:])
+        assert row.lstrip().startswith('32 ') and first_step > 0 and ratio > 0
+    assert '/ reference' in table and 'first step s' in table
 
 
 def test_train_benchmark_has_no_blurpool_form_rows_unless_asked():

@@ -27,7 +27,9 @@ def test_the_trainer_breakdown_adds_up_and_the_projection_follows_from_it(
         betons, tmp_path, capsys):
     out, saved = tmp_path / 'run', tmp_path / 'trainer.json'
     command.main(['trainer', *tiny_sets(betons), '--out', str(out), '--gpus', '4',
-                  '--dataset-images', '1000', '--val-images', '100', '--json', str(saved)])
+                  '--dataset-images', '1000', '--val-images', '100', '--json', str(saved),
+                  '--variant-set', 'validation.every=2',
+                  '--variant-set', 'validation.start_epoch=8'])
     printed = capsys.readouterr().out
     for row in ('| start-up |', '| training steps |', '| loader waits |', '| validation |',
                 '| checkpoint writes |', '| resolution switch |', 'perfect scaling'):
@@ -49,6 +51,13 @@ def test_the_trainer_breakdown_adds_up_and_the_projection_follows_from_it(
     assert result['projection'] == project(measured, result['plan'], gpus=4,
                                            dataset_images=1000, val_images=100)
     assert result['projection']['gpus'] == 4 and result['projection']['total_s'] > 0
+    # the variant: the same recipe and measured parts, validated less often
+    plan, variant = result['projection'], result['variant_projection']
+    assert variant == project(measured, result['variant_plan'], gpus=4, dataset_images=1000,
+                              val_images=100)
+    assert variant['validations'] < plan['validations'] and variant['val_s'] < plan['val_s']
+    assert variant['train_s'] == plan['train_s']
+    assert '### Saved by --validation.every=2 --validation.start_epoch=8' in printed
 
 
 def test_the_settings_follow_the_shortening_so_that_they_win():
