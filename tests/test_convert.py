@@ -24,7 +24,7 @@ from PIL import Image
 
 import train_imagenet
 import write_datasets
-from ffcv_imagenet.cli.config import parse_config
+from ffcv_imagenet.cli.config import ConfigError, parse_config
 from ffcv_imagenet.cli.convert import storage_settings
 from ffcv_imagenet.data.folders import DatasetError, list_tree
 from ffcv_imagenet.data.read.beton import read_image_table
@@ -48,7 +48,8 @@ def convert(*args):
 
 def test_labels_round_trip_and_class_file(synth, tmp_path):
     out = tmp_path / 'train.beton'
-    assert convert(f'data_dir={synth}/train', f'write_path={out}', 'max_resolution=64') == 0
+    assert convert(f'data_dir={synth}/train', f'write_path={out}', 'max_resolution=64',
+                   'keep_order=1') == 0
     samples, classes = list_tree(synth / 'train')
     assert beton_labels(out) == [label for _, label in samples]
     saved = json.loads(Path(f'{out}.classes.json').read_text())
@@ -59,8 +60,40 @@ def test_labels_round_trip_and_class_file(synth, tmp_path):
 
     val = tmp_path / 'val.beton'
     convert('split=val', f'data_dir={synth}/val', f'write_path={val}', 'max_resolution=64',
-            f'classes={out}.classes.json')
+            f'classes={out}.classes.json', 'keep_order=1')
     assert beton_labels(val) == [label for _, label in list_tree(synth / 'val', classes)[0]]
+
+
+def listed_labels_and_sizes(root):
+    """[(label, (height, width))] of a class tree's images, in listing order."""
+    samples, _ = list_tree(root)
+    return [(label, Image.open(path).size[::-1]) for path, label in samples]
+
+
+def test_samples_are_stored_shuffled_by_seed_each_with_its_label(synth, tmp_path):
+    listed = listed_labels_and_sizes(synth / 'train')  # max_resolution=0: sizes kept
+    stored = {}
+    for name, flags in (('default', []), ('seed 5', ['--shuffle', '5']),
+                        ('again', ['--shuffle=5']), ('kept', ['--keep-order'])):
+        out = tmp_path / f'{name}.beton'
+        assert write_datasets.main([f'--cfg.data_dir={synth}/train', f'--cfg.write_path={out}',
+                                    '--cfg.max_resolution=0', *flags]) == 0
+        stored[name] = stored_labels_and_sizes(out)
+        assert sorted(stored[name]) == sorted(listed)  # the same images, labels with them
+        record = read_storage(out)
+        assert (record.sample_order, record.shuffle_seed) == (
+            ('given', None) if name == 'kept' else ('shuffled', 0 if name == 'default' else 5))
+    assert stored['kept'] == listed
+    assert stored['default'] != listed and stored['seed 5'] != stored['default']
+    assert stored['again'] == stored['seed 5']  # a function of the seed
+
+
+def test_a_shuffle_seed_beside_keep_order_is_refused_in_one_line(synth, tmp_path):
+    out = tmp_path / 'both.beton'
+    with pytest.raises(ConfigError, match='--cfg.shuffle=3 contradicts --cfg.keep_order=1'):
+        write_datasets.main([f'--cfg.data_dir={synth}/train', f'--cfg.write_path={out}',
+                             '--shuffle', '3', '--keep-order'])
+    assert not out.exists()
 
 
 def test_subset_is_stratified(synth, tmp_path):
@@ -86,7 +119,7 @@ def test_bad_files_are_skipped_and_reported_odd_ones_kept(messy_tree, tmp_path):
     root, bad, odd = messy_tree
     out = tmp_path / 'messy.beton'
     convert(f'data_dir={root}', f'write_path={out}', 'max_resolution=64')
-    assert beton_labels(out) == [0] * 3 + [1] * len(odd)
+    assert sorted(beton_labels(out)) == [0] * 3 + [1] * len(odd)
     report = dict(line.split('\t') for line in skipped_path(out).read_text().splitlines())
     assert sorted(report) == sorted(str(p) for p in bad.values())
     assert all(reason for reason in report.values())
@@ -216,7 +249,7 @@ def test_cli_skips_every_bad_file_keeps_every_odd_one_and_keeps_stderr_clean(
     assert all(reason.strip() for reason in reasons.values())
     [dds] = [reason for path, reason in reasons.items() if 'dds_dxgi_93' in path]
     assert dds.startswith('NotImplementedError')  # what crashed the old checking pool
-    assert stored_labels_and_sizes(out) == expected(root, good)
+    assert sorted(stored_labels_and_sizes(out)) == sorted(expected(root, good))
     lines = [line for line in re.split(r'[\r\n]', result.stderr) if line.strip()]
     assert all(TQDM_LINE.match(line) for line in lines), lines  # progress bars only
     assert any(line.startswith('checking:') for line in lines)  # which still show

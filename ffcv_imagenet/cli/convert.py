@@ -10,6 +10,11 @@
 (ILSVRC2012_val_*.JPEG) takes --cfg.labels=LOC_val_solution.csv; Tiny ImageNet's val
 folder is recognised by its val_annotations.txt.
 
+The samples are stored in an order shuffled with ``--shuffle SEED`` (short for
+``--cfg.shuffle``, default 0), each image with its label, and the seed recorded in
+<write_path>.storage.json; ``--keep-order`` stores them as listed, one class after
+the other.
+
 ``--preset NAME`` (short for ``--cfg.preset=NAME``) sets the four storage keys
 (max_resolution, write_mode, compress_probability, jpeg_quality) to a named preset of
 ``ffcv_imagenet.data.write.storage``; a storage key given beside it that would store
@@ -64,6 +69,12 @@ Section('cfg', 'dataset conversion').params(
     subset=Param(And(int, InRange(min=0)), 'keep this many images, stratified by class '
                  '(0: all)', default=0),
     seed=Param(int, 'seed of the subset choice', default=0),
+    shuffle=Param(And(int, InRange(min=0)), 'seed of the order the samples are stored in '
+                  '(--shuffle SEED for short); a class tree lists one class after the '
+                  'other, shuffled every part of the file holds a random sample of the '
+                  'classes', default=0),
+    keep_order=Param(Flag(), 'store the samples in the order listed (by class) instead '
+                     'of shuffled (--keep-order for short)', default=0),
     strict=Param(Flag(), 'stop at the first unreadable image instead of skipping it',
                  default=0),
     max_seconds_per_image=Param(And(float, InRange(min=0)), 'a file that takes longer to '
@@ -100,15 +111,20 @@ def _listing(data_dir: Path, labels: str, classes: list[str] | None):
 
 
 def expand_preset_flag(argv: list[str]) -> list[str]:
-    """``--preset NAME`` and ``--preset=NAME`` -> ``--cfg.preset=NAME``."""
+    """The short flags: ``--preset NAME`` / ``--preset=NAME`` -> ``--cfg.preset=NAME``,
+    ``--shuffle SEED`` likewise -> ``--cfg.shuffle=SEED``, ``--keep-order`` ->
+    ``--cfg.keep_order=1``."""
     out, index = [], 0
     while index < len(argv):
         arg = argv[index]
-        if arg == '--preset' and index + 1 < len(argv):
-            index += 1
-            arg = f"--cfg.preset={argv[index]}"
-        elif arg.startswith('--preset='):
-            arg = '--cfg.preset=' + arg.removeprefix('--preset=')
+        for short in ('preset', 'shuffle'):
+            if arg == f'--{short}' and index + 1 < len(argv):
+                index += 1
+                arg = f"--cfg.{short}={argv[index]}"
+            elif arg.startswith(f'--{short}='):
+                arg = f'--cfg.{short}=' + arg.removeprefix(f'--{short}=')
+        if arg == '--keep-order':
+            arg = '--cfg.keep_order=1'
         out.append(arg)
         index += 1
     return out
@@ -140,6 +156,9 @@ def main(argv=None) -> int:
     config = parse_config(__doc__.splitlines()[0], argv, ('cfg',))
     cfg = lambda key: config[f'cfg.{key}']  # noqa: E731
     storage, preset = storage_settings(config)
+    if cfg('keep_order') and ('cfg', 'shuffle') in config.content:
+        raise ConfigError(f"--cfg.shuffle={cfg('shuffle')} contradicts --cfg.keep_order=1; "
+                          f"give one or the other")
     data_dir = Path(cfg('data_dir'))
     if cfg('split') == 'val' and not cfg('classes'):
         raise ConfigError("the val split needs --cfg.classes=<train.beton>.classes.json "
@@ -160,7 +179,8 @@ def main(argv=None) -> int:
         num_workers=cfg('num_workers'),
         chunk_size=cfg('chunk_size'), strict=bool(cfg('strict')),
         max_seconds_per_image=cfg('max_seconds_per_image'),
-        max_memory_mb_per_image=cfg('max_memory_mb_per_image'))
+        max_memory_mb_per_image=cfg('max_memory_mb_per_image'),
+        shuffle_seed=None if cfg('keep_order') else cfg('shuffle'))
     print(report.summary())
     return 0
 

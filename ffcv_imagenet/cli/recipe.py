@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.folders import DatasetError, classes_path, load_classes
 from ..data.read.loaders import ImageLoader, train_loader, val_loader
-from ..data.write.storage import storage_notes
+from ..data.write.storage import read_storage, storage_notes
 from ..training import distributed
 from ..training.checkpoint import TrainState, load_checkpoint, restore
 from ..training.distributed import Dist, ThreadPlan
@@ -221,6 +221,7 @@ def build_run(config, dist: Dist) -> Run:
     if config['data.storage_preset']:  # the .betons against the recipe's storage
         notes += storage_notes(config['data.storage_preset'], [config['data.train_dataset'],
                                config['data.val_dataset']], 'data.storage_preset')
+    notes += _order_notes(config)
     if saved:
         notes += check_can_continue(saved, source, config, parts.classes, schedules,
                                     dist.world_size)
@@ -267,6 +268,23 @@ def build_run(config, dist: Dist) -> Run:
                eraser=parts.eraser, resumed_from=source, notes=notes,
                batch_at=schedules.batch_at,
                eval_wrap=evaluator.wrap if evaluator is not None else None)
+
+
+def _order_notes(config) -> list[str]:
+    """A line when ``data.order=blocks`` reads a train ``.beton`` stored in the order
+    its folder listed (one class after the other): its batches would hold few classes."""
+    path = config['data.train_dataset']
+    if config['data.order'] != 'blocks':
+        return []
+    try:
+        record = read_storage(path)
+    except DatasetError:
+        return []  # the storage note says what is wrong with the record
+    if record is not None and record.sample_order == 'given':
+        return [f"note: data.order=blocks reads {path} a few pages at a time, and it was "
+                f"written in the order listed (one class after the other): each batch "
+                f"will hold few classes; convert it again with --shuffle SEED"]
+    return []
 
 
 def _mixer(config, num_classes: int) -> Mixer | None:
@@ -320,7 +338,8 @@ def _loaders(config, dist: Dist, precision: Precision, train_path: str, val_path
     resolution = config['resolution.min_res'] if stages is None else stages.at(0).resolution
     try:
         train = train_loader(train_path, batch_size=batch, seed=config['training.seed'],
-                             resolution=resolution,
+                             resolution=resolution, order=config['data.order'],
+                             order_window=config['data.order_window'],
                              dct_scaling=bool(config['data.dct_scaling']), **common)
     except DatasetError as err:
         raise ConfigError(f"data.train_dataset: {err}") from None

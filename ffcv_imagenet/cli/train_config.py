@@ -18,6 +18,7 @@ from __future__ import annotations
 from fastargs import Param, Section
 
 from .config import ConfigError, Flag, OneOf, register_switch
+from ..data.read.orders import ORDERS
 from ..data.write.storage import PRESETS, find_preset
 from ..training.compiled import MODES as COMPILE_MODES
 from ..training.distributed import DDP_BUCKET_MB
@@ -49,6 +50,12 @@ Section('data', 'the .beton files and their loaders').params(
                       "the cores it may run on, less one for its main thread)", default=0),
     in_memory=Param(Flag(), '1: read through the OS page cache (dataset fits in RAM)',
                     default=1),
+    order=Param(OneOf(*ORDERS), "the train split's order each epoch: 'random' (the whole "
+                "split permuted) or 'blocks' (page-local: pages permuted and dealt to the "
+                "ranks, samples shuffled within windows of order_window pages; for a file "
+                "read from disk, in_memory=0)", default='random'),
+    order_window=Param(int, "data.order=blocks: pages whose samples are shuffled together "
+                       "(a batch draws from this many pages)", default=16),
     storage_preset=Param(str, 'the storage preset (convert --preset) the recipe was '
                          f"published with: {', '.join(PRESETS)}; other storage gets a "
                          "note at the start ('' = no expectation)", default=''),
@@ -224,7 +231,7 @@ _POSITIVE = ('training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
              'validation.folder_resize', 'validation.folder_crop',
              'logging.log_every', 'lr.reference_batch', 'ema.every',
-             'training.ddp_bucket_mb')
+             'training.ddp_bucket_mb', 'data.order_window')
 _NON_NEGATIVE = ('data.num_workers', 'training.global_batch_size', 'training.grad_clip',
                  'training.stop_after', 'validation.start_epoch',
                  'checkpoint.every', 'checkpoint.best_after', 'optimizer.weight_decay',

@@ -109,3 +109,14 @@ def test_the_run_decodes_on_its_share_of_the_cores_unless_told_and_says_so(
                 betons, tmp_path, f'--data.num_workers={cores + 1}'), SECTIONS), dist)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_block_order_over_a_file_in_class_order_says_so_in_one_line(
+        betons, tmp_path, capsys, monkeypatch):
+    # the test .betons are written in the order listed, one class after the other
+    notes = _notes_of_a_run(betons, tmp_path / 'blocks', capsys, monkeypatch,
+                            '--data.order=blocks')
+    assert notes == [f"note: data.order=blocks reads {betons[0]} a few pages at a time, and "
+                     f"it was written in the order listed (one class after the other): "
+                     f"each batch will hold few classes; convert it again with --shuffle SEED"]
+    assert _notes_of_a_run(betons, tmp_path / 'random', capsys, monkeypatch) == []

@@ -35,63 +35,17 @@ from functools import partial
 from queue import Empty
 from typing import Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from ffcv.fields.basics import IntDecoder
-from ffcv.loader import Loader
 from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.pipeline.operation import Operation
-from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
 from .beton import BetonInfo, check_dataset
 from .decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
 from .ffcv_loader import CPU_BATCHES_PER_LAUNCH, SetUpLoader
-
-
-class ShardedOrder(TraversalOrder):
-    """Each rank's share of one epoch: disjoint shards that together cover the split.
-
-    ffcv's own distributed RANDOM order pads shards by repeating samples, and its
-    QUASI_RANDOM order does not support distributed loading at all. Here the whole
-    split is permuted with ``seed + epoch`` (the same on every rank) and rank ``r``
-    takes every ``world_size``-th sample from position ``r``. With
-    ``equal_shards`` the permutation is first cut to a multiple of ``world_size``
-    (at most ``world_size - 1`` random samples sit out an epoch), so that every rank
-    runs the same number of steps, which DDP needs.
-
-    ffcv calls the instance with the loader to bind it, hence ``__call__``.
-    """
-
-    def __init__(self, loader: Loader | None = None, *, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1, equal_shards: bool = False):
-        self.shuffle, self.rank, self.world_size = shuffle, rank, world_size
-        self.equal_shards = equal_shards
-        if loader is not None:
-            super().__init__(loader)
-
-    def __call__(self, loader: Loader) -> 'ShardedOrder':
-        return ShardedOrder(loader, shuffle=self.shuffle, rank=self.rank,
-                            world_size=self.world_size, equal_shards=self.equal_shards)
-
-    def sample_order(self, epoch: int) -> np.ndarray:
-        return epoch_order(self.indices, self.seed, epoch, shuffle=self.shuffle,
-                           rank=self.rank, world_size=self.world_size,
-                           equal_shards=self.equal_shards)
-
-
-def epoch_order(indices: np.ndarray, seed: int, epoch: int, *, shuffle: bool = True,
-                rank: int = 0, world_size: int = 1, equal_shards: bool = False
-                ) -> np.ndarray:
-    """The sample ids rank ``rank`` reads in ``epoch``, in order (see
-    :class:`ShardedOrder`); ffcv cuts it into batches of consecutive ids."""
-    order = indices
-    if shuffle:
-        order = np.random.default_rng(seed + epoch).permutation(order)
-    if equal_shards:
-        order = order[:len(order) - len(order) % world_size]
-    return order[rank::world_size]
+from .orders import ShardedOrder
 
 
 def _rank_and_world(distributed: bool, rank: int | None, world_size: int | None
@@ -298,9 +252,10 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
                  dtype: torch.dtype = torch.float32, scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), batches_ahead: int = 3,
                  decoder_dtype: torch.dtype | None = None,
-                 num_classes: int | None = None, dct_scaling: bool = False) -> ImageLoader:
+                 num_classes: int | None = None, dct_scaling: bool = False,
+                 order: str = 'random', order_window: int = 16) -> ImageLoader:
     """Random-resized-crop + flip batches of ``batch_size`` images per rank, in a new
-    random order every epoch (RANDOM order: QUASI_RANDOM is not supported distributed).
+    order every epoch (ffcv's QUASI_RANDOM is not supported distributed).
 
     Args:
         resolution: output side in pixels (change it later with ``loader.resolution``).
@@ -308,7 +263,10 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
         in_memory: True reads through the OS page cache (the file should fit in RAM).
         distributed: take rank and world size from the process group; or pass
             ``rank`` and ``world_size`` explicitly.
-        seed: the order of epoch ``e`` is a permutation seeded with ``seed + e``.
+        seed: the order of epoch ``e`` is drawn from (``seed``, ``e``).
+        order: ``'random'`` (the whole split permuted) or ``'blocks'`` (page-local:
+            pages permuted and dealt to the ranks, samples shuffled within windows of
+            ``order_window`` pages; for a file read from disk, see :mod:`.orders`).
         scale, ratio: random-resized-crop area fraction and aspect-ratio ranges.
         decoder_dtype: what the decoder emits: ``torch.uint8`` (normalised afterwards,
             in torch on ``device``) or ``torch.float32`` (normalised in the decoder);
@@ -324,13 +282,13 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
             ``label`` fields, empty, or its labels or class list do not match.
     """
     rank, world_size = _rank_and_world(distributed, rank, world_size)
-    order = ShardedOrder(shuffle=True, rank=rank, world_size=world_size,
-                         equal_shards=world_size > 1)
+    sharded = ShardedOrder(shuffle=True, rank=rank, world_size=world_size,
+                           equal_shards=world_size > 1, order=order, window=order_window)
     decoder = FusedCropDecoder((resolution, resolution), random_crop=True, scale=scale,
                                ratio=ratio, flip=True, dct_scaling=dct_scaling,
                                **_decoder_normalisation(device, decoder_dtype))
     return ImageLoader(path, decoder, batch_size=batch_size, num_workers=num_workers,
-                       device=device, order=order, seed=seed, in_memory=in_memory,
+                       device=device, order=sharded, seed=seed, in_memory=in_memory,
                        drop_last=True, dtype=dtype, batches_ahead=batches_ahead,
                        num_classes=num_classes)
 

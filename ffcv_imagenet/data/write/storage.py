@@ -131,9 +131,14 @@ def find_preset(name: str) -> StoragePreset:
 
 
 class StorageRecord(NamedTuple):
-    """What ``<beton>.storage.json`` says: the storage, and the preset's name or None."""
+    """What ``<beton>.storage.json`` says: the storage, the preset's name or None, and
+    the order of the samples in the file."""
     storage: Storage
     preset: str | None
+    # 'shuffled' (by ``shuffle_seed``), 'given' (as listed: a class tree's folder order,
+    # one class after the other) or None (recorded before the order was)
+    sample_order: str | None = None
+    shuffle_seed: int | None = None
 
 
 def storage_path(beton_path: str | os.PathLike) -> Path:
@@ -141,10 +146,14 @@ def storage_path(beton_path: str | os.PathLike) -> Path:
     return Path(str(beton_path) + '.storage.json')
 
 
-def record_json(storage: Storage, preset: str | None, beton_bytes: int) -> str:
-    """The text of a storage record for a ``.beton`` of ``beton_bytes`` bytes."""
+def record_json(storage: Storage, preset: str | None, beton_bytes: int,
+                shuffle_seed: int | None = None) -> str:
+    """The text of a storage record for a ``.beton`` of ``beton_bytes`` bytes whose
+    samples were shuffled with ``shuffle_seed`` (None: stored in the order given)."""
+    order = {'sample_order': 'given' if shuffle_seed is None else 'shuffled',
+             'shuffle_seed': shuffle_seed}
     return json.dumps({'version': RECORD_VERSION, **asdict(storage), 'preset': preset,
-                       'beton_bytes': beton_bytes}, indent=1)
+                       'beton_bytes': beton_bytes, **order}, indent=1)
 
 
 def read_storage(beton_path: str | os.PathLike) -> StorageRecord | None:
@@ -161,13 +170,15 @@ def read_storage(beton_path: str | os.PathLike) -> StorageRecord | None:
         data = json.loads(path.read_text(encoding='utf-8'))
         storage = Storage.of(*(data[field.name] for field in fields(Storage)))
         preset, size = data['preset'], int(data['beton_bytes'])
+        order, seed = data.get('sample_order'), data.get('shuffle_seed')
+        seed = None if seed is None else int(seed)
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
         raise DatasetError(f"storage record {path} is unreadable ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}); delete it "
                            f"to treat the .beton as unrecorded") from None
     if not os.path.isfile(beton_path) or os.path.getsize(beton_path) != size:
         return None
-    return StorageRecord(storage, preset)
+    return StorageRecord(storage, preset, order, seed)
 
 
 def storage_note(preset: StoragePreset, records: dict[str, StorageRecord | None],

@@ -227,7 +227,7 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
                 chunk_size: int = 100, strict: bool = False,
                 max_seconds_per_image: float = 60.0,
                 max_memory_mb_per_image: int = 4096,
-                preset: str | None = None) -> WriteReport:
+                preset: str | None = None, shuffle_seed: int | None = None) -> WriteReport:
     """Converts ``samples`` to ``out_path`` (fields ``image``: RGB, ``label``: int).
 
     Every file is read in a worker process that it cannot take down: one that raises,
@@ -247,6 +247,11 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
         max_seconds_per_image, max_memory_mb_per_image: the per-file limits (0: none).
         preset: the name of the :mod:`.storage` preset these settings are, recorded in
             ``<out_path>.storage.json`` beside the settings (None: none).
+        shuffle_seed: store the samples in an order shuffled with this seed, each
+            image with its label (None: in the order given), recorded in the same file.
+            A class tree lists one class after the other: shuffled, every part of the
+            file holds a random sample of the classes, which an order that reads the
+            file a part at a time needs (``data.order=blocks``).
     Returns:
         A :class:`WriteReport`; its ``skipped`` lists the files not stored.
     """
@@ -259,6 +264,9 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
         raise ValueError(f"preset {preset} writes {find_preset(preset).storage.describe()}, "
                          f"not {storage.describe()}")
     limits = Limits(max_seconds_per_image, max_memory_mb_per_image)
+    if shuffle_seed is not None:
+        samples = [samples[i] for i in np.random.default_rng(shuffle_seed).permutation(
+            len(samples))]
     start = time.perf_counter()
     tmp = _claim_temp_file(out)
     try:
@@ -268,7 +276,8 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
         names = class_names or classes
         _atomic_write_text(classes_path(out), json.dumps({'classes': classes, 'names': names},
                                                          indent=1))
-        _atomic_write_text(storage_path(out), record_json(storage, preset, tmp.stat().st_size))
+        _atomic_write_text(storage_path(out), record_json(storage, preset, tmp.stat().st_size,
+                                                          shuffle_seed))
         report_file = skipped_path(out)
         if skipped:
             _atomic_write_text(report_file, ''.join(f"{p}\t{r}\n" for p, r in skipped))

@@ -40,7 +40,7 @@ from ...data.read.beton import read_image_table
 from ...data.read.decoders import (dct_denominator, decoded_crop, largest_denominator,
                                    sample_seed)
 from ...data.read.jpeg_region import decode_region
-from ...data.read.loaders import epoch_order
+from ...data.read.orders import epoch_order
 
 # compiled as ffcv's Compiler compiles the decoder's crop functions (fastmath, numpy
 # error model), so that the same random draws give the same crops

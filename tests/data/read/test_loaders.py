@@ -19,7 +19,8 @@ from PIL import Image
 from ffcv_imagenet.data.read import loaders
 from ffcv_imagenet.data.folders import DatasetError
 from ffcv_imagenet.data.read.decoders import IMAGENET_MEAN, IMAGENET_STD, FusedCropDecoder
-from ffcv_imagenet.data.read.loaders import ImageLoader, ShardedOrder, train_loader, val_loader
+from ffcv_imagenet.data.read.loaders import ImageLoader, train_loader, val_loader
+from ffcv_imagenet.data.read.orders import ShardedOrder
 from ffcv_imagenet.data.write.writer import write_beton
 from tests.support import ROOT
 
