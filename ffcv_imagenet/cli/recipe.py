@@ -71,7 +71,8 @@ def setup_distributed(config) -> Dist:
         ConfigError: that device is not available.
     """
     try:
-        return distributed.setup(config['training.device'])
+        return distributed.setup(config['training.device'],
+                                 timeout_s=config['training.collective_timeout_s'])
     except ValueError as err:
         raise ConfigError(f"training.device: {err}") from None
 

@@ -7,7 +7,8 @@ config or file), rank 0 exits meanwhile and torchrun stops the others, so only
 rank 0's line appears; when the error is this rank's alone (a bad file in its shard,
 out of memory), nobody stops it and it prints its own line, naming the rank. A rank
 whose collective fails because another rank died says so in one line instead of a
-second traceback.
+second traceback; one whose collective waits past the group's timeout for a process
+that stopped answering (a frozen node) says that.
 """
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ def report_error(message: str) -> None:
     print(f"[rank {rank}/{world_size}] {message}", file=sys.stderr, flush=True)
 
 
+def _timed_out(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that waited past the process group's timeout
+    (gloo says 'Timed out waiting', NCCL 'timeout')."""
+    text = str(err).lower()
+    return 'timed out' in text or 'timeout' in text
+
+
 def _peer_failed(err: BaseException) -> bool:
     """Whether ``err`` is a collective failing because another process went away."""
     if isinstance(err, torch_dist.DistError):
@@ -73,9 +81,17 @@ def exit_code(main: Callable[[], int], interrupted: str = 'interrupted') -> int:
         report(interrupted)
         return 130
     except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ''
+        if _rank()[1] > 1 and _timed_out(err):
+            waited = distributed.collective_timeout_s()
+            report_error(f"stopped: another process of this job did not answer for "
+                         f"{f'{waited:g} s' if waited else 'the timeout'} "
+                         f"(training.collective_timeout_s): it, or its node, is frozen or "
+                         f"hung ({first})")
+            return 1
         if _rank()[1] > 1 and _peer_failed(err):
-            report_error(f"stopped: another process of this job failed "
-                         f"({str(err).strip().splitlines()[0][:200]})")
+            report_error(f"stopped: lost another process of this job (it failed, or its "
+                         f"node went down) ({first})")
             return 1
         raise
     finally:

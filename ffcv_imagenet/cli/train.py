@@ -19,6 +19,7 @@ from ..data.folders import DatasetError
 from ..data.read.torchvision_pipelines import OnDevice, standard_eval_loader
 from ..training.plots import plot_run
 from ..training.logs import RunLog, format_record
+from ..training.distributed import weights_agree
 from ..training.evaluate import validate
 from ..training.loop import NonFiniteLossError, Run, fit
 from ..training.preempt import PREEMPTED_EXIT, Preempted, StopSignals, clear_marker, \
@@ -64,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, KeyboardInterrupt) as err:
         log.event('stop', reason=str(err) or type(err).__name__)
         raise
-    log.event('end', epoch=state.epoch, **{f'best_{run.options.best_metric}': state.best_top1})
+    # a rank that drifted (a broken node, a bug in a collective) would otherwise go unseen:
+    # rank 0's weights are the ones saved
+    agree = weights_agree(run.module)
+    log.event('end', epoch=state.epoch, ranks_agree=agree,
+              **{f'best_{run.options.best_metric}': state.best_top1})
+    if not agree:
+        report("warning: the processes ended with different weights; the checkpoints hold "
+               "rank 0's")
     log.close()
     if config['logging.plot'] and dist.is_main:
         try:

@@ -21,7 +21,7 @@ from .config import ConfigError, Flag, OneOf, register_switch
 from ..data.read.orders import ORDERS
 from ..data.write.storage import PRESETS, find_preset
 from ..training.compiled import MODES as COMPILE_MODES
-from ..training.distributed import DDP_BUCKET_MB
+from ..training.distributed import COLLECTIVE_TIMEOUT_S, DDP_BUCKET_MB
 from ..training.erasing import MODES as ERASE_MODES
 from ..training.models import ARCHS, HEADS
 from ..training.optim import DECAY_RULES, OPTIMIZERS, PRECISIONS
@@ -141,6 +141,10 @@ Section('training', 'the run').params(
     device=Param(OneOf('auto', 'cuda', 'cpu'), 'auto = GPU when there is one',
                  default='auto'),
     eval_only=Param(Flag(), '1: evaluate the resumed checkpoint and exit', default=0),
+    collective_timeout_s=Param(float, 'seconds a collective waits for the other processes '
+                               '(a frozen node) before the job stops; it must cover the '
+                               "first step's compilation and a checkpoint write",
+                               default=COLLECTIVE_TIMEOUT_S),
     ddp_bucket_mb=Param(float, "DDP's gradient buckets in MiB, each all-reduced as soon as "
                         'its gradients are ready', default=DDP_BUCKET_MB),
     stop_after=Param(int, 'end this invocation after this epoch (0 = run to epochs)',
@@ -231,7 +235,7 @@ _POSITIVE = ('training.epochs', 'training.batch_size',
              'validation.batch_size', 'validation.resolution', 'validation.every',
              'validation.folder_resize', 'validation.folder_crop',
              'logging.log_every', 'lr.reference_batch', 'ema.every',
-             'training.ddp_bucket_mb', 'data.order_window')
+             'training.ddp_bucket_mb', 'data.order_window', 'training.collective_timeout_s')
 _NON_NEGATIVE = ('data.num_workers', 'training.global_batch_size', 'training.grad_clip',
                  'training.stop_after', 'validation.start_epoch',
                  'checkpoint.every', 'checkpoint.best_after', 'optimizer.weight_decay',

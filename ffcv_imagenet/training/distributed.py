@@ -67,11 +67,27 @@ def select_device(device: str = 'auto', local_rank: int = 0) -> torch.device:
     return torch.device('cuda', local_rank)
 
 
-def setup(device: str = 'auto', timeout_minutes: float = 30.0) -> Dist:
+# seconds a collective waits for the other processes before it fails: long enough for
+# a rank's first-step compilation and rank 0's checkpoint write, short enough that a
+# frozen node (a hung process, a stalled file system) does not hold the others long
+COLLECTIVE_TIMEOUT_S = 600.0
+
+
+_joined_timeout_s: float | None = None  # of the process group this process joined
+
+
+def collective_timeout_s() -> float | None:
+    """The collective timeout (seconds) of the process group :func:`setup` joined;
+    None when it joined none."""
+    return _joined_timeout_s
+
+
+def setup(device: str = 'auto', timeout_s: float = COLLECTIVE_TIMEOUT_S) -> Dist:
     """Joins the process group when launched by torchrun; picks the device.
 
     Args:
         device: as in :func:`select_device`.
+        timeout_s: seconds a collective waits for the other processes before failing.
     Raises:
         ValueError: from :func:`select_device`.
     """
@@ -82,8 +98,10 @@ def setup(device: str = 'auto', timeout_minutes: float = 30.0) -> Dist:
     here = select_device(device, local_rank)
     use_cuda = here.type == 'cuda'
     if (world_size > 1 or launched) and not dist.is_initialized():
+        global _joined_timeout_s
+        _joined_timeout_s = timeout_s
         dist.init_process_group('nccl' if use_cuda else 'gloo',
-                                timeout=datetime.timedelta(minutes=timeout_minutes),
+                                timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=here if use_cuda else None)
     return Dist(rank, local_rank, world_size, here, launched)
 
@@ -245,6 +263,21 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.item()
+
+
+def weights_agree(module: torch.nn.Module) -> bool:
+    """Whether every rank holds the same parameters and buffers in ``module``: each
+    rank sums each tensor in float64, and the smallest and largest of each sum over the
+    ranks must be equal (every rank must call it; True in a world of one)."""
+    sums = torch.stack([tensor.detach().double().sum()
+                        for tensor in module.state_dict().values()
+                        if tensor.is_floating_point()])
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    low, high = sums.clone(), sums.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(low, high))
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
