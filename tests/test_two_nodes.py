@@ -18,7 +18,8 @@ from ffcv_imagenet.training.checkpoint import checkpoint_dir
 from ffcv_imagenet.training.logs import read_log
 from tests.support import ROOT, assert_same_weights, free_port, tiny_args, weights
 
-pytestmark = pytest.mark.slow
+# one worker runs them all, so that the unbroken run is made once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('two_nodes')]
 
 EPOCHS = 2
 # short, so that the frozen case ends soon; the unbroken run never comes near it
@@ -75,16 +76,13 @@ def signal_all(pids: list[int], sent: int) -> None:
             os.kill(pid, sent)
 
 
-def wait_for_epoch(folder, epoch: int, processes, seconds=180):
+def wait_for(folder, event: str, count: int, processes, seconds=180):
+    """Until ``log.jsonl`` holds ``count`` lines of ``event``."""
     deadline = time.monotonic() + seconds
-    while not any(record['epoch'] >= epoch for record in _epochs(folder)):
+    while not ((folder / 'log.jsonl').exists() and len(read_log(folder, event)) >= count):
         assert all(p.poll() is None for p in processes), 'a node ended early'
-        assert time.monotonic() < deadline, f'no epoch {epoch} after {seconds} s'
+        assert time.monotonic() < deadline, f'no {count} {event} lines after {seconds} s'
         time.sleep(0.1)
-
-
-def _epochs(folder):
-    return read_log(folder, 'epoch') if (folder / 'log.jsonl').exists() else []
 
 
 @pytest.fixture(scope='module')
@@ -104,16 +102,9 @@ def test_two_nodes_train_one_run_logged_once_with_the_same_weights_on_both(unbro
         'last.pt', 'best.pt', 'final.pt'}  # and no temporary file of a second writer
 
 
-@pytest.mark.parametrize('failure, sent, within, says', [
-    ('dies', signal.SIGKILL, 30, 'stopped: lost another process of this job'),
-    ('freezes', signal.SIGSTOP, TIMEOUT_S + 30,
-     f'stopped: another process of this job did not answer for {TIMEOUT_S} s '
-     f'(training.collective_timeout_s)')])
-def test_when_a_node_dies_or_freezes_the_other_stops_and_both_resume_exactly(
-        betons, tmp_path, unbroken, failure, sent, within, says):
-    folder = tmp_path / 'run'
-    first, second = two_nodes(betons, folder, tmp_path)
-    wait_for_epoch(folder, 1, (first, second))
+def stop_a_node(folder, first, second, sent: int, within: float, tmp_path) -> str:
+    """Sends ``sent`` to every process of node 1 and returns the 'stopped:' line of
+    node 0, which must end non-zero within ``within`` seconds; node 1 is then killed."""
     node = process_tree(second.pid)
     began = time.monotonic()
     signal_all(node, sent)
@@ -124,9 +115,29 @@ def test_when_a_node_dies_or_freezes_the_other_stops_and_both_resume_exactly(
     output = (tmp_path / 'node0.log').read_text()
     assert code != 0 and took < within, (code, took, output[-3000:])
     stops = [line for line in output.splitlines() if line.startswith('stopped:')]
-    assert len(stops) == 1 and stops[0].startswith(says), stops
-    # both nodes again, as a requeued job would: from the last checkpoint to the end
+    (tmp_path / 'node0.log').unlink()  # the next launch's output starts afresh
+    assert len(stops) == 1, stops
+    return stops[0]
+
+
+def test_a_frozen_node_then_a_dead_one_stop_the_other_and_both_resume_exactly(
+        betons, tmp_path, unbroken):
+    folder = tmp_path / 'run'
+    # after the first epoch, node 1 freezes: node 0 waits the collective timeout
+    first, second = two_nodes(betons, folder, tmp_path)
+    wait_for(folder, 'epoch', 1, (first, second))
+    line = stop_a_node(folder, first, second, signal.SIGSTOP, TIMEOUT_S + 30, tmp_path)
+    assert line.startswith(f'stopped: another process of this job did not answer for '
+                           f'{TIMEOUT_S} s (training.collective_timeout_s)'), line
+    # both again, as a requeued job would, from the first epoch's checkpoint; as they
+    # start the second epoch again, node 1 dies
+    first, second = two_nodes(betons, folder, tmp_path)
+    wait_for(folder, 'resume', 1, (first, second))
+    line = stop_a_node(folder, first, second, signal.SIGKILL, 30, tmp_path)
+    assert line.startswith('stopped: lost another process of this job'), line
+    # and once more: from the last checkpoint to the end
     assert finish(two_nodes(betons, folder, tmp_path)) == [0, 0]
-    assert read_log(folder, 'resume')
+    assert len(read_log(folder, 'resume')) == 2
+    assert [record['epoch'] for record in read_log(folder, 'epoch')][-1] == EPOCHS
     assert_same_weights(weights(checkpoint_dir(folder) / 'final.pt'),
                         weights(checkpoint_dir(unbroken) / 'final.pt'))

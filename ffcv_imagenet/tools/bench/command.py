@@ -40,6 +40,11 @@ See :mod:`.steps` for what ``train`` times and leaves out.
 
 ``trainer`` runs the training command itself for a few epochs across its resolution
 switch, prints where the time went and projects a whole recipe; see :mod:`.trainer`.
+
+    python -m ffcv_imagenet bench order --beton big.beton --diversity
+
+``order`` reads a file from disk in the train loader's two orders and counts the
+classes per batch each gives; see :mod:`.order`.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ from ...training.models import ARCHS
 from ...training.optim import PRECISIONS
 from .loader import BOTH, DECODER_DTYPES, bench_loaders, format_loader_table
 from .steps import bench_train, default_workers, format_train_table
+from .order import run as order_bench
 from .trainer import bench_trainer, format_trainer_report, shortening
 
 
@@ -114,7 +120,34 @@ def _parser() -> argparse.ArgumentParser:
                        help="'auto': cuda if available")
     train.add_argument('--json', help='also write the results (a list, one per resolution)')
     _trainer_parser(commands)
+    _order_parser(commands)
     return parser
+
+
+def _order_parser(commands) -> None:
+    order = commands.add_parser('order', help="the train loader's orders read from disk, "
+                                "and the classes per batch each gives")
+    order.add_argument('--beton', help='read this file in each order, from disk')
+    order.add_argument('--make-beton', metavar='PATH',
+                       help='first write a file of raw noise images here (--gigabytes)')
+    order.add_argument('--gigabytes', type=float, default=4.0, help='size of --make-beton')
+    order.add_argument('--batch-size', type=int, default=256)
+    order.add_argument('--resolution', type=int, default=160, help='pixels')
+    order.add_argument('--workers', type=int, default=default_workers(),
+                       help='decoding threads (default: the cores less two, at least one)')
+    order.add_argument('--window', type=int, default=16,
+                       help="pages shuffled together in the 'blocks' order")
+    order.add_argument('--seed', type=int, default=0)
+    order.add_argument('--diversity', action='store_true',
+                       help="classes per batch in each order, ImageNet's label layout "
+                            'simulated')
+    order.add_argument('--images-per-page', type=int, default=32,
+                       help='--diversity: images per 8 MiB page (32: the published rn50 '
+                            'storage)')
+    order.add_argument('--diversity-batch', type=int, default=512,
+                       help='--diversity: images per batch per GPU')
+    order.add_argument('--world-size', type=int, default=8, help='--diversity: GPUs')
+    order.add_argument('--json', help='also write the results here')
 
 
 def _trainer_parser(commands) -> None:
@@ -172,6 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == 'trainer':
         _trainer(parser, args)
+        return
+    if args.command == 'order':
+        if not (args.beton or args.make_beton or args.diversity):
+            parser.error("bench order: give --beton, --make-beton or --diversity")
+        if args.beton and not args.make_beton and not os.path.exists(args.beton):
+            parser.error(f"not found: {args.beton}")
+        _write_json(args.json, order_bench(args))
         return
     paths = [args.beton]
     if args.command == 'loader':
