@@ -48,6 +48,8 @@ GPU_IMAGE_TESTS += tests/training
 GPU_IMAGE_TESTS += tests/data/write
 #  numpy's generator draws the generated images (the data of a GPU node's check too)
 GPU_IMAGE_TESTS += tests/data/test_synthetic.py
+#  the one-line reasons both sides put in their errors (what every command prints)
+GPU_IMAGE_TESTS += tests/data/test_messages.py
 PYTHON312 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12) \
                          $(shell command -v python3.12))
 WHEEL_SOURCES := pyproject.toml requirements.txt .ci/wheelhouse.sh .ci/portable_wheel.py \

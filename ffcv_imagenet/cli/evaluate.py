@@ -38,14 +38,12 @@ from ..training.evaluate import evaluate
 from ..training.export import ModelCard
 from ..training.optim import resolve_precision
 from .config import ConfigError
-from .model_file import at_least, device_named, open_classifier
+from .model_file import at_least, command_parser, device_named, open_classifier
 from .runner import exit_code, report
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=sys.argv[0], description=__doc__.splitlines()[0],
-                                epilog=__doc__.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(__doc__)
     p.add_argument('model', help='checkpoint, run folder, or .pt2/.onnx/torchvision export')
     p.add_argument('--val', required=True, help='val .beton, or a folder of images')
     p.add_argument('--labels', default='',

@@ -22,14 +22,12 @@ from ..training.export import FORMATS, TOLERANCE, ExportError, check_batch, expo
     format_of
 from ..training.models import NotTorchvisionError
 from .config import ConfigError
-from .model_file import is_checkpoint, checkpoint_of, open_classifier
+from .model_file import checkpoint_of, command_parser, is_checkpoint, open_classifier
 from .runner import exit_code
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=sys.argv[0], description=__doc__.splitlines()[0],
-                                epilog=__doc__.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(__doc__)
     p.add_argument('source', help='checkpoint (.pt) or run folder')
     p.add_argument('--format', required=True, choices=FORMATS,
                    help='torchvision: state_dict for torchvision.models (no BlurPool); '

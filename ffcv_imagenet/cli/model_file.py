@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,6 +41,14 @@ class Classifier:
     source: Path
     # 'raw'/'ema' -> the network, for a checkpoint (exports are not modules to move)
     networks: dict[str, nn.Module]
+
+
+def command_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a command whose module docstring is ``doc``: its first line the
+    description, the paragraphs after the first the epilog, printed as written."""
+    return argparse.ArgumentParser(prog=sys.argv[0], description=doc.splitlines()[0],
+                                   epilog=doc.split('\n\n', 1)[1],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def checkpoint_of(path: str | os.PathLike) -> Path:

@@ -19,14 +19,12 @@ import torch
 
 from ..data.folders import image_files
 from ..data.read.torchvision_pipelines import eval_loader
-from .model_file import at_least, device_named, open_classifier
+from .model_file import at_least, command_parser, device_named, open_classifier
 from .runner import exit_code, report
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=sys.argv[0], description=__doc__.splitlines()[0],
-                                epilog=__doc__.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(__doc__)
     p.add_argument('model', help='checkpoint, run folder, or .pt2/.onnx/torchvision export')
     p.add_argument('images', nargs='+', help='image files, or folders of them (recursive)')
     p.add_argument('--topk', type=at_least(1), default=5, help='classes listed per image')

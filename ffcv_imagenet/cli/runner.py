@@ -20,6 +20,7 @@ from typing import Callable
 import torch.distributed as torch_dist
 
 from ..data.folders import DatasetError
+from ..data.messages import error_line
 from ..training import distributed
 from ..training.checkpoint import CheckpointError
 from ..training.loop import NonFiniteLossError
@@ -81,7 +82,7 @@ def exit_code(main: Callable[[], int], interrupted: str = 'interrupted') -> int:
         report(interrupted)
         return 130
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ''
+        first = error_line(err)
         if _rank()[1] > 1 and _timed_out(err):
             waited = distributed.collective_timeout_s()
             report_error(f"stopped: another process of this job did not answer for "

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.messages import error_line
+
 FORMAT = 'ffcv_imagenet-checkpoint-1'
 SUBDIR = 'checkpoints'
 
@@ -149,8 +151,7 @@ def load_checkpoint(path: str | os.PathLike, map_location='cpu', mmap: bool = Fa
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for a damaged file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {error_line(err)}") from None
     if not isinstance(state, dict) or state.get('format') != FORMAT:
         raise CheckpointError(f"{path} is not an ffcv_imagenet checkpoint")
     return state

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.write.sandbox import one_line
+from ..data.messages import error_line
 from .models import ARCHS, to_torchvision_state_dict, unwrap
 
 FORMATS = ('torchvision', 'pt2', 'onnx')
@@ -169,11 +169,7 @@ def _run_back(path: Path, fmt: str, batch: torch.Tensor) -> torch.Tensor:
             return network(batch)
     except Exception as err:  # the runtimes raise their own types
         raise ExportError(f"the {fmt} export, loaded back, fails on a batch of "
-                          f"{tuple(batch.shape)}: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    return one_line(str(err) or type(err).__name__, 200)
+                          f"{tuple(batch.shape)}: {error_line(err)}") from None
 
 
 def load_export(path: str | os.PathLike, fmt: str | None = None
@@ -192,7 +188,7 @@ def load_export(path: str | os.PathLike, fmt: str | None = None
     except ExportError:
         raise
     except Exception as err:  # torch, zipfile and onnxruntime raise types of their own
-        raise ExportError(f"cannot read {path} as a {fmt} export: {_first_line(err)}"
+        raise ExportError(f"cannot read {path} as a {fmt} export: {error_line(err)}"
                           ) from None
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .decoders import IMAGENET_MEAN, IMAGENET_STD
 from ..folders import ANNOTATIONS_FILE, DatasetError, find_classes, list_annotated, list_tree
+from ..messages import error_line
 
 STANDARD_RESIZE = 256  # pixels, shorter side
 STANDARD_CROP = 224  # pixels, square centre crop
@@ -105,7 +106,7 @@ class FolderImages(Dataset):
         try:
             image = default_loader(path)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            reason = ' '.join((str(err) or type(err).__name__).split())[:200]
+            reason = error_line(err)
             return None, label, f"{path}: {reason}"
         return self.transform(image), label, None
 

@@ -40,6 +40,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ..messages import one_line
+
 _STDERR_LINE_CHARS = 200
 _START_GRACE_SECONDS = 5.0
 _LOOK_AGAIN_SECONDS = 0.25
@@ -61,12 +63,6 @@ class Outcome:
     value: Any = None
     error: str | None = None
     stderr: str = ''
-
-
-def one_line(text: str, limit: int = 500) -> str:
-    """``text`` with tabs and line breaks made spaces, cut to ``limit`` characters."""
-    flat = ' '.join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 3] + '...'
 
 
 def _first_line(fd: int) -> str:

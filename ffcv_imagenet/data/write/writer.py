@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from ..folders import DatasetError, classes_path
 from .images import ImageError, check_image, load_rgb
-from .sandbox import Limits, Outcome, Sandbox, one_line, run_each
+from ..messages import one_line
+from .sandbox import Limits, Outcome, Sandbox, run_each
 from .storage import Storage, find_preset, record_json, storage_path
 
 WRITE_MODES = ('raw', 'jpg', 'proportion', 'smart')

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from ffcv_imagenet.data.write.sandbox import Limits, Sandbox, one_line, run_each
+from ffcv_imagenet.data.write.sandbox import Limits, Sandbox, run_each
 
 
 def misbehave(item):
@@ -82,7 +82,3 @@ def test_no_limits_means_none():
     [(_, outcome)] = run_each(misbehave, [5], Limits(seconds=0, memory_mb=0), workers=1)
     assert outcome.value == 10
 
-
-@pytest.mark.parametrize('text, flat', [('a\tb\nc', 'a b c'), ('x' * 600, 'x' * 497 + '...')])
-def test_one_line(text, flat):
-    assert one_line(text) == flat
