@@ -54,10 +54,10 @@ import json
 import os
 
 from ...cli.config import ConfigError
+from ...data.write.storage import PRESETS
 from ...training.compiled import MODES as COMPILE_MODES
 from ...training.models import ARCHS
 from ...training.optim import PRECISIONS
-from ...data.write.storage import PRESETS
 from .convert import IMAGENET_TRAIN_IMAGES, bench_convert, format_convert_report
 from .loader import BOTH, DECODER_DTYPES, bench_loaders, format_loader_table
 from .steps import bench_train, default_workers, format_train_table

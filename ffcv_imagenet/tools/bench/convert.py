@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -337,9 +336,9 @@ def bench_convert(counts: list[int], presets: list[str], workers: int, out: str 
 
 
 def _runs_table(result: dict) -> list[str]:
-    lines = [f"{'preset':<16}{'images':>8}{'wall s':>9}{'img/s':>8}{'start s':>9}"
-             f"{'PSS MiB':>9}{'RSS MiB':>9}{'procs':>6}{'KB/img':>8}{'stored px':>10}"
-             f"{'load':>6}"]
+    lines = [(f"{'preset':<16}{'images':>8}{'wall s':>9}{'img/s':>8}{'start s':>9}"
+              f"{'PSS MiB':>9}{'RSS MiB':>9}{'procs':>6}{'KB/img':>8}{'stored px':>10}"
+              f"{'load':>6}")]
     for run in result['runs']:
         start = ('' if run['converter_seconds'] is None
                  else f"{run['wall_seconds'] - run['converter_seconds']:.1f}")
@@ -355,8 +354,8 @@ def format_convert_report(result: dict) -> str:
     """The runs, the linearity verdicts and the projection, as text for a terminal."""
     net = result['imagenet']
     workers = f"{result['workers']} worker{'s' if result['workers'] > 1 else ''}"
-    lines = [f"conversion with {workers} on {result['cpus']} CPUs, fresh "
-             f"process per run; memory: {result['memory']}"]
+    lines = [(f"conversion with {workers} on {result['cpus']} CPUs, fresh "
+              f"process per run; memory: {result['memory']}")]
     for images, source in result['sources'].items():
         lines.append(f"source {images}: {source['mean_width']:.0f} x "
                      f"{source['mean_height']:.0f} px on average "
@@ -366,15 +365,15 @@ def format_convert_report(result: dict) -> str:
     lines.append(f"ImageNet train: about {net['mean_width']} x {net['mean_height']} px "
                  f"({net['mean_width'] * net['mean_height'] / 1000:.0f}k px), "
                  f"{net['mean_bytes'] / 1000:.0f} KB per JPEG")
-    lines += ['', *_runs_table(result), '', 'linear in the images? (per image at '
-              f"{result['counts'][0]} vs {result['counts'][-1]})"]
+    lines += ['', *_runs_table(result), '', ('linear in the images? (per image at '
+                                             f"{result['counts'][0]} vs {result['counts'][-1]})")]
     for name, analysis in result['analysis'].items():
         lines.append(f"  {name}: time {analysis['time']['verdict']}; memory "
                      f"{analysis['memory']['verdict']}; disk {analysis['disk']['verdict']}")
-    lines += ['', f"projected to {result['target_images']:,} images (fixed + per image "
-              f"x images), {workers}:",
-              f"{'preset':<16}{'hours':>8}{'worker-h':>10}{'img/s/worker':>14}"
-              f"{'disk GB':>9}{'peak GiB':>10}"]
+    lines += ['', (f"projected to {result['target_images']:,} images (fixed + per image "
+                   f"x images), {workers}:"),
+              (f"{'preset':<16}{'hours':>8}{'worker-h':>10}{'img/s/worker':>14}"
+               f"{'disk GB':>9}{'peak GiB':>10}")]
     for name, analysis in result['analysis'].items():
         p = analysis['projection']
         lines.append(f"{name:<16}{p['hours']:>8.1f}{p['worker_hours']:>10.1f}"
