@@ -45,6 +45,12 @@ switch, prints where the time went and projects a whole recipe; see :mod:`.train
 
 ``order`` reads a file from disk in the train loader's two orders and counts the
 classes per batch each gives; see :mod:`.order`.
+
+    python -m ffcv_imagenet bench convert --images 3000 30000 \
+        --preset rn50-published fast-256 --workers 2 --out /tmp/conv_data --json conv.json
+
+``convert`` times the converter on generated trees of growing size and projects hours,
+disk and memory to ImageNet's 1,281,167 train images; see :mod:`.convert`.
 """
 from __future__ import annotations
 
@@ -53,9 +59,11 @@ import json
 import os
 
 from ...cli.config import ConfigError
+from ...data.write.storage import PRESETS
 from ...training.compiled import MODES as COMPILE_MODES
 from ...training.models import ARCHS
 from ...training.optim import PRECISIONS
+from .convert import IMAGENET_TRAIN_IMAGES, bench_convert, format_convert_report
 from .loader import BOTH, DECODER_DTYPES, bench_loaders, format_loader_table
 from .steps import bench_train, default_workers, format_train_table
 from .order import run as order_bench
@@ -121,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument('--json', help='also write the results (a list, one per resolution)')
     _trainer_parser(commands)
     _order_parser(commands)
+    _convert_parser(commands)
     return parser
 
 
@@ -194,6 +203,38 @@ def _trainer(parser, args) -> None:
     _write_json(args.json, result)
 
 
+def _convert_parser(commands) -> None:
+    convert = commands.add_parser('convert', help='the converter timed at growing sizes: '
+                                  'hours, disk and memory projected to ImageNet')
+    convert.add_argument('--images', type=int, nargs='+', default=[3000, 30000],
+                         help='generated train images per size, multiples of 10')
+    convert.add_argument('--preset', nargs='+', choices=list(PRESETS),
+                         default=['rn50-published', 'fast-256'], help='storage presets')
+    convert.add_argument('--workers', type=int, default=2,
+                         help="the converter's --cfg.num_workers (and the generator's)")
+    convert.add_argument('--out', required=True, help='folder of the generated images '
+                         '(kept, reused by a rerun) and the .beton files (deleted once '
+                         'measured)')
+    convert.add_argument('--keep-betons', action='store_true')
+    convert.add_argument('--target-images', type=int, default=IMAGENET_TRAIN_IMAGES,
+                         help='images of the projection (ImageNet-1k train)')
+    convert.add_argument('--json', help='also write the result here')
+
+
+def _convert(parser, args) -> None:
+    if args.workers < 1 or args.target_images < 1:
+        parser.error("--workers and --target-images must be positive")
+    try:
+        result = bench_convert(args.images, args.preset, args.workers, args.out,
+                               args.target_images, args.keep_betons)
+    except ValueError as err:
+        parser.error(str(err))
+    except RuntimeError as err:
+        parser.exit(2, f"bench convert: {err}\n")
+    print(format_convert_report(result))
+    _write_json(args.json, result)
+
+
 def _write_json(path: str | None, result) -> None:
     if path:
         with open(path, 'w') as handle:
@@ -212,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.beton and not args.make_beton and not os.path.exists(args.beton):
             parser.error(f"not found: {args.beton}")
         _write_json(args.json, order_bench(args))
+        return
+    if args.command == 'convert':
+        _convert(parser, args)
         return
     paths = [args.beton]
     if args.command == 'loader':
