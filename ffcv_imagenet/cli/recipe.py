@@ -267,7 +267,7 @@ def build_run(config, dist: Dist) -> Run:
                parts.train_loader, parts.val_loader, dist, _fit_options(config), state,
                schedules.lr_at, schedules.res_at, run_dir, meta, mixer=parts.mixer, ema=ema,
                eraser=parts.eraser, resumed_from=source, notes=notes,
-               batch_at=schedules.batch_at,
+               batch_at=schedules.batch_at, compiled=bool(config['model.compile']),
                eval_wrap=evaluator.wrap if evaluator is not None else None)
 
 

@@ -135,8 +135,11 @@ class Run:
     # the per-process batch size of a 0-based epoch, set on the train loader before
     # the epoch (None: the loader's own, never changed)
     batch_at: Callable[[int], int] | None = None
+    # ``model`` is ``torch.compile``d: steps mark their start for CUDA graphs, and each
+    # epoch's line counts the graphs compiled in it (see :mod:`.compiled`)
+    compiled: bool = False
     # a plain network -> the forward validation runs (None: the network itself); with
-    # ``torch.compile``, compiled at one batch shape (see :mod:`.compiled`)
+    # ``torch.compile``, compiled at one batch shape
     eval_wrap: Callable[[nn.Module], nn.Module] | None = None
 
 
@@ -206,7 +209,7 @@ def train_epoch(run: Run, epoch: int, saver: 'LastCheckpoint',
             set_lr(run.optimizer, lr)
             images, targets, labels, smoothing = prepare_batch(
                 images, labels, run.mixer, options.label_smoothing, run.eraser)
-            if run.eval_wrap is not None:  # compiled: CUDA graphs may reuse last step's memory
+            if run.compiled:  # CUDA graphs may now reuse the last step's outputs' memory
                 mark_step()
             loss, logits = train_step(run.model, images, targets, run.optimizer, run.scaler,
                                       run.precision, smoothing, options.grad_clip)
@@ -310,7 +313,7 @@ def fit(run: Run, log: RunLog) -> TrainState:
             with timer.checkpoint():
                 saver.save(names)
         timing = timer.record(val_seconds, train['seconds'] + time.perf_counter() - trained)
-        if run.eval_wrap is not None:  # 0 once every shape has been met
+        if run.compiled:  # 0 once every shape has been met
             timing['graphs_compiled'] = graphs_compiled() - graphs
         log.event('epoch', **state.metrics, **timing)
         log.scalars(state.epoch, {k: v for k, v in {**state.metrics, **timing}.items()

@@ -76,11 +76,16 @@ def test_the_writer_records_the_preset_and_the_settings(images, tmp_path):
     out = tmp_path / 'fast.beton'
     write_beton(samples, out, classes, num_workers=1, preset='fast-256',
                 **find_preset('fast-256').settings())
-    assert read_storage(out) == StorageRecord(find_preset('fast-256').storage, 'fast-256')
+    assert read_storage(out) == StorageRecord(find_preset('fast-256').storage, 'fast-256',
+                                              'given')
     plain = tmp_path / 'plain.beton'
     write_beton(samples, plain, classes, num_workers=1, max_resolution=128,
                 write_mode='proportion', compress_probability=0.25, jpeg_quality=70)
-    assert read_storage(plain) == StorageRecord(Storage(128, 'proportion', 0.25, 70), None)
+    assert read_storage(plain) == StorageRecord(Storage(128, 'proportion', 0.25, 70), None,
+                                                'given')
+    shuffled = tmp_path / 'shuffled.beton'
+    write_beton(samples, shuffled, classes, num_workers=1, shuffle_seed=7)
+    assert read_storage(shuffled)[2:] == ('shuffled', 7)
     assert json.loads(storage_path(plain).read_text())['beton_bytes'] == plain.stat().st_size
 
 
@@ -99,7 +104,7 @@ def test_a_beton_without_a_record_or_replaced_since_has_none(tmp_path):
     assert read_storage(beton) is None  # written before records existed
     storage = find_preset('fast-256').storage
     storage_path(beton).write_text(record_json(storage, 'fast-256', 100))
-    assert read_storage(beton) == StorageRecord(storage, 'fast-256')
+    assert read_storage(beton) == StorageRecord(storage, 'fast-256', 'given')
     beton.write_bytes(b'0' * 101)  # replaced by another writer, the record left behind
     assert read_storage(beton) is None
 
