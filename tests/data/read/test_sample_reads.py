@@ -15,6 +15,7 @@ def _epoch(loader):
     return torch.cat([images.clone() for images, _ in loader])
 
 
+@pytest.mark.slow  # two loaders compiled (test_ffcv_loader.py compares a val epoch)
 def test_reading_samples_gives_the_pixels_of_the_memory_map(betons):
     """Two epochs (a new order each) of a train loader reading samples equal those of
     one reading through the page cache: the same images, crops and flips."""
