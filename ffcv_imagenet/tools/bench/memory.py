@@ -194,7 +194,8 @@ def run_configuration(beton: str | os.PathLike, processes: int, in_memory: bool,
                       workers: int = 1, timeout: float = 1800) -> dict:
     """One row: evict ``beton`` from the page cache, run ``processes`` ranks under
     torchrun (``batches`` per rank; 0: ``epochs`` epochs) and gather what each measured.
-    Raises RuntimeError with torchrun's last lines if the job fails."""
+    Raises RuntimeError with torchrun's last lines if the job fails, or if it runs past
+    ``timeout`` seconds."""
     left = evict(beton)
     with tempfile.TemporaryDirectory(prefix='bench_memory_') as out:
         command = [sys.executable, '-m', 'torch.distributed.run', '--standalone',
@@ -205,10 +206,20 @@ def run_configuration(beton: str | os.PathLike, processes: int, in_memory: bool,
                    '--workers', str(workers)]
         path = os.pathsep.join(filter(None, [_PACKAGE_PARENT, os.environ.get('PYTHONPATH')]))
         env = {**os.environ, 'PYTHONPATH': path, 'OMP_NUM_THREADS': '1'}
-        job = subprocess.run(command, check=False, env=env, capture_output=True, text=True,
-                             timeout=timeout)
+        log = Path(out, 'torchrun.log')
+        # to a file, not a pipe: a rank that outlived torchrun would hold a pipe open
+        with open(log, 'w') as sink:
+            job = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            try:
+                job.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # torchrun ends its ranks (each in a session of its own) on SIGTERM
+                job.terminate()
+                job.wait()
+                raise RuntimeError(f"torchrun with {processes} processes, in_memory="
+                                   f"{int(in_memory)} ran past {timeout:.0f} s") from None
         if job.returncode != 0:
-            lines = (job.stdout + job.stderr).strip().splitlines()
+            lines = log.read_text().strip().splitlines()
             # the ranks' own tracebacks, prefixed by torchrun, say more than its summary
             tail = '\n'.join([line for line in lines if line.startswith('[rank')][-8:]
                              or lines[-15:])
