@@ -1,4 +1,4 @@
-"""ffcv's ``Loader`` with four changes to its epoch thread.
+"""ffcv's ``Loader`` with these changes to its epoch thread and its reads.
 
 * The thread calls ``thread_setup()`` before anything else; the loaders use this to
   make their GPU the thread's current CUDA device.
@@ -11,6 +11,9 @@
 * ``num_workers`` sets the decoding threads only: torch's thread count stays as the
   process set it (ffcv sets it to ``num_workers`` as well, when a loader is built and
   at every epoch, from the main thread and from the epoch's).
+* With ``os_cache=False`` (``in_memory=0``), each batch's samples are read from the
+  file by :mod:`.sample_reads` instead of ffcv's process cache, which holds a private
+  copy of nearly the whole file in every process when the order is random.
 
 Why reuse the buffers: ffcv allocates ``batches_ahead + 2`` slots of batch memory
 every epoch. Each is a whole batch of decoded output plus each image's working
@@ -55,6 +58,8 @@ from ffcv.pipeline.compiler import Compiler
 import torch
 from queue import Full
 
+from .sample_reads import SampleReadContext, SampleReadManager
+
 # what ImageLoader asks of a CPU loader: 4 batches per launch made the val loader 1.04x
 # (float32, 64 images per batch, 2 threads), for 3 more slots of batch memory
 CPU_BATCHES_PER_LAUNCH = 4
@@ -93,11 +98,12 @@ class _SetUpEpochIterator(EpochIterator):
             # BENCHMARKS.md, "CPU loader")
             numba.set_parallel_chunksize(1)
             self.current_batch_slot = self.first_slot  # ffcv's constructor set 0
-            # ffcv's process cache (in_memory off) reads batch b's pages into memory that
-            # batch b - 1 was read from, once told that b starts: a group would be told
-            # before its first batches are decoded
+            # ffcv's process cache reads batch b's pages into memory that batch b - 1 was
+            # read from, once told that b starts: a group would be told before its first
+            # batches are decoded. The sample reads keep a group's batches apart.
             self.grouped = (self.loader.batches_per_launch > 1 and self._buffers_are_arrays()
-                            and isinstance(self.memory_context, OSCacheContext))
+                            and isinstance(self.memory_context,
+                                           (OSCacheContext, SampleReadContext)))
             if self.grouped:
                 self._run_groups()
             else:
@@ -218,6 +224,8 @@ class SetUpLoader(Loader):
         if batches_per_launch < 1:
             raise ValueError(f"batches_per_launch must be positive, got {batches_per_launch}")
         self.batches_per_launch = batches_per_launch
+        if not self._args['os_cache']:
+            self._read_samples()
         # weak references: the reuse adds no reference cycle of its own to ffcv's
         self._latest: weakref.ref | None = None  # the epoch started last
         self._started = 0  # epochs started
@@ -226,6 +234,13 @@ class SetUpLoader(Loader):
         # ffcv's epoch asks for batches_ahead + 2 slots: a group needs more
         allocate, loader = self.graph.allocate_memory, weakref.ref(self)
         self.graph.allocate_memory = lambda batch, _: loader()._buffers(allocate, batch)
+
+    def _read_samples(self) -> None:
+        """ffcv's process cache replaced by reads of each batch's samples (see
+        :mod:`.sample_reads`), for the pipelines generated from now on."""
+        self.memory_manager = SampleReadManager(self.reader, self.batches_per_launch)
+        self.graph.memory_read = self.memory_manager.compile_reader()
+        self.generate_code()
 
     def epoch_read(self, epoch: _SetUpEpochIterator) -> None:
         """Called by ``epoch`` when the consumer has read it to its end."""

@@ -260,7 +260,9 @@ def train_loader(path: str | os.PathLike, *, batch_size: int, resolution: int,
     Args:
         resolution: output side in pixels (change it later with ``loader.resolution``).
         num_workers: decoding threads.
-        in_memory: True reads through the OS page cache (the file should fit in RAM).
+        in_memory: True reads through the OS page cache (the file should fit in RAM);
+            False reads each batch's images from the file, holding a few batches of
+            them (:mod:`.sample_reads`).
         distributed: take rank and world size from the process group; or pass
             ``rank`` and ``world_size`` explicitly.
         seed: the order of epoch ``e`` is drawn from (``seed``, ``e``).

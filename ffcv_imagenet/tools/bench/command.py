@@ -51,6 +51,12 @@ classes per batch each gives; see :mod:`.order`.
 
 ``convert`` times the converter on generated trees of growing size and projects hours,
 disk and memory to ImageNet's 1,281,167 train images; see :mod:`.convert`.
+
+    python -m ffcv_imagenet bench memory --beton data/betons/train.beton \
+        --processes 1 2 4 --in-memory 1 0 --batch-size 64 --json bench_memory.json
+
+``memory`` runs the train loader under torchrun and prints each rank's RSS and PSS and
+the page cache the file takes; see :mod:`.memory`.
 """
 from __future__ import annotations
 
@@ -60,11 +66,13 @@ import os
 
 from ...cli.config import ConfigError
 from ...data.write.storage import PRESETS
+from ...data.read.beton import DatasetError, check_dataset
 from ...training.compiled import MODES as COMPILE_MODES
 from ...training.models import ARCHS
 from ...training.optim import PRECISIONS
 from .convert import IMAGENET_TRAIN_IMAGES, bench_convert, format_convert_report
 from .loader import BOTH, DECODER_DTYPES, bench_loaders, format_loader_table
+from .memory import bench_memory, format_memory_table
 from .steps import bench_train, default_workers, format_train_table
 from .order import run as order_bench
 from .trainer import bench_trainer, format_trainer_report, shortening
@@ -130,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     _trainer_parser(commands)
     _order_parser(commands)
     _convert_parser(commands)
+    _memory_parser(commands)
     return parser
 
 
@@ -235,6 +244,44 @@ def _convert(parser, args) -> None:
     _write_json(args.json, result)
 
 
+def _memory_parser(commands) -> None:
+    memory = commands.add_parser('memory', help="each rank's RSS and PSS and the file's "
+                                 'page cache, for 1, 2, 4 processes under torchrun')
+    memory.add_argument('--beton', required=True, help='train .beton')
+    memory.add_argument('--processes', type=int, nargs='+', default=[1, 2, 4],
+                        help='process counts, one row each')
+    memory.add_argument('--in-memory', type=int, nargs='+', choices=(0, 1), default=[1, 0],
+                        help="data.in_memory values: 1 a memory map, 0 the samples read")
+    memory.add_argument('--batch-size', type=int, default=64, help='images per rank')
+    memory.add_argument('--resolution', type=int, default=160, help='pixels')
+    memory.add_argument('--batches', type=int, default=0,
+                        help='batches per rank (0: --epochs whole epochs)')
+    memory.add_argument('--epochs', type=int, default=1)
+    memory.add_argument('--workers', type=int, default=1, help='decoding threads per rank')
+    memory.add_argument('--json', help='also write the result here')
+
+
+def _memory(parser, args) -> None:
+    if not os.path.exists(args.beton):
+        parser.error(f"not found: {args.beton}")
+    try:
+        check_dataset(args.beton)
+    except DatasetError as err:
+        parser.exit(2, f"bench memory: {err}\n")
+    if min(args.processes + [args.batch_size, args.resolution, args.epochs,
+                             args.workers]) < 1 or args.batches < 0:
+        parser.error("--processes, --batch-size, --resolution, --epochs and --workers "
+                     "must be positive and --batches not negative")
+    try:
+        result = bench_memory(args.beton, processes=args.processes, in_memory=args.in_memory,
+                              batch_size=args.batch_size, resolution=args.resolution,
+                              batches=args.batches, epochs=args.epochs, workers=args.workers)
+    except RuntimeError as err:
+        parser.exit(2, f"bench memory: {err}\n")
+    print(format_memory_table(result))
+    _write_json(args.json, result)
+
+
 def _write_json(path: str | None, result) -> None:
     if path:
         with open(path, 'w') as handle:
@@ -256,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command == 'convert':
         _convert(parser, args)
+        return
+    if args.command == 'memory':
+        _memory(parser, args)
         return
     paths = [args.beton]
     if args.command == 'loader':

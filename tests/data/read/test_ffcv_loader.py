@@ -168,16 +168,15 @@ def test_a_cpu_loader_groups_batches_where_cuda_is_available(betons, monkeypatch
     assert len([batch for batch in epoch]) == 10 and epoch.grouped
 
 
-def test_loaders_reading_pages_from_the_file_decode_one_batch_per_launch(betons):
-    """ffcv's process cache (in_memory off) fetches batch b's pages, once told that b
-    starts, into memory that batch b - 1 read from: every batch of a group would be
-    announced before the first is decoded."""
+def test_loaders_reading_samples_from_the_file_decode_batches_in_groups(betons):
+    """With in_memory off, each batch of a group has its bytes read into a slot of its
+    own before the group is decoded (data/read/sample_reads.py)."""
     loader = val_loader(betons[1], batch_size=6, resolution=32, num_workers=2,
                         in_memory=False)
     in_memory = val_loader(betons[1], batch_size=6, resolution=32, num_workers=2)
     epoch = iter(loader.loader)
     got = torch.cat([next(t for t in batch if t.ndim == 4).clone() for batch in epoch])
-    assert not epoch.grouped
+    assert epoch.grouped
     assert torch.equal(got, _epoch(in_memory))
 
 
@@ -192,7 +191,7 @@ def test_fewer_batches_per_launch_after_an_epoch_ending_in_a_later_slot(betons):
                    for a, b in zip(*pair))
 
 
-@pytest.mark.parametrize('in_memory', [True, False])  # grouped launches, ffcv's own run
+@pytest.mark.parametrize('in_memory', [True, False])  # a memory map, sample reads
 def test_loaders_leave_torchs_thread_count_as_the_process_set_it(betons, in_memory):
     """ffcv sets torch's (process-wide) thread count to the decoding threads' when a
     loader is built and at each epoch: a process that chose fewer for the model's
