@@ -3,7 +3,6 @@ import os
 import signal
 import time
 
-import pytest
 
 from ffcv_imagenet.data.write.sandbox import Limits, Sandbox, run_each
 
