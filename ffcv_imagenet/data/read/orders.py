@@ -6,20 +6,16 @@ Two orders (``train_loader(order=...)``, the training config's ``data.order``):
 
 * ``'random'`` (:func:`epoch_order`): the whole split permuted every epoch, rank ``r``
   taking every ``world_size``-th sample. Each batch reads images from all over the
-  file: cheap when the file sits in the page cache (``in_memory=True``), costly when it
-  does not. Read from disk (``in_memory=False``), ffcv's page reader loads a whole
-  page (8 MiB) for the images a batch needs from it and keeps it until the last batch
-  of the epoch that needs it: in a random order nearly every page is needed until the
-  end, so a rank ends up holding most of the file in its own memory.
+  file: cheap when the file sits in the page cache (``in_memory=True``), slower when it
+  is read from disk (``in_memory=False``), as many small reads far apart.
 * ``'blocks'`` (:func:`block_order`): page-local. The samples whose data starts in
   the same page of the file form a block; the blocks are permuted (the same on every
   rank), dealt to the ranks (each to the one with the fewest samples so far), and each
-  rank shuffles the samples within each
-  window of ``window`` consecutive blocks of its share. A page is then read once per
-  epoch, and held only while its window is read. The price is batch diversity: a batch
-  draws from ``window`` pages, so a file written in class order (one class after the
-  other) gives batches of few classes; written shuffled (``convert`` does by default)
-  each page holds a random sample of classes, as the whole split does.
+  rank shuffles the samples within each window of ``window`` consecutive blocks of its
+  share, so that it reads a window of neighbouring pages at a time. The price is batch
+  diversity: a batch draws from ``window`` pages, so a file written in class order (one
+  class after the other) gives batches of few classes; written shuffled (``convert``
+  does by default) each page holds a random sample of classes, as the whole split does.
 
 ffcv cuts each rank's order into batches of consecutive ids.
 """

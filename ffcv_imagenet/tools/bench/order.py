@@ -6,8 +6,8 @@ classes of a batch.
     python -m ffcv_imagenet bench order --diversity
 
 Reading (``--beton``): for each order (``random``, ``blocks``), in a fresh process (so
-that its peak memory is its own), the train loader with ``in_memory=False`` (ffcv's
-page reader: whole pages read with ``read()``) reads one epoch. Before it the file's
+that its peak memory is its own), the train loader with ``in_memory=False`` (each
+batch's samples read from the file) reads one epoch. Before it the file's
 pages are dropped from the page cache (``sync``, then ``posix_fadvise(DONTNEED)``),
 and what stays resident is counted with ``mincore`` (``fincore`` does the same), so
 that every byte comes from the disk. It reports images/sec, the bytes the process read
