@@ -95,7 +95,7 @@ def test_time_steps_starts_the_clock_after_the_drained_steps(monkeypatch):
     assert clock_reads == [1, 5 + 3, 5 + 3 + 7] and len(drawn) == 15
     assert row['steps'] == 7 and row['untimed_after_warmup'] == 3
     assert row['images_per_sec'] == pytest.approx(7 * 2 / row['seconds'])
-    assert 0 < row['first_step_s'] < row['seconds'] + 1
+    assert row['first_step_s'] > 0  # the first step, timed on its own
 
 
 def test_compiled_benchmarks_use_static_shapes_as_training_does(monkeypatch):
