@@ -101,7 +101,8 @@ cpus = sorted(os.sched_getaffinity(0))
 os.sched_setaffinity(0, {cpus[here.local_rank % len(cpus)]})
 result['bound'] = distributed.shared_cores(distributed.usable_cpus(),
                                            distributed.node_cpu_sets())
-print('THREADS', json.dumps(result), flush=True)
+# one write of a short line to a pipe is atomic: the ranks' lines cannot interleave
+os.write(1, f'THREADS {json.dumps(result)}\\n'.encode())
 distributed.cleanup()
 """
 

@@ -1,5 +1,6 @@
 """bench memory (tools/bench/memory.py): page-cache counts, process memory, the loaders'
 buffer sizes, and the measurement itself under torchrun at toy size."""
+import mmap
 import os
 import shutil
 
@@ -38,11 +39,14 @@ def test_mincore_counts_what_fincore_counts(betons):
 
 def test_process_memory_sees_touched_anonymous_memory():
     before = memory.process_memory()
-    block = np.ones(64 * MIB, dtype=np.uint8)
+    # a fresh anonymous map, every page written: memory the process did not hold before
+    # (an allocator may hand out memory it already touched and freed)
+    block = mmap.mmap(-1, 64 * MIB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    block.write(b'\x01' * (64 * MIB))
     after = memory.process_memory()
     assert after['pss_anon'] - before['pss_anon'] >= 60 * MIB
     assert after['pss_anon'] <= after['pss'] <= after['rss'] <= after['peak_rss']
-    del block
+    block.close()
 
 
 def test_buffer_bytes_are_what_an_epoch_allocates(betons, monkeypatch):
