@@ -9,7 +9,7 @@ Reading (``--beton``): for each order (``random``, ``blocks``), in a fresh proce
 that its peak memory is its own), the train loader with ``in_memory=False`` (each
 batch's samples read from the file) reads one epoch. Before it the file's
 pages are dropped from the page cache (``sync``, then ``posix_fadvise(DONTNEED)``),
-and what stays resident is counted with ``mincore`` (``fincore`` does the same), so
+and what stays resident is counted (``fincore``, else ``mincore``: :mod:`.memory`), so
 that every byte comes from the disk. It reports images/sec, the bytes the process read
 from the disk per image (``/proc/self/io`` ``read_bytes``) and the process's peak
 resident memory.
@@ -26,8 +26,6 @@ orders, for a file written in class order and one written shuffled, with
 """
 from __future__ import annotations
 
-import ctypes
-import mmap
 import multiprocessing
 import os
 import resource
@@ -37,44 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from ...data.read.orders import ORDERS, block_order, blocks_of, epoch_order
+from .memory import evict
 
 IMAGENET_CLASSES, IMAGENET_PER_CLASS = 1000, 1281
-
-
-def resident_bytes(path: str | os.PathLike) -> int:
-    """Bytes of ``path`` in the page cache now (``mincore`` over a map of it)."""
-    size = os.path.getsize(path)
-    if size == 0:
-        return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    page = mmap.PAGESIZE
-    vector = (ctypes.c_ubyte * ((size + page - 1) // page))()
-    with open(path, 'rb') as handle:
-        # a private map: ctypes needs a writable buffer, and nothing is written to it
-        mapped = mmap.mmap(handle.fileno(), size, access=mmap.ACCESS_COPY)
-        try:
-            anchor = ctypes.c_char.from_buffer(mapped)
-            failed = libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)),
-                                  ctypes.c_size_t(size), vector)
-            del anchor
-        finally:
-            mapped.close()
-    if failed:
-        raise OSError(ctypes.get_errno(), f"mincore failed on {path}")
-    resident = sum(byte & 1 for byte in bytes(vector))
-    return resident * page
-
-
-def evict(path: str | os.PathLike) -> int:
-    """Drops ``path``'s pages from the page cache (written back first); returns the
-    bytes still resident afterwards."""
-    os.sync()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return resident_bytes(path)
 
 
 def _disk_read_bytes() -> int:
@@ -93,7 +56,7 @@ def read_one_epoch(beton: str, order: str, batch_size: int, resolution: int,
     loader = train_loader(beton, batch_size=batch_size, resolution=resolution,
                           num_workers=workers, in_memory=False, order=order,
                           order_window=window, seed=seed)
-    left = evict(beton)
+    left = evict(beton)  # what stays cached, counted by fincore or mincore
     before, began, images = _disk_read_bytes(), time.perf_counter(), 0
     for _, labels in loader:
         images += labels.shape[0]

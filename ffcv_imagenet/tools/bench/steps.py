@@ -302,28 +302,22 @@ def format_train_table(results: dict | list[dict]) -> str:
             tail = f"{ratio:.3f} ({ratio:.1%})" if last else ''
             lines.append(f"{res:>4} {row['measurement']:<30} {row['images_per_sec']:>11.1f} "
                          f"{row['steps']:>6} {row['seconds']:>8.2f} {tail:>19}")
-    if any('blurpool_rows' in result for result in results):
-        lines.append(f"{'res':>4} {'blurpool form, one after the other':<37} {'images/sec':>11} "
-                     f"{'steps':>6} {'seconds':>8} {'/ reference':>14}")
-    if any('ddp_rows' in result for result in results):
-        lines.append(f"{'res':>4} {'DDP, one process, one after the other':<44} "
-                     f"{'images/sec':>11} {'steps':>6} {'seconds':>8} {'/ model alone':>14}")
-    for result in results:
-        for row in result.get('ddp_rows', ()):
-            lines.append(f"{result['settings']['resolution']:>4} {row['measurement']:<44} "
-                         f"{row['images_per_sec']:>11.1f} {row['steps']:>6} "
-                         f"{row['seconds']:>8.2f} {row['vs_plain']:>14.3f}")
-    if any('compile_rows' in result for result in results):
-        lines.append(f"{'res':>4} {'torch.compile mode, one after the other':<44} "
-                     f"{'images/sec':>11} {'first step s':>13} {'/ model alone':>14}")
-    for result in results:
-        for row in result.get('compile_rows', ()):
-            lines.append(f"{result['settings']['resolution']:>4} {row['measurement']:<44} "
-                         f"{row['images_per_sec']:>11.1f} {row['first_step_s']:>13.1f} "
-                         f"{row['vs_eager']:>14.3f}")
-    for result in results:
-        for row in result.get('blurpool_rows', ()):
-            lines.append(f"{result['settings']['resolution']:>4} {row['measurement']:<37} "
-                         f"{row['images_per_sec']:>11.1f} {row['steps']:>6} "
-                         f"{row['seconds']:>8.2f} {row['vs_reference']:>14.3f}")
+    # the model-alone rows asked for beside the pair: (key, title, the column after
+    # images/sec as (header, width, field, format), the ratio's header and field)
+    extras = (('ddp_rows', 'DDP, one process, one after the other',
+               ('steps', 6, 'steps', 'd'), '/ model alone', 'vs_plain'),
+              ('compile_rows', 'torch.compile mode, one after the other',
+               ('first step s', 13, 'first_step_s', '.1f'), '/ model alone', 'vs_eager'),
+              ('blurpool_rows', 'blurpool form, one after the other',
+               ('steps', 6, 'steps', 'd'), '/ reference', 'vs_reference'))
+    for key, title, (header, width, field, fmt), ratio_header, ratio in extras:
+        if not any(key in result for result in results):
+            continue
+        lines.append(f"{'res':>4} {title:<44} {'images/sec':>11} {header:>{width}} "
+                     f"{ratio_header:>14}")
+        for result in results:
+            for row in result.get(key, ()):
+                lines.append(f"{result['settings']['resolution']:>4} {row['measurement']:<44} "
+                             f"{row['images_per_sec']:>11.1f} {row[field]:>{width}{fmt}} "
+                             f"{row[ratio]:>14.3f}")
     return '\n'.join(lines)
