@@ -32,16 +32,24 @@ GPU_IMAGE_PY := $(GPU_IMAGE_VENV)/bin/python
 GPU_IMAGE_WHEELS := .wheels/$(GPU_IMAGE_VERSION)
 # free disk (GB) the second environment's install and tests need at their peak
 GPU_IMAGE_ROOM_GB ?= 9
-# What that environment runs, all of each (slow tests too), instead of the whole suite:
-# the tests whose outcome can change with its torch, numpy and numba, each after its reason.
+# What that environment runs, instead of the whole suite: the tests whose outcome can
+# change with its torch, numpy and numba, each after its reason; of their slow tests, only
+# those marked gpu_image (the wheelhouse's), since the rest repeat the main suite's end-to-end
+# runs without touching a version-specific path of their own.
 # tests/test_packaging.py fails when a module of ffcv_imagenet/data/ or training/ is
 # imported by no test file under these paths.
 #  the wheelhouse installs offline, then converts and loads with the system's libraries hidden
 GPU_IMAGE_TESTS := tests/test_install_offline.py
 #  every module of the package imports with these versions, also from a wheel installed alone
 GPU_IMAGE_TESTS += tests/test_packaging.py
-#  the read side: numba compiles the decoders, the resize (its vector code) and JPEG region
-GPU_IMAGE_TESTS += tests/data/read
+#  the read side: numba compiles the decoders, the resize (its vector code) and JPEG region,
+#  ffcv's Loader runs with this project's hooks and torch's threads; not test_loaders.py,
+#  which checks the loaders' logic (orders, shards, crops) through the same compiled code
+GPU_IMAGE_TESTS += tests/data/read/test_beton.py tests/data/read/test_dct_scaling.py
+GPU_IMAGE_TESTS += tests/data/read/test_ffcv_loader.py tests/data/read/test_jpeg_region.py
+GPU_IMAGE_TESTS += tests/data/read/test_orders.py tests/data/read/test_resize.py
+GPU_IMAGE_TESTS += tests/data/read/test_sample_reads.py
+GPU_IMAGE_TESTS += tests/data/read/test_torchvision_pipelines.py
 #  torch: autocast, the gradient scaler, foreach EMA updates, fused SGD, DDP, save and load
 GPU_IMAGE_TESTS += tests/training
 #  the write side too: numpy converts the pixels (16-bit, float, alpha) that ffcv stores
@@ -50,6 +58,8 @@ GPU_IMAGE_TESTS += tests/data/write
 GPU_IMAGE_TESTS += tests/data/test_synthetic.py
 #  the one-line reasons both sides put in their errors (what every command prints)
 GPU_IMAGE_TESTS += tests/data/test_messages.py
+#  numba and ffcv: ffcv imported without compiling numba's typed dict, numba restored
+GPU_IMAGE_TESTS += tests/data/test_ffcv_import.py
 PYTHON312 ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12) \
                          $(shell command -v python3.12))
 WHEEL_SOURCES := pyproject.toml requirements.txt .ci/wheelhouse.sh .ci/portable_wheel.py \
@@ -197,7 +207,7 @@ test-gpu-image: $(GPU_IMAGE_VENV)/.installed
 	@# tests import: their C extension is built in place for this Python too
 	$(GPU_IMAGE_PY) -W ignore -c 'from setuptools import setup; setup()' -q build_ext --inplace
 	FFCV_IMAGENET_WHEELHOUSE=$(GPU_IMAGE_WHEELS) $(GPU_IMAGE_PY) -m pytest -q -ra \
-	    $(PYTEST_PARALLEL) $(GPU_IMAGE_TESTS)
+	    $(PYTEST_PARALLEL) -m 'not slow or gpu_image' $(GPU_IMAGE_TESTS)
 
 clean:
 	rm -rf $(DATA) $(DEMO_RUN)

@@ -61,6 +61,7 @@ MAX_BYTES = 40 * 2**20
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_image
 def test_wheelhouse_holds_a_portable_ffcv_and_stays_small(wheelhouse, tmp_path):
     from packaging.tags import sys_tags
     from packaging.utils import parse_wheel_filename
@@ -121,6 +122,7 @@ def test_wheelhouse_holds_a_portable_ffcv_and_stays_small(wheelhouse, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_image
 def test_the_project_wheel_carries_its_extension_and_libjpeg(wheelhouse):
     from packaging.utils import parse_wheel_filename
 
@@ -361,6 +363,7 @@ print(json.dumps({
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_image
 def test_installs_offline_then_converts_and_loads_without_system_libraries(
         wheelhouse, hidden, node_site, tmp_path):
     # the namespace really lacks the system copies that exist outside it
@@ -452,6 +455,7 @@ def test_installs_offline_then_converts_and_loads_without_system_libraries(
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_image
 def test_the_unrepaired_wheel_does_not_import_without_system_libraries(
         wheelhouse, hidden, node_site, tmp_path):
     raw = wheelhouse.raw_ffcv()

@@ -150,6 +150,7 @@ def _build_wheel(out: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_image
 def test_an_installed_wheel_holds_the_tree_and_finds_recipes_by_name(tmp_path):
     wheel = _build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())

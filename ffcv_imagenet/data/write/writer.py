@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..ffcv_import import import_ffcv
 from ..folders import DatasetError, classes_path
 from .images import ImageError, check_image, load_rgb
 from ..messages import one_line
@@ -257,6 +258,7 @@ def write_beton(samples: list[tuple[str, int]], out_path: str | os.PathLike,
         A :class:`WriteReport`; its ``skipped`` lists the files not stored.
     """
     out = Path(out_path)
+    import_ffcv()  # (ffcv is imported where it is used, so importing this module stays cheap)
     fields = _fields(write_mode, max_resolution, jpeg_quality, compress_probability,
                      smart_threshold)
     storage = Storage.of(max_resolution, write_mode, compress_probability, jpeg_quality,

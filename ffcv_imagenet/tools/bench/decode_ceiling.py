@@ -33,14 +33,15 @@ from typing import Callable, NamedTuple
 import numba
 import numpy as np
 from numba import njit, prange
-from ffcv.fields.rgb_image import IMAGE_MODES, get_center_crop, get_random_crop
-from ffcv.libffcv import imdecode
 
 from ...data.read.beton import read_image_table
 from ...data.read.decoders import (dct_denominator, decoded_crop, largest_denominator,
                                    sample_seed)
 from ...data.read.jpeg_region import decode_region
 from ...data.read.orders import epoch_order
+# after the read side's modules, which import ffcv the fast way (data/ffcv_import.py)
+from ffcv.fields.rgb_image import IMAGE_MODES, get_center_crop, get_random_crop  # noqa: I001
+from ffcv.libffcv import imdecode
 
 # compiled as ffcv's Compiler compiles the decoder's crop functions (fastmath, numpy
 # error model), so that the same random draws give the same crops
