@@ -99,6 +99,22 @@ def test_ci_removes_the_first_environment_only_where_the_second_needs_its_room(
     assert ('removing' in done.stdout) == (not kept)
 
 
+@pytest.mark.parametrize('room_gb, installed, beside', [(0, False, 'yes'), (10 ** 6, False, 'no'),
+                                                      (0, True, 'no')])
+def test_the_second_environment_installs_beside_the_suite_only_where_the_disk_holds_both(
+        tmp_path, room_gb, installed, beside):
+    second = tmp_path / 'second'
+    if installed:
+        second.mkdir()
+        (second / '.installed').touch()
+    env = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MAKELEVEL')}
+    done = subprocess.run(['make', '-s', '-C', str(ROOT), 'gpu-image-beside',
+                           f'GPU_IMAGE_VENV={second}', f'GPU_IMAGE_ROOM_GB={room_gb}'],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == beside
+
+
 GROUPED = """import os
 import pytest
 
