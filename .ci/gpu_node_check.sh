@@ -28,8 +28,8 @@
 #   9. side by side: the cuda tests and the crops check; the training check, bf16 and
 #      fp16 under torchrun, stop + resume                       -> OUT/{tests,train}.log
 # PHASES (default "speed trainer threads blurpool ddp modes tests train") names phases 3-9 to
-# run; a rerun in what is left of a lease can take fewer. WORKERS (default 14) is the
-# decoding threads of the speed and trainer phases.
+# run; a rerun in what is left of a lease can take fewer. WORKERS (default 14, or the
+# CPUs where there are fewer) is the decoding threads of the speed and trainer phases.
 # DEVICE=cpu runs every phase at toy size on a machine without a GPU (the phases' own
 # check), and INSTALL=0 uses the environment as it is instead of the wheelhouse.
 # The tests run from a copy of the checkout without ffcv_imagenet/, so that they import
@@ -42,7 +42,7 @@ PY=${PYTHON:-python3}
 cd /tmp  # not the checkout: its sources, without the compiled extension, would shadow the install
 export PYTHONUNBUFFERED=1
 PHASES=${PHASES:-speed trainer threads blurpool ddp modes tests train}
-WORKERS=${WORKERS:-14}
+WORKERS=${WORKERS:-$(( $(nproc) < 14 ? $(nproc) : 14 ))}
 DEVICE=${DEVICE:-cuda}
 INSTALL=${INSTALL:-1}
 # the bench commands' sizes: ResNet-50 at the recipes' batch, or toy size on the CPU
@@ -124,8 +124,9 @@ if wants trainer; then
         --set "training.device=$DEVICE" "${TRAINER_SIZES[@]}" --out "$WORK/trainer" \
         --gpus 8 --variant-set validation.every=2 --variant-set validation.start_epoch=25 \
         --variant-set checkpoint.last_every=30m --variant-set logging.progress=0 \
-        --json "$OUT/trainer.json" > "$OUT/trainer.log" 2>&1 || failed=1
-    stamp "trainer exit $?"; tail -n 40 "$OUT/trainer.log"
+        --json "$OUT/trainer.json" > "$OUT/trainer.log" 2>&1
+    rc=$?; ((rc == 0)) || failed=1
+    stamp "trainer exit $rc"; tail -n 40 "$OUT/trainer.log"
 fi
 if wants threads; then
     stamp threads
@@ -137,23 +138,26 @@ if wants blurpool; then
     stamp blurpool
     timeout -k 15 60 "$PY" -m ffcv_imagenet bench train --beton "$PUBLISHED/train.beton" \
         "${SIZES[@]}" --workers "$WORKERS" --blurpool-forms --device "$DEVICE" \
-        > "$OUT/blurpool.log" 2>&1 || failed=1
-    stamp "blurpool exit $?"; cat "$OUT/blurpool.log"
+        > "$OUT/blurpool.log" 2>&1
+    rc=$?; ((rc == 0)) || failed=1
+    stamp "blurpool exit $rc"; cat "$OUT/blurpool.log"
 fi
 if wants ddp; then
     stamp ddp
     timeout -k 15 60 "$PY" -m ffcv_imagenet bench train --beton "$PUBLISHED/train.beton" \
         "${SIZES[@]}" "${MODE_STEPS[@]}" --workers "$WORKERS" --device "$DEVICE" \
-        --ddp-buckets 25 100 --json "$OUT/ddp.json" > "$OUT/ddp.log" 2>&1 || failed=1
-    stamp "ddp exit $?"; cat "$OUT/ddp.log"
+        --ddp-buckets 25 100 --json "$OUT/ddp.json" > "$OUT/ddp.log" 2>&1
+    rc=$?; ((rc == 0)) || failed=1
+    stamp "ddp exit $rc"; cat "$OUT/ddp.log"
 fi
 if wants modes; then
     stamp modes
     timeout -k 15 240 "$PY" -m ffcv_imagenet bench train --beton "$PUBLISHED/train.beton" \
         "${SIZES[@]}" "${MODE_STEPS[@]}" --workers "$WORKERS" --device "$DEVICE" \
         --compile-modes default reduce-overhead --json "$OUT/modes.json" \
-        > "$OUT/modes.log" 2>&1 || failed=1
-    stamp "modes exit $?"; cat "$OUT/modes.log"
+        > "$OUT/modes.log" 2>&1
+    rc=$?; ((rc == 0)) || failed=1
+    stamp "modes exit $rc"; cat "$OUT/modes.log"
 fi
 
 # the checkout without its package sources (tests read files at its root at collection)

@@ -288,9 +288,21 @@ def _write_json(path: str | None, result) -> None:
             json.dump(result, handle, indent=1)
 
 
+def _check_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses, in one line, more decoding threads than numba's pool holds: numba would
+    raise from inside ffcv's Loader, with a traceback (under torchrun, one per rank)."""
+    import numba
+    threads = getattr(args, 'workers', 0) if args.command != 'convert' else 0
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        parser.error(f"--workers {threads}: more decoding threads than numba starts "
+                     f"({numba.config.NUMBA_NUM_THREADS}: NUMBA_NUM_THREADS, by default "
+                     f"the machine's CPUs)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    _check_threads(parser, args)
     if args.command == 'trainer':
         _trainer(parser, args)
         return
