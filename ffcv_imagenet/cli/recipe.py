@@ -11,11 +11,11 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import numba
 import torch
 from torch import nn
 
 from ..data.folders import DatasetError, classes_path, load_classes
+from ..data.read.ffcv_loader import check_decoding_threads
 from ..data.read.loaders import ImageLoader, train_loader, val_loader
 from ..data.write.storage import read_storage, storage_notes
 from ..training import distributed
@@ -88,10 +88,10 @@ def setup_threads(config, dist: Dist) -> ThreadPlan:
         plan = distributed.process_threads(dist.device.type, config['data.num_workers'])
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if plan.decoding > numba.config.NUMBA_NUM_THREADS:  # numba's pool: one per CPU
-        raise ConfigError(f"data.num_workers: {plan.decoding} decoding threads asked for, "
-                          f"but numba starts at most {numba.config.NUMBA_NUM_THREADS} "
-                          f"(NUMBA_NUM_THREADS, by default the machine's CPUs)")
+    try:
+        check_decoding_threads(plan.decoding)
+    except ValueError as err:
+        raise ConfigError(f"data.num_workers: {err}") from None
     torch.set_num_threads(plan.torch)
     return plan
 

@@ -65,6 +65,15 @@ from .sample_reads import SampleReadContext, SampleReadManager
 CPU_BATCHES_PER_LAUNCH = 4
 
 
+def check_decoding_threads(threads: int) -> None:
+    """Raises ValueError, with a one-line reason, when ``threads`` decoding threads are
+    more than numba's pool holds (numba would raise from inside ffcv's Loader)."""
+    if threads > numba.config.NUMBA_NUM_THREADS:  # numba's pool: one per CPU
+        raise ValueError(f"{threads} decoding threads asked for, but numba starts at most "
+                         f"{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS, by default "
+                         f"the machine's CPUs)")
+
+
 def set_decoding_threads(threads: int) -> None:
     """ffcv's ``Compiler.set_num_threads`` without its ``torch.set_num_threads``:
     ``threads`` for the pipelines compiled next and for numba's parallel loops launched

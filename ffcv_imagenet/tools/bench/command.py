@@ -67,6 +67,7 @@ import os
 from ...cli.config import ConfigError
 from ...data.write.storage import PRESETS
 from ...data.read.beton import DatasetError, check_dataset
+from ...data.read.ffcv_loader import check_decoding_threads
 from ...training.compiled import MODES as COMPILE_MODES
 from ...training.models import ARCHS
 from ...training.optim import PRECISIONS
@@ -289,14 +290,13 @@ def _write_json(path: str | None, result) -> None:
 
 
 def _check_threads(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuses, in one line, more decoding threads than numba's pool holds: numba would
-    raise from inside ffcv's Loader, with a traceback (under torchrun, one per rank)."""
-    import numba
-    threads = getattr(args, 'workers', 0) if args.command != 'convert' else 0
-    if threads > numba.config.NUMBA_NUM_THREADS:
-        parser.error(f"--workers {threads}: more decoding threads than numba starts "
-                     f"({numba.config.NUMBA_NUM_THREADS}: NUMBA_NUM_THREADS, by default "
-                     f"the machine's CPUs)")
+    """Refuses, in one line, more decoding threads than numba's pool holds (otherwise a
+    traceback from inside ffcv's Loader, under torchrun one per rank); the converter's
+    workers are processes."""
+    try:
+        check_decoding_threads(getattr(args, 'workers', 0) if args.command != 'convert' else 0)
+    except ValueError as err:
+        parser.error(f"--workers: {err}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ def test_more_decoding_threads_than_numba_starts_are_refused_in_one_line(bench, 
                       '--workers', str(too_many)])
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f'--workers {too_many}: more decoding threads than numba starts' in last
+    assert f'--workers: {too_many} decoding threads asked for, but numba starts at most' in last
 
 
 def test_the_converters_workers_are_processes_not_numba_threads(capsys):
